@@ -1,0 +1,1 @@
+"""Downstream semantic segmentation: heads on timm backbones, metrics, inference, probes."""
