@@ -1,0 +1,15 @@
+"""mdp-hub: MDP (arXiv 2106.04121) segmentation backbones as drop-in timm / torch.hub / Hugging Face Hub weights.
+
+``import mdp_hub`` registers ``mdp_resnet18``, ``mdp_resnet50`` and ``mdp_resnet101`` with timm, one
+pretrained tag per recipe of the paper::
+
+    import timm, mdp_hub
+    model = timm.create_model("mdp_resnet50", pretrained=True, features_only=True, output_stride=8)
+"""
+
+from . import models  # noqa: F401  (registers the mdp_* architectures with timm)
+from .errors import CheckpointError, PrototypesNotFoundError, WeightsNotAvailableError
+
+__version__ = "0.1.0"
+
+__all__ = ["CheckpointError", "PrototypesNotFoundError", "WeightsNotAvailableError", "__version__"]

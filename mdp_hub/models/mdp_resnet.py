@@ -1,0 +1,144 @@
+"""MDP ResNets registered with timm: ``mdp_resnet18``, ``mdp_resnet50``, ``mdp_resnet101``.
+
+Architecturally these are timm's plain ResNets (standard 7x7 stem, v1.5 strides), so everything timm
+offers (``features_only``, ``out_indices``, ``output_stride=8/16``, ``num_classes=N``) works. What the
+``mdp_`` names add is the pretrained tags, one per recipe of the paper, each backed by a headless
+``model.safetensors`` in the Hub repo ``<MDP_HUB_ORG>/mdp_resnet50.<tag>``.
+
+Loading differs from timm's in two ways: every backbone tensor must be present with the right shape
+(timm relaxes strictness when the head is replaced), and unavailable weights or bad files raise
+errors that name the repository or file.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled
+from safetensors import SafetensorError
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
+from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from .. import catalog
+from ..checkpoint_io import state_dict_mismatch, strip_wrapper_prefixes
+from ..errors import CheckpointError, WeightsNotAvailableError
+
+__all__ = ["default_cfgs"]  # register_model appends the model names
+
+_BLOCKS = {
+    "mdp_resnet18": dict(block=BasicBlock, layers=(2, 2, 2, 2)),
+    "mdp_resnet50": dict(block=Bottleneck, layers=(3, 4, 6, 3)),
+    "mdp_resnet101": dict(block=Bottleneck, layers=(3, 4, 23, 3)),
+}
+
+
+def _cfg(model_name: str, recipe: catalog.Recipe) -> dict[str, Any]:
+    channels, height, width = catalog.INPUT_SIZE
+    return {
+        "hf_hub_id": catalog.repo_id(model_name, recipe.tag),
+        "num_classes": 0,
+        "input_size": catalog.INPUT_SIZE,
+        "pool_size": (height // 32, width // 32),
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "mean": catalog.IMAGENET_MEAN,
+        "std": catalog.IMAGENET_STD,
+        "first_conv": "conv1",
+        "classifier": "fc",
+        "license": catalog.LICENSE,
+        "paper_ids": catalog.PAPER_ID,
+        "paper_name": catalog.PAPER_NAME,
+        "description": recipe.description,
+        "notes": (f"headless backbone ({catalog.ARCHITECTURES[model_name]} keys, no fc)",),
+    }
+
+
+# The first recipe's tag comes first, so it is every architecture's default tag.
+default_cfgs = generate_default_cfgs(
+    {f"{name}.{recipe.tag}": _cfg(name, recipe) for name in _BLOCKS for recipe in catalog.RECIPES}
+)
+
+
+def strict_backbone_filter(state_dict: dict, model: ResNet) -> dict:
+    """timm ``pretrained_filter_fn``: accept the file only if it covers the model exactly.
+
+    timm drops the classifier and loads non-strictly when ``num_classes`` differs from the weights',
+    which would also let missing backbone tensors pass silently; here only the classifier (and the
+    stem's shape when ``in_chans`` is adapted) is exempt.
+    """
+    state_dict = strip_wrapper_prefixes(state_dict)
+    cfg = model.pretrained_cfg
+    reference = model.state_dict()
+    if model.num_classes != cfg.get("num_classes"):
+        # timm discards the classifier next and the model keeps a fresh head of its own size
+        head = {f"{cfg['classifier']}.weight", f"{cfg['classifier']}.bias"}
+        reference = {key: value for key, value in reference.items() if key not in head}
+        compared = {key: value for key, value in state_dict.items() if key not in head}
+    else:
+        compared = state_dict
+    # timm adapts the stem to a different in_chans after this filter
+    stem_adapted = model.conv1.in_channels != cfg["input_size"][0]
+    problems = state_dict_mismatch(
+        compared, reference, ignore_shape=[f"{cfg['first_conv']}.weight"] if stem_adapted else []
+    )
+    if problems:
+        raise CheckpointError(f"{_describe_source(cfg)}: weights do not fit {cfg['architecture']}: {problems}")
+    return state_dict
+
+
+def _describe_source(cfg: dict[str, Any]) -> str:
+    if cfg.get("state_dict") is not None:
+        return "pretrained_cfg state_dict"
+    if cfg.get("file"):
+        return str(cfg["file"])
+    return f"Hugging Face Hub repo {cfg.get('hf_hub_id')}"
+
+
+def _weights_not_available(cfg: dict[str, Any], err: BaseException) -> WeightsNotAvailableError:
+    model_name, tag, repo = cfg["architecture"], cfg["tag"], cfg["hf_hub_id"]
+    return WeightsNotAvailableError(
+        f"Pretrained weights '{model_name}.{tag}' are not available: the Hugging Face Hub repo '{repo}' is not in "
+        f"the local cache and could not be fetched ({type(err).__name__}), so produce them with "
+        f"`python -m training.pretrain --recipe {tag}` then `mdp-hub export <run>/last.pth <out_dir> --tag {tag}` "
+        f"and `mdp-hub push <out_dir> --repo-id {repo}` (or set {catalog.ORG_ENV_VAR} to the organisation hosting them)."
+    )
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> ResNet:
+    try:
+        return build_model_with_cfg(
+            ResNet, variant, pretrained, pretrained_filter_fn=strict_backbone_filter, **dict(_BLOCKS[variant], **kwargs)
+        )
+    except (FileNotFoundError, EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled, SafetensorError,
+            pickle.UnpicklingError) as err:
+        if not pretrained or isinstance(err, (CheckpointError, WeightsNotAvailableError)):
+            raise
+        cfg = resolve_pretrained_cfg(
+            variant, pretrained_cfg=kwargs.get("pretrained_cfg"), pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay")
+        ).to_dict()
+        if cfg.get("file"):
+            if isinstance(err, FileNotFoundError):
+                raise FileNotFoundError(f"{cfg['file']}: no such weights file (pretrained_cfg file)") from None
+            raise CheckpointError(f"{cfg['file']}: cannot read weights ({type(err).__name__}: {err})") from None
+        if isinstance(err, (SafetensorError, pickle.UnpicklingError)):
+            raise CheckpointError(f"{_describe_source(cfg)}: cached weights are corrupt ({err})") from None
+        raise _weights_not_available(cfg, err) from None
+
+
+@register_model
+def mdp_resnet18(pretrained: bool = False, **kwargs: Any) -> ResNet:
+    """ResNet-18 (timm ``resnet18`` layout) with MDP weights; the trainer's CPU demo backbone."""
+    return _create("mdp_resnet18", pretrained, **kwargs)
+
+
+@register_model
+def mdp_resnet50(pretrained: bool = False, **kwargs: Any) -> ResNet:
+    """ResNet-50 (timm ``resnet50`` layout) with MDP weights, the paper's backbone."""
+    return _create("mdp_resnet50", pretrained, **kwargs)
+
+
+@register_model
+def mdp_resnet101(pretrained: bool = False, **kwargs: Any) -> ResNet:
+    """ResNet-101 (timm ``resnet101`` layout) with MDP weights."""
+    return _create("mdp_resnet101", pretrained, **kwargs)
