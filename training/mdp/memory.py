@@ -1,0 +1,185 @@
+"""Memories of the pretraining methods, all persistent buffers updated in place without host syncs.
+
+* ``ClassPrototypeMemory``: MDP's one prototype per global class, kept by the two-step average.
+* ``RegionMemoryBank``: the "Region" baseline, a FIFO queue of per-image class-mean embeddings.
+* ``KeyQueue``: MoCo-v2's FIFO queue of image keys (speed reference).
+
+Under torch.distributed every rank reduces (prototypes) or gathers (queues) the batch statistics before the
+update, so all ranks hold identical memories; wrap the method in DDP with ``broadcast_buffers=False``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """In-place sum over ranks; a no-op on a single process."""
+    if _distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` ([N, ...], same shape on every rank) over ranks along dim 0, rank order."""
+    if not _distributed():
+        return tensor
+    gathered = tensor.new_empty((dist.get_world_size() * tensor.shape[0], *tensor.shape[1:]))
+    dist.all_gather_into_tensor(gathered, tensor.contiguous())
+    return gathered
+
+
+def region_means(
+    embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_index: int = -1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 1 of the two-step average: per image and class, the normalised mean embedding of its pixels.
+
+    embeddings: [B, D, h, w] (momentum-encoder output); labels: [B, h, w] global ids, ``ignore_index`` skipped.
+    Returns (regions [B, C, D] unit vectors, zero where absent; present [B, C] bool).
+    """
+    batch, dim = embeddings.shape[:2]
+    flat_embeddings = embeddings.permute(0, 2, 3, 1).reshape(-1, dim).float()
+    flat_labels = labels.reshape(batch, -1)
+    valid = (flat_labels != ignore_index).reshape(-1)
+    image_index = torch.arange(batch, device=labels.device).repeat_interleave(flat_labels.shape[1])
+    slot = torch.where(valid, image_index * num_classes + flat_labels.reshape(-1), 0)
+    weight = valid.to(flat_embeddings.dtype)
+    sums = flat_embeddings.new_zeros(batch * num_classes, dim)
+    sums.index_add_(0, slot, flat_embeddings * weight[:, None])
+    pixel_counts = flat_embeddings.new_zeros(batch * num_classes).index_add_(0, slot, weight)
+    present = (pixel_counts > 0).reshape(batch, num_classes)
+    regions = F.normalize(sums, dim=1).reshape(batch, num_classes, dim)
+    return regions, present
+
+
+class ClassPrototypeMemory(nn.Module):
+    """One prototype per global class, the running mean of the last ~``window`` region embeddings of the class.
+
+    Step 2 of the two-step average, for class c with n_c regions seen so far and m_c new regions this step:
+        mu_c <- (1 - w_c) * mu_c + w_c * mean(new regions),   w_c = m_c / min(n_c + m_c, window)
+    While n_c + m_c <= window this is the exact cumulative mean; afterwards it is an EMA whose per-region
+    weight is 1/window (coefficient 1 - 1/window), i.e. a soft window of ``window`` regions. Prototypes are
+    stored un-normalised (the average of unit vectors) and normalised where used.
+
+    Buffers (persistent): prototypes [C, D] float32, counts [C] int64 (regions seen; 0 = uninitialised).
+    """
+
+    def __init__(self, num_classes: int, dim: int, window: int = 4096):
+        super().__init__()
+        if num_classes <= 0 or dim <= 0:
+            raise ValueError(f"num_classes and dim must be positive, got {num_classes}, {dim}")
+        if window <= 0:
+            raise ValueError(f"window must be positive, got {window!r}")
+        self.num_classes = num_classes
+        self.window = window
+        self.register_buffer("prototypes", torch.zeros(num_classes, dim))
+        self.register_buffer("counts", torch.zeros(num_classes, dtype=torch.long))
+
+    @property
+    def initialised(self) -> torch.Tensor:
+        """[C] bool: classes that have a prototype."""
+        return self.counts > 0
+
+    def normalised(self) -> torch.Tensor:
+        """[C, D] unit prototypes (zero rows for uninitialised classes)."""
+        return F.normalize(self.prototypes, dim=1)
+
+    @torch.no_grad()
+    def update(self, embeddings: torch.Tensor, labels: torch.Tensor, ignore_index: int = -1) -> None:
+        """embeddings [B, D, h, w] momentum embeddings of clean images; labels [B, h, w] global ids.
+
+        One all_reduce of [sums | counts] per call under torch.distributed.
+        """
+        regions, present = region_means(embeddings, labels, self.num_classes, ignore_index)
+        dim = regions.shape[2]
+        region_sums = (regions * present[..., None]).sum(0)
+        new_counts = present.sum(0).to(regions.dtype)
+        packed = all_reduce_sum_(torch.cat([region_sums, new_counts[:, None]], dim=1))
+        region_sums, new_counts = packed[:, :dim], packed[:, dim]
+        total = self.counts.to(packed.dtype) + new_counts
+        weight = new_counts / total.clamp(max=self.window).clamp(min=1.0)
+        batch_mean = region_sums / new_counts.clamp(min=1.0)[:, None]
+        self.prototypes.lerp_(batch_mean, weight[:, None])
+        self.counts.add_(new_counts.round().long())
+
+
+def _ring_write_(
+    storage: torch.Tensor, values: torch.Tensor, keep: torch.Tensor, pointer: torch.Tensor, capacity: int
+) -> torch.Tensor:
+    """Write the rows of ``values`` [M, ...] flagged by ``keep`` [M] to a ring of ``capacity`` rows, in order.
+
+    ``storage`` has ``capacity + 1`` rows: the last one absorbs rows that are not kept, so the write is a
+    single index_copy_ with no host sync. Only the newest ``capacity`` kept rows are written when more
+    arrive. Returns the advanced pointer (a [1] int64 tensor).
+    """
+    rank = keep.long().cumsum(0) - 1
+    written = keep.long().sum()
+    keep = keep & (rank >= written - capacity)
+    slot = torch.where(keep, (pointer + rank) % capacity, capacity)
+    storage.index_copy_(0, slot, values.to(storage.dtype))
+    return (pointer + written) % capacity
+
+
+class RegionMemoryBank(nn.Module):
+    """FIFO queue of ``size`` region embeddings (per-image class means of momentum embeddings) with labels.
+
+    Buffers (persistent): embeddings [size + 1, D] (last row is scratch), labels [size + 1] int64 (-1 = empty
+    slot), pointer [1] int64.
+    """
+
+    def __init__(self, num_classes: int, dim: int, size: int = 4096):
+        super().__init__()
+        if size <= 0:
+            raise ValueError(f"region bank size must be positive, got {size!r}")
+        self.num_classes = num_classes
+        self.size = size
+        self.register_buffer("embeddings", torch.zeros(size + 1, dim))
+        self.register_buffer("labels", torch.full((size + 1,), -1, dtype=torch.long))
+        self.register_buffer("pointer", torch.zeros(1, dtype=torch.long))
+
+    def entries(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embeddings [size, D], labels [size] with -1 for empty slots): copies, safe to keep in a graph."""
+        return self.embeddings[: self.size].clone(), self.labels[: self.size].clone()
+
+    @torch.no_grad()
+    def update(self, embeddings: torch.Tensor, labels: torch.Tensor, ignore_index: int = -1) -> None:
+        """Enqueue the region means of ``embeddings`` [B, D, h, w] with ``labels`` [B, h, w] (all ranks)."""
+        regions, present = region_means(embeddings, labels, self.num_classes, ignore_index)
+        batch, num_classes, dim = regions.shape
+        class_ids = torch.arange(num_classes, device=regions.device).expand(batch, num_classes)
+        regions = all_gather_cat(regions.reshape(-1, dim))
+        present = all_gather_cat(present.reshape(-1))
+        class_ids = all_gather_cat(class_ids.reshape(-1))
+        _ring_write_(self.embeddings, regions, present, self.pointer, self.size)
+        new_pointer = _ring_write_(self.labels, class_ids, present, self.pointer, self.size)
+        self.pointer.copy_(new_pointer)
+
+
+class KeyQueue(nn.Module):
+    """MoCo's queue of ``size`` unit keys [size, D] (random unit vectors at start), FIFO over all ranks."""
+
+    def __init__(self, dim: int, size: int = 65536):
+        super().__init__()
+        if size <= 0:
+            raise ValueError(f"queue size must be positive, got {size!r}")
+        self.size = size
+        self.register_buffer("keys", F.normalize(torch.randn(size + 1, dim), dim=1))
+        self.register_buffer("pointer", torch.zeros(1, dtype=torch.long))
+
+    def entries(self) -> torch.Tensor:
+        """[size, D] keys: a copy, safe to keep in a graph across the in-place enqueue."""
+        return self.keys[: self.size].clone()
+
+    @torch.no_grad()
+    def update(self, keys: torch.Tensor) -> None:
+        """keys: [B, D] this rank's keys; all ranks' keys are enqueued in rank order."""
+        keys = all_gather_cat(keys)
+        keep = torch.ones(keys.shape[0], dtype=torch.bool, device=keys.device)
+        self.pointer.copy_(_ring_write_(self.keys, keys, keep, self.pointer, self.size))

@@ -1,0 +1,429 @@
+"""MDP and its baselines behind one interface (docs/ARCHITECTURE.md, "Trainer <-> method interface").
+
+    method = build_method("mdp", label_space=ls, arch="resnet50", output_stride=8, embed_dim=128, **options)
+    out = method(batch)              # {"loss": scalar, per-term losses, cheap stats}: tensors, no host sync
+    out["loss"].backward(); optimizer.step()
+    method.momentum_update(m)        # EMA after the optimizer step (no-op without a momentum encoder)
+
+Batch keys: "image" [B, 3, H, W] (query view), "image_k" [B, 3, H, W] (clean momentum view, same geometry),
+"mask" [B, H, W] int64 global ids (-1 = ignore), "dataset_id" [B], "index" [B]; optional "unlabeled" [B] bool.
+
+Unlabeled images (MDP only): the data layer yields them with a mask of -1 and ``unlabeled=True``; they can share
+a batch with labelled images. Inside ``forward`` the momentum embeddings of their clean view are labelled by
+the nearest prototype (``pseudo_label_threshold`` on the softmax confidence), and from then on they are
+ordinary pixels for mixing and the losses. Prototypes are updated from ground-truth labels only, so
+pseudo-labels cannot reinforce themselves through the memory.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .losses import (
+    moco_infonce,
+    pixel_cross_entropy,
+    pixel_to_pixel_loss,
+    pixel_to_prototype_nce,
+    pixel_to_region_loss,
+    prototype_logits,
+    sparse_coding_loss,
+    topk_other_classes,
+)
+from .memory import ClassPrototypeMemory, KeyQueue, RegionMemoryBank
+from .mixing import NO_MIX, cross_dataset_mix, resize_labels
+from .model import Encoder, build_encoder, create_momentum_copy, ema_update_
+from .pseudo_label import pseudo_labels_from_embeddings
+from ..data.label_space import IGNORE_INDEX
+
+
+def _flatten_pixels(embeddings: torch.Tensor) -> torch.Tensor:
+    """[B, D, h, w] -> [B * h * w, D]."""
+    return embeddings.permute(0, 2, 3, 1).reshape(-1, embeddings.shape[1])
+
+
+def _random_subset(num_items: int, max_items: int | None, batch: int, device: torch.device) -> torch.Tensor | None:
+    """[batch, max_items] random indices into ``num_items`` (without replacement), None if all are kept."""
+    if max_items is None or num_items <= max_items:
+        return None
+    return torch.rand(batch, num_items, device=device).argsort(dim=1)[:, :max_items]
+
+
+class PretrainMethod(nn.Module):
+    """Common part: the online ``encoder``, an optional ``momentum_encoder``, batch checks and the EMA.
+
+    Subclasses set ``head_type`` ("dense", "pooled" or None, see ``build_encoder``) and implement ``forward``.
+    """
+
+    head_type: str | None = "dense"
+    default_head_hidden_dim: int | None = 512
+    required_keys: tuple[str, ...] = ("image", "mask")
+
+    def __init__(self, label_space, encoder: Encoder, with_momentum_encoder: bool):
+        super().__init__()
+        num_classes = getattr(label_space, "num_classes", None)
+        if not isinstance(num_classes, int) or num_classes <= 0:
+            raise ValueError(f"label_space.num_classes must be a positive int, got {num_classes!r}")
+        self.num_classes = num_classes
+        self.encoder = encoder
+        self.momentum_encoder = create_momentum_copy(encoder) if with_momentum_encoder else None
+        self._labels_checked = False
+
+    @torch.no_grad()
+    def momentum_update(self, momentum: float) -> None:
+        """EMA of the momentum encoder's parameters, BN buffers copied (training/mdp/model.py)."""
+        if self.momentum_encoder is not None:
+            ema_update_(self.encoder, self.momentum_encoder, momentum)
+
+    def check_batch(self, batch: dict) -> None:
+        """Shapes and dtypes always; label range on CPU tensors, and once (one host sync) on accelerators."""
+        missing = [key for key in self.required_keys if key not in batch]
+        if missing:
+            raise KeyError(f"{type(self).__name__} needs batch keys {missing}; the batch has {sorted(batch)}")
+        image = batch["image"]
+        if image.dim() != 4 or image.shape[1] != 3 or not image.is_floating_point():
+            raise ValueError(f"batch['image'] must be float [B, 3, H, W], got {image.dtype} {tuple(image.shape)}")
+        if "image_k" in self.required_keys and batch["image_k"].shape != image.shape:
+            raise ValueError(
+                f"batch['image_k'] must have the shape of batch['image'] {tuple(image.shape)}, "
+                f"got {tuple(batch['image_k'].shape)}"
+            )
+        if "mask" not in self.required_keys:
+            return
+        mask = batch["mask"]
+        expected = (image.shape[0], *image.shape[2:])
+        if mask.dtype != torch.long or tuple(mask.shape) != expected:
+            raise ValueError(f"batch['mask'] must be int64 {expected}, got {mask.dtype} {tuple(mask.shape)}")
+        if mask.device.type == "cpu" or not self._labels_checked:
+            low, high = (int(v) for v in torch.aminmax(mask))
+            if low < IGNORE_INDEX or high >= self.num_classes:
+                raise ValueError(
+                    f"batch['mask'] holds ids in [{low}, {high}], but the label space has {self.num_classes} "
+                    f"classes: valid ids are 0..{self.num_classes - 1} and {IGNORE_INDEX} (ignore)"
+                )
+            self._labels_checked = True
+
+
+class MDP(PretrainMethod):
+    """Pixel-to-prototype contrast + cross-dataset mixing + pixel-to-class sparse coding (MDP_METHOD.md 2-5).
+
+    Options: tau (0.07); window N of the prototype running mean (4096); mixing (True), p_mix (0.5),
+    region_fraction (share of region vs pixel mixing, 0.5), pixel_mix ("mixup" | "classmix");
+    sparse_coding ("csc2" | "csc1" | None), sc_weight (0.1), sc_topk (5), sc_temperature_ratio (code
+    temperature / tau, 1.0); pseudo_label_threshold (0.5) for unlabeled images.
+    """
+
+    required_keys = ("image", "image_k", "mask", "dataset_id")
+
+    def __init__(
+        self,
+        label_space,
+        encoder: Encoder,
+        *,
+        tau: float = 0.07,
+        window: int = 4096,
+        mixing: bool = True,
+        p_mix: float = 0.5,
+        region_fraction: float = 0.5,
+        pixel_mix: str = "mixup",
+        sparse_coding: str | None = "csc2",
+        sc_weight: float = 0.1,
+        sc_topk: int = 5,
+        sc_temperature_ratio: float = 1.0,
+        pseudo_label_threshold: float = 0.5,
+    ):
+        super().__init__(label_space, encoder, with_momentum_encoder=True)
+        if sparse_coding not in ("csc2", "csc1", None):
+            raise ValueError(f"sparse_coding must be 'csc2', 'csc1' or None, got {sparse_coding!r}")
+        if sparse_coding is not None and not 0 < sc_topk < self.num_classes:
+            raise ValueError(f"sc_topk must be in 1..{self.num_classes - 1} (classes - 1), got {sc_topk!r}")
+        if pixel_mix not in ("mixup", "classmix"):
+            raise ValueError(f"pixel_mix must be 'mixup' or 'classmix', got {pixel_mix!r}")
+        if tau <= 0:
+            raise ValueError(f"tau must be positive, got {tau!r}")
+        self.tau = tau
+        self.mixing = mixing
+        self.p_mix = p_mix
+        self.region_fraction = region_fraction
+        self.pixel_mix = pixel_mix
+        self.sparse_coding = sparse_coding
+        self.sc_weight = sc_weight
+        self.sc_topk = sc_topk
+        self.sc_temperature_ratio = sc_temperature_ratio
+        self.pseudo_label_threshold = pseudo_label_threshold
+        embed_dim = encoder.head.out.out_channels
+        self.memory = ClassPrototypeMemory(self.num_classes, embed_dim, window)
+
+    def _labels_with_pseudo_labels(self, batch: dict, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(training labels [B, H, W] with pseudo-labels for unlabeled items, ground-truth-only labels)."""
+        labels = batch["mask"]
+        if "unlabeled" not in batch:
+            return labels, labels
+        unlabeled = batch["unlabeled"].to(device=labels.device, dtype=torch.bool).reshape(-1, 1, 1)
+        pseudo, _ = pseudo_labels_from_embeddings(
+            keys, self.memory.prototypes, self.memory.initialised, self.pseudo_label_threshold, self.tau
+        )
+        pseudo = resize_labels(pseudo, tuple(labels.shape[-2:]))
+        return torch.where(unlabeled, pseudo, labels), labels.masked_fill(unlabeled, IGNORE_INDEX)
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        self.check_batch(batch)
+        with torch.no_grad():
+            keys = self.momentum_encoder(batch["image_k"])
+        size = tuple(keys.shape[-2:])
+        labels, ground_truth = self._labels_with_pseudo_labels(batch, keys)
+
+        images, labels_b, partner_weight = batch["image"], None, None
+        out = {}
+        if self.mixing:
+            mixed = cross_dataset_mix(
+                images, labels, batch["dataset_id"], self.num_classes,
+                self.p_mix, self.pixel_mix, self.region_fraction, IGNORE_INDEX,
+            )
+            images = mixed.image
+            labels_b = resize_labels(mixed.labels_b, size).reshape(-1)
+            partner_weight = resize_labels(mixed.partner_weight, size).reshape(-1)
+            out["mixed_fraction"] = (mixed.mode != NO_MIX).float().mean()
+
+        query = self.encoder(images)
+        labels_a = resize_labels(labels, size).reshape(-1)
+        hard_labels = labels_a if labels_b is None else torch.where(partner_weight > 0.5, labels_b, labels_a)
+        class_mask = self.memory.initialised
+        logits = prototype_logits(_flatten_pixels(query), self.memory.normalised(), self.tau)
+
+        excluded = None
+        if self.sparse_coding == "csc1":
+            top_index, top_valid = topk_other_classes(logits, hard_labels, class_mask, self.sc_topk)
+            excluded = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, top_index, top_valid)
+            for side in (labels_a, labels_b):  # a mixed pixel's other label must stay in its denominator
+                if side is not None:
+                    is_label = F.one_hot(side.clamp(min=0), self.num_classes).bool() & (side >= 0)[:, None]
+                    excluded &= ~is_label
+        loss_proto = pixel_to_prototype_nce(
+            logits, labels_a, class_mask, labels_b, partner_weight, excluded, IGNORE_INDEX
+        )
+        loss = loss_proto
+        out["loss_proto"] = loss_proto
+        if self.sparse_coding == "csc2":
+            loss_sc = sparse_coding_loss(
+                logits, hard_labels, class_mask, self.sc_topk, self.sc_temperature_ratio, IGNORE_INDEX
+            )
+            loss = loss + self.sc_weight * loss_sc
+            out["loss_sc"] = loss_sc
+
+        with torch.no_grad():
+            labelled = (hard_labels != IGNORE_INDEX).float()
+            predicted = logits.masked_fill(~class_mask[None, :], float("-inf")).argmax(dim=1)
+            correct = (predicted == hard_labels).float() * labelled
+            out["prototype_accuracy"] = correct.sum() / labelled.sum().clamp(min=1.0)
+            out["prototypes_initialised"] = class_mask.float().mean()
+        # The memory changes only after the loss is built, from clean momentum embeddings.
+        self.memory.update(keys, resize_labels(ground_truth, size), IGNORE_INDEX)
+        out["loss"] = loss
+        return out
+
+
+class PixelToPixel(PretrainMethod):
+    """Baseline: within-image supervised pixel contrast (the paper's Eq. 2), no memory, no momentum encoder.
+
+    ``max_pixels`` random pixels per image are anchors (the all-pairs matrix is [B, P, P]); None = all.
+    """
+
+    def __init__(self, label_space, encoder: Encoder, *, tau: float = 0.07, max_pixels: int | None = 1024):
+        super().__init__(label_space, encoder, with_momentum_encoder=False)
+        self.tau = tau
+        self.max_pixels = max_pixels
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        self.check_batch(batch)
+        embeddings = self.encoder(batch["image"])
+        batch_size, dim = embeddings.shape[:2]
+        labels = resize_labels(batch["mask"], tuple(embeddings.shape[-2:])).reshape(batch_size, -1)
+        pixels = embeddings.flatten(2).transpose(1, 2)
+        subset = _random_subset(labels.shape[1], self.max_pixels, batch_size, labels.device)
+        if subset is not None:
+            pixels = pixels.gather(1, subset[..., None].expand(-1, -1, dim))
+            labels = labels.gather(1, subset)
+        loss = pixel_to_pixel_loss(pixels, labels, self.tau, IGNORE_INDEX)
+        return {"loss": loss, "loss_pix2pix": loss}
+
+
+class RegionBank(PretrainMethod):
+    """Baseline "Region" memory: pixel-to-region contrast against a FIFO of momentum region embeddings.
+
+    ``max_anchors`` random pixels of the batch are anchors (the matrix is [anchors, bank_size]); None = all.
+    """
+
+    required_keys = ("image", "image_k", "mask")
+
+    def __init__(
+        self,
+        label_space,
+        encoder: Encoder,
+        *,
+        tau: float = 0.07,
+        bank_size: int = 4096,
+        max_anchors: int | None = 8192,
+    ):
+        super().__init__(label_space, encoder, with_momentum_encoder=True)
+        self.tau = tau
+        self.max_anchors = max_anchors
+        self.memory = RegionMemoryBank(self.num_classes, encoder.head.out.out_channels, bank_size)
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        self.check_batch(batch)
+        with torch.no_grad():
+            keys = self.momentum_encoder(batch["image_k"])
+        query = self.encoder(batch["image"])
+        labels = resize_labels(batch["mask"], tuple(query.shape[-2:]))
+        pixels, flat_labels = _flatten_pixels(query), labels.reshape(-1)
+        subset = _random_subset(flat_labels.shape[0], self.max_anchors, 1, flat_labels.device)
+        if subset is not None:
+            pixels, flat_labels = pixels[subset[0]], flat_labels[subset[0]]
+        bank_embeddings, bank_labels = self.memory.entries()
+        loss = pixel_to_region_loss(pixels, flat_labels, bank_embeddings, bank_labels, self.tau, IGNORE_INDEX)
+        self.memory.update(keys, labels, IGNORE_INDEX)
+        return {"loss": loss, "loss_region": loss, "bank_filled": (bank_labels >= 0).float().mean()}
+
+
+class SupervisedCE(PretrainMethod):
+    """Baseline: 1x1 classifier on the backbone map, cross-entropy over the concatenated label space."""
+
+    head_type = None
+
+    def __init__(self, label_space, encoder: Encoder):
+        super().__init__(label_space, encoder, with_momentum_encoder=False)
+        self.classifier = nn.Conv2d(encoder.backbone.num_features, self.num_classes, 1)
+
+    def allowed_classes(self, batch: dict, num_pixels_per_image: int) -> torch.Tensor | None:
+        """[P, C] bool classes each pixel's softmax may use; None = all."""
+        return None
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        self.check_batch(batch)
+        logits = self.classifier(self.encoder(batch["image"]))
+        labels = resize_labels(batch["mask"], tuple(logits.shape[-2:])).reshape(-1)
+        allowed = self.allowed_classes(batch, logits.shape[-2] * logits.shape[-1])
+        loss = pixel_cross_entropy(_flatten_pixels(logits), labels, allowed, IGNORE_INDEX)
+        return {"loss": loss, "loss_ce": loss}
+
+
+class MultiHead(SupervisedCE):
+    """Baseline: one classifier per dataset, CE on its own labels.
+
+    Stored as one 1x1 conv over the concatenated label space whose softmax is restricted, per image, to the
+    block of its dataset: mathematically one head per dataset, computed without a loop over datasets.
+    """
+
+    required_keys = ("image", "mask", "dataset_id")
+
+    def __init__(self, label_space, encoder: Encoder):
+        super().__init__(label_space, encoder)
+        num_datasets = len(label_space.datasets)
+        blocks = torch.zeros(num_datasets, self.num_classes, dtype=torch.bool)
+        for dataset_index in range(num_datasets):  # global ids, so unified label spaces work too
+            blocks[dataset_index, label_space.dataset_class_ids(dataset_index)] = True
+        self.register_buffer("dataset_classes", blocks, persistent=False)
+
+    def check_batch(self, batch: dict) -> None:
+        """Also: dataset ids index ``label_space.datasets`` and labels lie in their image's dataset block."""
+        check_once = batch["mask"].device.type == "cpu" or not self._labels_checked
+        super().check_batch(batch)
+        if not check_once:
+            return
+        dataset_id, mask = batch["dataset_id"], batch["mask"]
+        num_datasets = self.dataset_classes.shape[0]
+        if int(dataset_id.min()) < 0 or int(dataset_id.max()) >= num_datasets:
+            raise ValueError(f"batch['dataset_id'] must be in 0..{num_datasets - 1}, got {dataset_id.tolist()}")
+        per_pixel = self.dataset_classes[dataset_id[:, None, None].expand_as(mask), mask.clamp(min=0)]
+        outside = (mask != IGNORE_INDEX) & ~per_pixel
+        if bool(outside.any()):
+            image = int(outside.flatten(1).any(1).long().argmax())
+            raise ValueError(
+                f"batch['mask'] of image {image} (dataset_id {int(dataset_id[image])}) holds labels of another "
+                "dataset's block; multi_head needs every label inside its own dataset's classes"
+            )
+
+    def allowed_classes(self, batch: dict, num_pixels_per_image: int) -> torch.Tensor:
+        per_image = self.dataset_classes[batch["dataset_id"]]
+        return per_image.repeat_interleave(num_pixels_per_image, dim=0)
+
+
+class MoCoV2(PretrainMethod):
+    """Image-level MoCo-v2 step (pooled MLP head, key queue, InfoNCE at tau 0.2); labels unused.
+
+    The speed reference of the benchmarks. No ShuffleBN: under DDP the trainer's SyncBN normalises the keys
+    over the global batch.
+    """
+
+    head_type = "pooled"
+    default_head_hidden_dim = None
+    required_keys = ("image", "image_k")
+
+    def __init__(self, label_space, encoder: Encoder, *, tau: float = 0.2, queue_size: int = 65536):
+        super().__init__(label_space, encoder, with_momentum_encoder=True)
+        self.tau = tau
+        self.queue = KeyQueue(encoder.head.fc2.out_features, queue_size)
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        self.check_batch(batch)
+        query = self.encoder(batch["image"])
+        with torch.no_grad():
+            keys = self.momentum_encoder(batch["image_k"])
+        loss = moco_infonce(query, keys, self.queue.entries(), self.tau)
+        self.queue.update(keys)
+        return {"loss": loss, "loss_moco": loss}
+
+
+_METHOD_CLASSES: dict[str, type[PretrainMethod]] = {
+    "mdp": MDP,
+    "pixel_to_pixel": PixelToPixel,
+    "region_bank": RegionBank,
+    "supervised_ce": SupervisedCE,
+    "multi_head": MultiHead,
+    "moco_v2": MoCoV2,
+}
+METHODS: tuple[str, ...] = tuple(_METHOD_CLASSES)
+
+
+def method_options(name: str) -> dict[str, object]:
+    """The keyword options of method ``name`` and their defaults."""
+    if name not in _METHOD_CLASSES:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    parameters = inspect.signature(_METHOD_CLASSES[name].__init__).parameters.values()
+    return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def build_method(
+    name: str,
+    *,
+    label_space,
+    arch: str = "resnet50",
+    output_stride: int = 8,
+    embed_dim: int = 128,
+    head_hidden_dim: int | None = None,
+    pretrained: bool = False,
+    **options,
+) -> PretrainMethod:
+    """Build pretraining method ``name`` (one of ``METHODS``) on a timm ``arch`` backbone.
+
+    head_hidden_dim: hidden width of the projection head (default 512 for the dense head, the backbone width
+    for MoCo's MLP). ``options`` are the method's own keywords (``method_options(name)``); unknown ones raise.
+    """
+    known = method_options(name)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"method {name!r} has no option {unknown}; its options are {sorted(known) or 'none'}")
+    method_class = _METHOD_CLASSES[name]
+    encoder = build_encoder(
+        arch,
+        output_stride,
+        embed_dim,
+        head=method_class.head_type,
+        head_hidden_dim=head_hidden_dim or method_class.default_head_hidden_dim,
+        pretrained=pretrained,
+    )
+    return method_class(label_space, encoder, **options)
