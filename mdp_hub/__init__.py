@@ -8,8 +8,25 @@ pretrained tag per recipe of the paper::
 """
 
 from . import models  # noqa: F401  (registers the mdp_* architectures with timm)
+from .cache import install_export, is_cached, prefetch
+from .convert import convert
 from .errors import CheckpointError, PrototypesNotFoundError, WeightsNotAvailableError
+from .export import export
+from .listing import list_weights
+from .prototypes import load_prototypes
 
 __version__ = "0.1.0"
 
-__all__ = ["CheckpointError", "PrototypesNotFoundError", "WeightsNotAvailableError", "__version__"]
+__all__ = [
+    "CheckpointError",
+    "PrototypesNotFoundError",
+    "WeightsNotAvailableError",
+    "convert",
+    "export",
+    "install_export",
+    "is_cached",
+    "list_weights",
+    "load_prototypes",
+    "prefetch",
+    "__version__",
+]

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file as _load_safetensors
@@ -188,6 +189,24 @@ def verify_state_dict(
     problems = state_dict_mismatch(state_dict, model.state_dict(), allow_missing=allow_missing)
     if problems:
         raise CheckpointError(f"{source}: weights do not fit {type(model).__name__}: {problems}")
+
+
+def match_architecture(
+    state_dict: Mapping[str, torch.Tensor], candidates: Iterable[str], *, source: str | os.PathLike
+) -> str:
+    """The one timm architecture among ``candidates`` (headless) whose tensors ``state_dict`` matches exactly."""
+    mismatches = {}
+    for candidate in candidates:
+        with torch.device("meta"):  # shapes only, no memory or init cost
+            reference = timm.create_model(candidate, num_classes=0).state_dict()
+        mismatches[candidate] = state_dict_mismatch(state_dict, reference)
+        if not mismatches[candidate]:
+            return candidate
+    closest = min(mismatches, key=lambda name: len(mismatches[name]))
+    raise CheckpointError(
+        f"{source}: the tensors match none of the supported architectures ({', '.join(mismatches)}); "
+        f"closest is {closest}: {mismatches[closest]}"
+    )
 
 
 def load_into(model: torch.nn.Module, path: str | os.PathLike, *, prefix: str | None = None) -> torch.nn.Module:

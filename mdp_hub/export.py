@@ -1,0 +1,226 @@
+"""Training checkpoint or state dict -> Hub-ready folder that vanilla timm loads.
+
+    from mdp_hub.export import export
+    export("runs/demo/last.pth", "exports/mdp_resnet50.voc_ade20k_coco_200ep", tag="voc_ade20k_coco_200ep",
+           metrics={"dataset": "ADE20K", "mIoU": 42.1})
+
+The folder holds ``model.safetensors`` (headless, fp32), timm's ``config.json`` with
+``"architecture": "<timm resnet>"`` plus an ``"mdp"`` section (recipe, label space, sha256), ``README.md``
+(model card) and, for pretraining checkpoints with prototypes, ``mdp_prototypes.safetensors``. The same
+input always gives the same bytes, and the folder is reloaded through timm and compared tensor by tensor
+before ``export`` returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from safetensors.torch import load_file as load_safetensors
+from safetensors.torch import save_file
+from timm.models._hub import save_config_for_hf  # public in timm.models._hub only
+
+from . import catalog
+from .checkpoint_io import (
+    is_training_checkpoint,
+    load_file,
+    match_architecture,
+    select_backbone,
+    state_dict_mismatch,
+    unwrap_state_dict,
+)
+from .errors import CheckpointError
+from .model_card import CardInfo, parse_metrics, render_card
+from .prototypes import CONFIG_FILENAME, PROTOTYPES_FILENAME, extract_prototypes
+
+WEIGHTS_FILENAME = "model.safetensors"
+CARD_FILENAME = "README.md"
+EXPORT_FILES = (WEIGHTS_FILENAME, CONFIG_FILENAME, CARD_FILENAME, PROTOTYPES_FILENAME)
+EXPORT_FORMAT_VERSION = 1
+_TAG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_MODEL_NAMES = {arch: name for name, arch in catalog.ARCHITECTURES.items()}
+
+
+def export(
+    src: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    tag: str | None = None,
+    metrics: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    arch: str | None = None,
+    org: str | None = None,
+) -> Path:
+    """Write the Hub folder for ``src`` into ``out_dir`` and return ``out_dir``.
+
+    Args:
+        src: training checkpoint (``"format": "mdp-hub/train-checkpoint"``) or a state dict file
+            (``.safetensors`` / ``.pth``, read with ``weights_only=True``).
+        out_dir: created if needed; may only contain files of an earlier export.
+        tag: weight tag, normally a recipe tag of ``mdp_hub.catalog.RECIPES``.
+        metrics: downstream results of these weights, ``{"dataset": ..., "mIoU": ...}`` or a list of them.
+        arch: timm architecture of a plain state dict (inferred from its tensors when omitted).
+        org: Hub organisation used in the card's snippets (default: ``MDP_HUB_ORG``).
+    """
+    src, out_dir = Path(src), Path(out_dir)
+    if tag is not None and not _TAG_PATTERN.match(tag):
+        raise ValueError(f"tag {tag!r} must be letters, digits, '_' or '-' (it becomes part of the Hub repo name)")
+    results = parse_metrics(metrics)
+    content = load_file(src)
+    state_dict, declared_prefix = unwrap_state_dict(content, source=src)
+    training = is_training_checkpoint(content)
+    backbone, _ = select_backbone(state_dict, prefix=declared_prefix, source=src)
+    # Hub weights are headless: a classifier trained for some label set is not part of the backbone.
+    backbone = {key: value for key, value in backbone.items() if not key.startswith("fc.")}
+    arch = _resolve_arch(content.get("arch") if training else arch, backbone, source=src)
+    model_name = _MODEL_NAMES[arch]
+
+    data_config = content.get("data_config") or {} if training else {}
+    mean = tuple(float(v) for v in data_config.get("mean", catalog.IMAGENET_MEAN))
+    std = tuple(float(v) for v in data_config.get("std", catalog.IMAGENET_STD))
+    crop = data_config.get("crop_size")
+    input_size = (3, int(crop[0]), int(crop[1])) if crop else catalog.INPUT_SIZE
+    model = timm.create_model(arch, num_classes=0, pretrained=False,
+                              pretrained_cfg=_pretrained_cfg(arch, model_name, tag, input_size, mean, std))
+    problems = state_dict_mismatch(backbone, model.state_dict())
+    if problems:
+        raise CheckpointError(f"{src}: backbone does not fit timm {arch}: {problems}")
+    # fp32 contiguous tensors in the model's own key order: exact for fp16/bf16 sources, deterministic bytes.
+    tensors = {key: _as_stored(backbone[key]) for key in model.state_dict()}
+    model.load_state_dict(tensors, strict=True)
+
+    label_space = content.get("label_space") if training else None
+    prototypes = extract_prototypes(state_dict, label_space, source=src) if training else None
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_out_dir(out_dir)
+    weights_path = out_dir / WEIGHTS_FILENAME
+    save_file(tensors, str(weights_path), metadata={"format": "pt"})
+    sha256 = _sha256(weights_path)
+    prototypes_path = out_dir / PROTOTYPES_FILENAME
+    if prototypes is not None:
+        save_file({k: _as_stored(v) for k, v in prototypes.items()}, str(prototypes_path), metadata={"format": "pt"})
+    elif prototypes_path.exists():
+        prototypes_path.unlink()  # left by an earlier export of another checkpoint into this folder
+
+    model.pretrained_cfg["notes"] = (*model.pretrained_cfg["notes"], f"sha256 of {WEIGHTS_FILENAME}: {sha256}")
+    mdp_section = {
+        "format_version": EXPORT_FORMAT_VERSION,
+        "model_name": model_name,
+        "tag": tag,
+        "recipe": _recipe_dict(tag),
+        "weights_sha256": sha256,
+        "source": _source_dict(content, training),
+        "metrics": [result.to_dict() for result in results],
+        "label_space": label_space,
+        "prototypes_file": PROTOTYPES_FILENAME if prototypes is not None else None,
+        "training_config": content.get("config") if training else None,
+    }
+    save_config_for_hf(model, str(out_dir / CONFIG_FILENAME), model_config={"mdp": mdp_section},
+                       data_config={"input_size": input_size, "mean": mean, "std": std, "crop_pct": 1.0,
+                                    "interpolation": "bilinear"})
+    org = org or catalog.hub_org()
+    card = CardInfo(
+        model_name=model_name, arch=arch, tag=tag,
+        repo_id=f"{org}/{model_name}.{tag}" if tag else f"{org}/{model_name}",
+        sha256=sha256, params_m=sum(t.numel() for t in tensors.values() if t.is_floating_point()) / 1e6,
+        input_size=input_size, mean=mean, std=std,
+        training_text=_training_text(content, training, label_space),
+        results=results,
+        num_prototype_classes=None if prototypes is None else int(prototypes["prototypes"].shape[0]),
+    )
+    (out_dir / CARD_FILENAME).write_text(render_card(card), encoding="utf-8")
+    verify_export(out_dir, tensors, prototypes)
+    return out_dir
+
+
+def verify_export(
+    out_dir: Path, tensors: Mapping[str, torch.Tensor], prototypes: Mapping[str, torch.Tensor] | None
+) -> None:
+    """Reload ``out_dir`` the way users do (timm ``local-dir:``) and compare every tensor bit for bit."""
+    reloaded = timm.create_model(f"local-dir:{out_dir.resolve()}", pretrained=True).state_dict()
+    problems = state_dict_mismatch(reloaded, tensors)
+    differing = [key for key in tensors if key in reloaded and not torch.equal(reloaded[key], tensors[key])]
+    if prototypes is not None:
+        stored = load_safetensors(str(out_dir / PROTOTYPES_FILENAME))
+        problems = "; ".join(filter(None, [problems, state_dict_mismatch(stored, prototypes)]))
+        differing += [key for key in prototypes if key in stored and not torch.equal(stored[key], _as_stored(prototypes[key]))]
+    if problems or differing:
+        raise CheckpointError(f"{out_dir}: export verification failed: {problems or ''} differing tensors {differing}")
+
+
+def _resolve_arch(arch: str | None, backbone: Mapping[str, torch.Tensor], *, source: Path) -> str:
+    """The timm architecture of ``backbone``: the declared one (timm or mdp_* name), else inferred."""
+    if arch is None:
+        return match_architecture(backbone, list(_MODEL_NAMES), source=source)
+    arch = catalog.ARCHITECTURES.get(arch, arch)
+    if arch not in _MODEL_NAMES:
+        raise CheckpointError(f"{source}: architecture {arch!r} is not exportable; supported: {', '.join(_MODEL_NAMES)}")
+    return arch
+
+
+def _pretrained_cfg(
+    arch: str, model_name: str, tag: str | None, input_size: tuple[int, int, int], mean: tuple, std: tuple
+) -> dict[str, Any]:
+    registered_tag = tag if tag in catalog.RECIPES_BY_TAG else catalog.DEFAULT_TAG
+    cfg = timm.models.get_pretrained_cfg(f"{model_name}.{registered_tag}").to_dict()
+    cfg.update(architecture=arch, tag=tag, input_size=input_size, pool_size=(input_size[1] // 32, input_size[2] // 32),
+               mean=mean, std=std, hf_hub_id=None)
+    if tag not in catalog.RECIPES_BY_TAG:
+        cfg["description"] = "MDP backbone from a custom run"
+    return cfg
+
+
+def _recipe_dict(tag: str | None) -> dict[str, Any] | None:
+    recipe = catalog.RECIPES_BY_TAG.get(tag) if tag else None
+    if recipe is None:
+        return None
+    return {"tag": recipe.tag, "datasets": list(recipe.datasets), "epochs": recipe.epochs, "init": recipe.init,
+            "description": recipe.description}
+
+
+def _source_dict(content: Mapping[str, Any], training: bool) -> dict[str, Any]:
+    if not training:
+        return {"kind": "state-dict"}
+    return {"kind": f"train-checkpoint/{content.get('kind', 'unknown')}", "step": content.get("step"),
+            "epoch": content.get("epoch"), "backbone_prefix": content.get("backbone_prefix")}
+
+
+def _training_text(content: Mapping[str, Any], training: bool, label_space: Mapping[str, Any] | None) -> str:
+    if not training:
+        return "Exported from a plain state dict: no training metadata was available."
+    text = (f"Exported from a {content.get('kind', 'unknown')} checkpoint of mdp-hub's trainer at epoch "
+            f"{content.get('epoch')}, step {content.get('step')}. The resolved training configuration is stored in "
+            "`config.json` under `mdp.training_config`.")
+    if isinstance(label_space, Mapping) and isinstance(label_space.get("datasets"), list):
+        parts = [f"{d.get('name')} ({len(d.get('class_names', []))} classes)" for d in label_space["datasets"]]
+        text += (f" Pretraining label space: {label_space.get('num_classes')} global classes from "
+                 f"{', '.join(parts)}, concatenated as in the paper.")
+    return text
+
+
+def _as_stored(tensor: torch.Tensor) -> torch.Tensor:
+    tensor = tensor.detach().cpu()
+    if tensor.is_floating_point():
+        tensor = tensor.to(torch.float32)
+    return tensor.contiguous()
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in EXPORT_FILES)
+    if foreign:
+        raise FileExistsError(f"{out_dir}: not empty and not an earlier export (found {', '.join(foreign[:5])}); "
+                              "choose a new output folder")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,102 @@
+"""The MDP class prototypes and dense projection head that an export may carry next to the backbone.
+
+``mdp_prototypes.safetensors`` holds ``prototypes`` ``[C, D]`` (one L2-normalised embedding per class of
+the pretraining label space) and the projection head as ``head.<name>``; the global class names and the
+label space live in ``config.json`` under ``"mdp"``. ``model.safetensors`` is never affected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError
+
+from .checkpoint_io import load_file, split_prefix
+from .errors import CheckpointError, PrototypesNotFoundError
+
+PROTOTYPES_FILENAME = "mdp_prototypes.safetensors"
+CONFIG_FILENAME = "config.json"
+PROTOTYPES_KEY = "memory.prototypes"
+HEAD_PREFIX = "encoder.head."
+
+
+def extract_prototypes(
+    state_dict: Mapping[str, torch.Tensor], label_space: Mapping[str, Any] | None, *, source: str | os.PathLike
+) -> dict[str, torch.Tensor] | None:
+    """Tensors for ``mdp_prototypes.safetensors`` from a pretraining state dict, or None if it has none.
+
+    Returns ``{"prototypes": [C, D], "head.<name>": ...}``; ``C`` must equal the label space's class count.
+    """
+    head, _ = split_prefix(state_dict, HEAD_PREFIX)
+    if PROTOTYPES_KEY not in state_dict or not head:
+        return None
+    prototypes = state_dict[PROTOTYPES_KEY]
+    if prototypes.ndim != 2:
+        raise CheckpointError(f"{source}: {PROTOTYPES_KEY} must be [C, D], found shape {list(prototypes.shape)}")
+    class_names = class_names_of(label_space, source=source)
+    if len(class_names) != prototypes.shape[0]:
+        raise CheckpointError(
+            f"{source}: {PROTOTYPES_KEY} has {prototypes.shape[0]} rows but the label space has "
+            f"{len(class_names)} classes"
+        )
+    tensors = {"prototypes": prototypes}
+    tensors.update({f"head.{name}": value for name, value in head.items()})
+    return tensors
+
+
+def class_names_of(label_space: Mapping[str, Any] | None, *, source: str | os.PathLike) -> list[str]:
+    """Global class names (``"<dataset>/<class>"``) of a ``LabelSpace.to_dict()`` dict."""
+    if not isinstance(label_space, Mapping) or not isinstance(label_space.get("class_names"), list):
+        raise CheckpointError(f"{source}: has prototypes but no label space with 'class_names' to name their rows")
+    return list(label_space["class_names"])
+
+
+def load_prototypes(
+    folder_or_repo: str | os.PathLike, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[str], dict[str, Any]]:
+    """Read the prototypes of an export folder or Hub repo (``ORG/NAME``, cached or downloaded).
+
+    Returns ``(head_state_dict, prototypes [C, D], class_names [C], label_space dict)``. An export made
+    from a checkpoint without prototypes raises ``PrototypesNotFoundError``.
+    """
+    folder = Path(folder_or_repo)
+    if folder.is_dir():
+        config_path, weights_path = folder / CONFIG_FILENAME, folder / PROTOTYPES_FILENAME
+        where = str(folder)
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{folder}: not an mdp-hub export (no {CONFIG_FILENAME})")
+        weights_path = weights_path if weights_path.is_file() else None
+    else:
+        where = f"Hugging Face Hub repo {folder_or_repo}"
+        repo = str(folder_or_repo)
+        config_path = hf_hub_download(repo, CONFIG_FILENAME, revision=revision, cache_dir=cache_dir)
+        try:
+            weights_path = hf_hub_download(repo, PROTOTYPES_FILENAME, revision=revision, cache_dir=cache_dir)
+        except EntryNotFoundError:
+            weights_path = None
+    if weights_path is None:
+        raise PrototypesNotFoundError(
+            f"{where}: backbone-only export without {PROTOTYPES_FILENAME} (its checkpoint had no "
+            f"{PROTOTYPES_KEY} / {HEAD_PREFIX}* entries when exported)"
+        )
+    mdp = json.loads(Path(config_path).read_text()).get("mdp") or {}
+    label_space = mdp.get("label_space")
+    class_names = class_names_of(label_space, source=config_path)
+    tensors = load_file(weights_path)
+    if "prototypes" not in tensors:
+        raise CheckpointError(f"{weights_path}: no 'prototypes' tensor")
+    prototypes = tensors.pop("prototypes")
+    if prototypes.shape[0] != len(class_names):
+        raise CheckpointError(
+            f"{weights_path}: {prototypes.shape[0]} prototypes but {len(class_names)} class names in {config_path}"
+        )
+    head, others = split_prefix(tensors, "head.")
+    if others:
+        raise CheckpointError(f"{weights_path}: unexpected tensors {others}")
+    return head, prototypes, class_names, dict(label_space)
