@@ -1,0 +1,226 @@
+"""Datasets handed to the trainers: multi-dataset pretraining, single-dataset fine-tuning/eval, unlabelled images.
+
+Items (see docs/DATA.md): pretraining ``{"image", "image_k", "mask" (global ids), "dataset_id", "index"}``;
+fine-tuning ``{"image", "mask" (local ids), "dataset_id", "index"}``, plus ``"name"`` in eval mode (whole image);
+unlabelled ``{"image", "image_k", "index"}``. Every mask is int64 with ``IGNORE_INDEX = -1``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from training.data.errors import BadSampleError, DatasetLayoutError
+from training.data.label_space import IGNORE_INDEX, LabelSpace, load_unify_map
+from training.data.readers import IMAGE_SUFFIXES, SegmentationReader, load_image, open_reader
+from training.data.specs import DatasetSpec
+from training.data.transforms import EvalTransform, JointTrainTransform, PhotometricConfig
+
+log = logging.getLogger(__name__)
+
+
+def open_readers(specs: Sequence[str | DatasetSpec], *, train: bool, skip_bad_samples: bool
+                 ) -> tuple[list[SegmentationReader], list[BadSampleError]]:
+    """Open every spec and check at start-up that each listed file exists.
+
+    Missing files raise (naming the first one) unless ``skip_bad_samples``, which drops and returns them.
+    """
+    readers, dropped = [], []
+    for spec in specs:
+        reader = open_reader(spec, train=train)
+        missing = reader.missing_files()
+        if missing and not skip_bad_samples:
+            more = f" (and {len(missing) - 1} more in this split)" if len(missing) > 1 else ""
+            raise BadSampleError(missing[0].path, missing[0].problem + more +
+                                 "; fix the dataset or pass --skip-bad-samples")
+        if missing:
+            reader.drop(missing)
+            dropped.extend(missing)
+            log.warning("%s: skipped %d samples with missing files", spec, len(missing))
+        readers.append(reader)
+    return readers, dropped
+
+
+class SegmentationSamples(Dataset):
+    """Concatenation of readers; each sample's mask goes through its dataset's local-value -> id table.
+
+    ``tables[d]`` is int64 ``[256]`` (local uint8 value -> output id, 255 -> -1): global ids for pretraining,
+    local ids for fine-tuning. Bad samples raise ``BadSampleError``, or with ``skip_bad_samples`` are replaced by
+    the next sample of the same dataset and flagged in shared memory so ``skip_report()`` sees DataLoader workers'
+    skips too.
+    """
+
+    def __init__(self, readers: Sequence[SegmentationReader], tables: Sequence[torch.Tensor], *, train: bool,
+                 transform, two_views: bool = False, skip_bad_samples: bool = False,
+                 dropped_at_startup: Sequence[BadSampleError] = ()):
+        self.readers = list(readers)
+        self.tables = list(tables)
+        self.train = train
+        self.transform = transform
+        self.two_views = two_views
+        self.skip_bad_samples = skip_bad_samples
+        self.dataset_names = [reader.dataset_name for reader in self.readers]
+        self.dataset_sizes = [len(reader) for reader in self.readers]
+        self.dataset_ids = torch.repeat_interleave(torch.arange(len(self.readers)), torch.tensor(self.dataset_sizes))
+        self._starts = np.cumsum([0] + self.dataset_sizes)
+        self._skipped = torch.zeros(len(self.dataset_ids), dtype=torch.bool).share_memory_()
+        self.dropped_at_startup = list(dropped_at_startup)
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """Concatenated index -> (dataset id, index inside that dataset)."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample index {index} out of range 0..{len(self) - 1}")
+        dataset_id = int(np.searchsorted(self._starts, index, side="right") - 1)
+        return dataset_id, index - int(self._starts[dataset_id])
+
+    def _load_with_policy(self, index: int) -> tuple[int, int, torch.Tensor, np.ndarray]:
+        dataset_id, local_index = self.locate(index)
+        size = self.dataset_sizes[dataset_id]
+        for _ in range(size):
+            try:
+                return index, dataset_id, *self.readers[dataset_id].load_pair(local_index)
+            except BadSampleError as error:
+                if not self.skip_bad_samples:
+                    raise
+                self._skipped[index] = True
+                log.warning("skipping bad sample: %s", error)
+                local_index = (local_index + 1) % size
+                index = int(self._starts[dataset_id]) + local_index
+        raise DatasetLayoutError(f"{self.readers[dataset_id].root}: every sample of the split is bad")
+
+    def __getitem__(self, index: int) -> dict:
+        index, dataset_id, image, mask = self._load_with_policy(index)
+        item = {"dataset_id": torch.tensor(dataset_id), "index": torch.tensor(index)}
+        table = self.tables[dataset_id]
+        if not self.train:
+            item.update(image=self.transform(image), mask=table[torch.from_numpy(mask).long()],
+                        name=self.readers[dataset_id].samples[index - int(self._starts[dataset_id])].name)
+            return item
+        image, mask_t = self.transform.geometric(image, mask)
+        item["image"] = self.transform.view(image)
+        if self.two_views:
+            item["image_k"] = self.transform.view(image)
+        item["mask"] = table[self.transform.pad_mask(mask_t).long()]
+        return item
+
+    def skip_report(self) -> dict:
+        """Samples skipped so far (start-up + loading, all DataLoader workers): counts per dataset and files."""
+        skipped = torch.nonzero(self._skipped).flatten().tolist()
+        by_dataset = {name: 0 for name in self.dataset_names}
+        files = [f"{problem.path}: {problem.problem}" for problem in self.dropped_at_startup]
+        for problem in self.dropped_at_startup:
+            for reader in self.readers:
+                if str(reader.root) in problem.path:
+                    by_dataset[reader.dataset_name] += 1
+                    break
+        for index in skipped:
+            dataset_id, local_index = self.locate(index)
+            by_dataset[self.dataset_names[dataset_id]] += 1
+            files.append(str(self.readers[dataset_id].samples[local_index].image))
+        return {"skipped": len(files), "by_dataset": by_dataset, "files": files}
+
+
+def build_pretrain_dataset(specs: Sequence[str | DatasetSpec], *, crop_size, mean, std,
+                           scale_range=(0.5, 2.0), cat_max_ratio=0.75, two_views=True, skip_bad_samples=False,
+                           unify_map: str | Path | Mapping[str, str] | None = None, base_size: int | None = None,
+                           photometric: PhotometricConfig | None = None) -> tuple[SegmentationSamples, LabelSpace]:
+    """Concatenate several datasets into one label space (in ``specs`` order) for pretraining.
+
+    ``unify_map``: optional path to (or dict of) a class-name unification map for the ablation.
+    """
+    if not specs:
+        raise ValueError("build_pretrain_dataset needs at least one dataset spec")
+    readers, dropped = open_readers(specs, train=True, skip_bad_samples=skip_bad_samples)
+    if isinstance(unify_map, (str, Path)):
+        unify_map = load_unify_map(unify_map)
+    label_space = LabelSpace([(r.dataset_name, r.class_names) for r in readers], unify_map=unify_map)
+    transform = JointTrainTransform(crop_size=crop_size, mean=mean, std=std, scale_range=scale_range,
+                                    cat_max_ratio=cat_max_ratio, base_size=base_size, photometric=photometric)
+    tables = [label_space.global_lookup_table(i) for i in range(len(readers))]
+    dataset = SegmentationSamples(readers, tables, train=True, transform=transform, two_views=two_views,
+                                  skip_bad_samples=skip_bad_samples, dropped_at_startup=dropped)
+    return dataset, label_space
+
+
+def local_lookup_table(num_classes: int) -> torch.Tensor:
+    """Local uint8 value -> local id with ``255 -> -1``, int64 ``[256]``."""
+    table = torch.full((256,), IGNORE_INDEX, dtype=torch.int64)
+    table[:num_classes] = torch.arange(num_classes)
+    return table
+
+
+class SingleDatasetSegmentation(SegmentationSamples):
+    """One dataset in its own local ids, with ``class_names``, ``num_classes`` and ``palette``."""
+
+    @property
+    def reader(self) -> SegmentationReader:
+        return self.readers[0]
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.reader.class_names
+
+    @property
+    def num_classes(self) -> int:
+        return self.reader.num_classes
+
+    @property
+    def palette(self) -> np.ndarray:
+        return self.reader.palette
+
+
+def build_segmentation_dataset(spec: str | DatasetSpec, *, train: bool, crop_size=None, mean, std,
+                               scale_range=(0.5, 2.0), cat_max_ratio=0.75, base_size: int | None = None,
+                               photometric: PhotometricConfig | None = None, skip_bad_samples=False
+                               ) -> SingleDatasetSegmentation:
+    """Fine-tuning (``train=True``: rescale/crop/flip/jitter to ``crop_size``) or evaluation (``train=False``:
+    whole image, no crop, items carry ``"name"``; use batch size 1) dataset in local ids."""
+    readers, dropped = open_readers([spec], train=train, skip_bad_samples=skip_bad_samples)
+    if train:
+        if crop_size is None:
+            raise ValueError("build_segmentation_dataset(train=True) needs crop_size")
+        transform = JointTrainTransform(crop_size=crop_size, mean=mean, std=std, scale_range=scale_range,
+                                        cat_max_ratio=cat_max_ratio, base_size=base_size, photometric=photometric)
+    else:
+        transform = EvalTransform(mean=mean, std=std)
+    return SingleDatasetSegmentation(readers, [local_lookup_table(readers[0].num_classes)], train=train,
+                                     transform=transform, skip_bad_samples=skip_bad_samples,
+                                     dropped_at_startup=dropped)
+
+
+class UnlabeledImages(Dataset):
+    """Every image under a folder (recursively), two views with shared geometry: ``{"image", "image_k", "index"}``."""
+
+    def __init__(self, folder: str | Path, transform: JointTrainTransform):
+        self.folder = Path(folder).expanduser()
+        if not self.folder.is_dir():
+            raise DatasetLayoutError(f"{self.folder}: image folder not found")
+        self.files = sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not self.files:
+            raise DatasetLayoutError(f"{self.folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        image, _ = self.transform.geometric(load_image(self.files[index]), None)
+        return {"image": self.transform.view(image), "image_k": self.transform.view(image),
+                "index": torch.tensor(index)}
+
+
+def build_unlabeled_dataset(folder: str | Path, *, crop_size, mean, std, scale_range=(0.5, 2.0),
+                            base_size: int | None = None, photometric: PhotometricConfig | None = None
+                            ) -> UnlabeledImages:
+    """Images to be pseudo-labelled (the COCO-without-labels experiment)."""
+    transform = JointTrainTransform(crop_size=crop_size, mean=mean, std=std, scale_range=scale_range,
+                                    cat_max_ratio=1.0, base_size=base_size, photometric=photometric)
+    return UnlabeledImages(folder, transform)

@@ -1,0 +1,18 @@
+"""Errors raised for bad datasets and bad samples: each names the file and what is wrong."""
+
+from __future__ import annotations
+
+import os
+
+
+class DatasetLayoutError(ValueError):
+    """The dataset folder is missing, has the wrong layout, or the split is empty (known at start-up)."""
+
+
+class BadSampleError(ValueError):
+    """One sample cannot be used: missing or corrupt file, size mismatch, label values out of range."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")

@@ -1,0 +1,427 @@
+"""Readers for the on-disk layouts of the supported datasets.
+
+A reader lists the (image, mask) files of one split and decodes a mask into **local ids** ``0..K-1`` with
+**255 = ignore**, checking every value: nothing outside the dataset's label range is silently relabelled.
+Label PNGs are read with PIL so palette PNGs give their indices, never colours.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_image
+
+from training.data import classes
+from training.data.errors import BadSampleError, DatasetLayoutError
+from training.data.label_space import LOCAL_IGNORE
+from training.data.specs import DatasetSpec, parse_spec
+
+INVALID = -1  # marks raw values that are not part of a dataset's encoding in a lookup table
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+_TORCHVISION_DECODABLE = (".jpg", ".jpeg", ".png", ".webp")
+
+
+@dataclass(frozen=True)
+class SampleFiles:
+    """One sample on disk; ``encoding`` names the lookup table that turns the mask's values into local ids."""
+
+    image: Path
+    mask: Path | None
+    name: str
+    encoding: str = "local"
+
+
+def lookup_table(mapping: dict[int, int], size: int = 256) -> np.ndarray:
+    """Raw value -> local id (255 = ignore, -1 = not a valid raw value), int16 ``[size]``."""
+    table = np.full(size, INVALID, dtype=np.int16)
+    for raw, local in mapping.items():
+        table[raw] = local
+    return table
+
+
+def identity_table(num_classes: int) -> np.ndarray:
+    """Masks already in local ids: ``0..K-1`` and 255."""
+    return lookup_table({**{i: i for i in range(num_classes)}, LOCAL_IGNORE: LOCAL_IGNORE})
+
+
+def load_image(path: Path) -> torch.Tensor:
+    """Decode an image file to uint8 RGB ``[3, H, W]`` (grayscale and RGBA files are converted)."""
+    try:
+        if path.suffix.lower() in _TORCHVISION_DECODABLE:
+            return decode_image(str(path), mode=ImageReadMode.RGB)
+        with Image.open(path) as image:
+            return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+    except FileNotFoundError as error:
+        raise BadSampleError(path, "image file not found") from error
+    except (RuntimeError, OSError, ValueError) as error:
+        raise BadSampleError(path, f"image is truncated or corrupt ({str(error).splitlines()[-1]})") from error
+
+
+def read_label_png(path: Path) -> np.ndarray:
+    """Pixel values of a single-channel (palette or grayscale) label image, ``[H, W]`` integer array."""
+    try:
+        with Image.open(path) as label:
+            if label.mode not in ("P", "L", "I", "I;16"):
+                raise BadSampleError(
+                    path, f"label image has mode {label.mode!r}; expected a single-channel palette ('P') or "
+                    "grayscale ('L') PNG of class indices (colour-coded masks cannot be decoded safely)")
+            return np.asarray(label)
+    except FileNotFoundError as error:
+        raise BadSampleError(path, "mask file not found") from error
+    except OSError as error:
+        raise BadSampleError(path, f"mask is truncated or corrupt ({error})") from error
+
+
+def apply_table(raw: np.ndarray, table: np.ndarray, path: Path, valid_hint: str) -> np.ndarray:
+    """Map raw label values through ``table``; any value outside the encoding raises naming the file."""
+    if raw.size and (raw.min() < 0 or raw.max() >= table.size):
+        bad = np.unique(raw[(raw < 0) | (raw >= table.size)])
+        raise BadSampleError(path, f"label values {bad[:10].tolist()} outside the dataset's range ({valid_hint})")
+    local = table[raw]
+    invalid = local == INVALID
+    if invalid.any():
+        bad = np.unique(raw[invalid])
+        raise BadSampleError(path, f"label values {bad[:10].tolist()} outside the dataset's range ({valid_hint})")
+    return local.astype(np.uint8)
+
+
+class SegmentationReader:
+    """Base class: ``samples`` of one split, ``class_names``, ``palette`` and ``load_mask``."""
+
+    format_name = ""
+    class_names: tuple[str, ...] = ()
+    train_split = "train"
+    eval_split = "val"
+    split_aliases: dict[str, str] = {}
+    valid_hint = ""
+
+    def __init__(self, root: str | Path, split: str | None = None, *, train: bool = True):
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise DatasetLayoutError(f"{self.root}: dataset folder not found (for {self.format_name})")
+        split = split or (self.train_split if train else self.eval_split)
+        self.split = self.split_aliases.get(split, split)
+        self.samples: list[SampleFiles] = self._list_samples()
+        if not self.samples:
+            raise DatasetLayoutError(f"{self.root}: split {self.split!r} of {self.format_name} is empty")
+        self.tables: dict[str, np.ndarray] = self._tables()
+
+    # ---- format-specific parts -----------------------------------------------------------------------------
+    def _list_samples(self) -> list[SampleFiles]:
+        raise NotImplementedError
+
+    def _tables(self) -> dict[str, np.ndarray]:
+        return {"local": identity_table(len(self.class_names))}
+
+    def _raw_mask(self, sample: SampleFiles) -> np.ndarray:
+        return read_label_png(sample.mask)
+
+    # ---- shared ----------------------------------------------------------------------------------------------
+    @property
+    def dataset_name(self) -> str:
+        """Name in the label space (``"<dataset>/<class>"``)."""
+        return self.format_name
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def palette(self) -> np.ndarray:
+        """RGB colour per local class for overlays, uint8 ``[K, 3]``."""
+        return classes.distinct_palette(self.num_classes)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def missing_files(self) -> list[BadSampleError]:
+        """Samples whose image or mask file does not exist (checked once at start-up)."""
+        problems = []
+        for sample in self.samples:
+            if not sample.image.is_file():
+                problems.append(BadSampleError(sample.image, "image file not found"))
+            elif sample.mask is None or not sample.mask.is_file():
+                problems.append(BadSampleError(sample.mask or sample.image, "mask file not found"))
+        return problems
+
+    def drop(self, problems: list[BadSampleError]) -> None:
+        bad_paths = {problem.path for problem in problems}
+        self.samples = [s for s in self.samples if str(s.image) not in bad_paths and str(s.mask) not in bad_paths]
+        if not self.samples:
+            raise DatasetLayoutError(f"{self.root}: no usable sample left in split {self.split!r}")
+
+    def load_image(self, index: int) -> torch.Tensor:
+        """uint8 RGB ``[3, H, W]``."""
+        return load_image(self.samples[index].image)
+
+    def load_mask(self, index: int) -> np.ndarray:
+        """Local ids, uint8 ``[H, W]``, 255 = ignore."""
+        sample = self.samples[index]
+        return apply_table(self._raw_mask(sample), self.tables[sample.encoding], sample.mask, self.valid_hint)
+
+    def load_pair(self, index: int) -> tuple[torch.Tensor, np.ndarray]:
+        """uint8 image ``[3, H, W]`` and local-id mask uint8 ``[H, W]``, checked to have the same size."""
+        image = self.load_image(index)
+        mask = self.load_mask(index)
+        if mask.shape != tuple(image.shape[-2:]):
+            sample = self.samples[index]
+            raise BadSampleError(sample.mask, f"mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but image "
+                                 f"{sample.image.name} is {image.shape[-1]}x{image.shape[-2]}")
+        return image, mask
+
+    def _require_dir(self, path: Path, what: str) -> Path:
+        if not path.is_dir():
+            raise DatasetLayoutError(f"{path}: not found; expected {what} in a {self.format_name} layout")
+        return path
+
+    def _read_list(self, path: Path) -> list[str]:
+        if not path.is_file():
+            raise DatasetLayoutError(f"{path}: split list not found for split {self.split!r} of {self.format_name}")
+        return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+
+
+def _image_files(folder: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
+
+
+class VOCReader(SegmentationReader):
+    """``VOCdevkit/VOC2012``: JPEGImages, SegmentationClass (palette PNGs, 255 boundaries), ImageSets."""
+
+    format_name = "voc"
+    class_names = classes.VOC_CLASSES
+    valid_hint = "0..20 and 255"
+    splits = ("train", "val", "trainval")
+
+    @property
+    def palette(self) -> np.ndarray:
+        return classes.voc_colormap(self.num_classes)
+
+    def _list_samples(self) -> list[SampleFiles]:
+        images = self._require_dir(self.root / "JPEGImages", "JPEGImages/")
+        lists = self._require_dir(self.root / "ImageSets" / "Segmentation", "ImageSets/Segmentation/")
+        if self.split not in self.splits:
+            raise DatasetLayoutError(f"{self.root}: unknown {self.format_name} split {self.split!r}; "
+                                     f"choose one of {', '.join(self.splits)}")
+        labels = self.root / "SegmentationClass"
+        return [SampleFiles(images / f"{i}.jpg", labels / f"{i}.png", i) for i in self._read_list(lists / f"{self.split}.txt")]
+
+
+class VOCAugReader(VOCReader):
+    """VOC 2012 + SBD: ``train_aug`` (10,582) as in MMSegmentation's ``pascal_voc12_aug`` config.
+
+    ``train_aug`` reads ``trainaug.txt`` if present, else ``train.txt`` + ``aug.txt``. Images of the official
+    lists take their labels from ``SegmentationClass`` (with boundaries), the others from ``SegmentationClassAug``.
+    """
+
+    format_name = "voc_aug"
+    train_split = "train_aug"
+    splits = ("train_aug", "aug", "train", "val", "trainval")
+
+    def _list_samples(self) -> list[SampleFiles]:
+        if self.split != "train_aug":
+            samples = super()._list_samples()
+            if self.split == "aug":
+                return [SampleFiles(s.image, self.root / "SegmentationClassAug" / f"{s.name}.png", s.name)
+                        for s in samples]
+            return samples
+        images = self._require_dir(self.root / "JPEGImages", "JPEGImages/")
+        lists = self._require_dir(self.root / "ImageSets" / "Segmentation", "ImageSets/Segmentation/")
+        if (lists / "trainaug.txt").is_file():
+            ids = self._read_list(lists / "trainaug.txt")
+        elif (lists / "aug.txt").is_file():
+            ids = self._read_list(lists / "train.txt") + self._read_list(lists / "aug.txt")
+        else:
+            raise DatasetLayoutError(
+                f"{lists}: neither trainaug.txt nor aug.txt found; run MMSegmentation's "
+                "tools/dataset_converters/voc_aug.py to build SegmentationClassAug and the aug lists")
+        official = set()
+        for name in ("train.txt", "val.txt"):
+            if (lists / name).is_file():
+                official.update(self._read_list(lists / name))
+        samples = []
+        for i in ids:
+            label = self.root / "SegmentationClass" / f"{i}.png"
+            if i not in official or not label.is_file():
+                label = self.root / "SegmentationClassAug" / f"{i}.png"
+            samples.append(SampleFiles(images / f"{i}.jpg", label, i))
+        return samples
+
+
+class ADE20KReader(SegmentationReader):
+    """``ADEChallengeData2016``: annotations 0..150, 0 = "other objects" -> ignore, v -> v - 1."""
+
+    format_name = "ade20k"
+    class_names = classes.ADE20K_CLASSES
+    train_split, eval_split = "training", "validation"
+    split_aliases = {"train": "training", "val": "validation"}
+    valid_hint = "0..150, 0 = other"
+
+    def _list_samples(self) -> list[SampleFiles]:
+        images = self._require_dir(self.root / "images" / self.split, f"images/{self.split}/")
+        labels = self._require_dir(self.root / "annotations" / self.split, f"annotations/{self.split}/")
+        return [SampleFiles(p, labels / f"{p.stem}.png", p.stem) for p in _image_files(images, (".jpg", ".jpeg"))]
+
+    def _tables(self) -> dict[str, np.ndarray]:
+        return {"local": lookup_table({0: LOCAL_IGNORE, **{v: v - 1 for v in range(1, 151)}})}
+
+
+def coco_stuff_raw_table() -> np.ndarray:
+    """0-based stuffthingmaps id (0..181, 255 unlabeled) -> 0..170; the 11 unannotated ids are invalid."""
+    used = [raw for raw in range(classes.COCO_STUFF_NUM_RAW_IDS) if raw not in classes.COCO_STUFF_UNUSED_RAW_IDS]
+    return lookup_table({**{raw: local for local, raw in enumerate(used)}, LOCAL_IGNORE: LOCAL_IGNORE})
+
+
+class COCOStuff164kReader(SegmentationReader):
+    """``coco_stuff164k``: ``<id>_labelTrainIds.png`` (0..170) if converted, else raw ``<id>.png`` (0..181)."""
+
+    format_name = "coco_stuff164k"
+    class_names = classes.COCO_STUFF_CLASSES
+    train_split, eval_split = "train2017", "val2017"
+    split_aliases = {"train": "train2017", "val": "val2017"}
+    valid_hint = "raw 0-based ids 0..181 without the 11 unannotated ids, 255 = unlabeled; trainIds 0..170"
+
+    def _list_samples(self) -> list[SampleFiles]:
+        images = self._require_dir(self.root / "images" / self.split, f"images/{self.split}/")
+        labels = self._require_dir(self.root / "annotations" / self.split, f"annotations/{self.split}/")
+        samples = []
+        for image in _image_files(images, (".jpg", ".jpeg")):
+            converted = labels / f"{image.stem}_labelTrainIds.png"
+            if converted.is_file():
+                samples.append(SampleFiles(image, converted, image.stem, "train_ids"))
+            else:
+                samples.append(SampleFiles(image, labels / f"{image.stem}.png", image.stem, "raw"))
+        return samples
+
+    def _tables(self) -> dict[str, np.ndarray]:
+        return {"raw": coco_stuff_raw_table(), "train_ids": identity_table(self.num_classes)}
+
+
+class COCOStuff10kReader(SegmentationReader):
+    """``coco_stuff10k``: the released ``annotations/*.mat`` (key 'S', 1-based, 0 unlabeled) with
+    ``imageLists/{train,test}.txt``, or MMSegmentation's converted ``annotations/<split>2014/*_labelTrainIds.png``
+    (0 unlabeled, 1..171)."""
+
+    format_name = "coco_stuff10k"
+    class_names = classes.COCO_STUFF_CLASSES
+    train_split, eval_split = "train", "test"
+    split_aliases = {"val": "test", "train2014": "train", "test2014": "test"}
+    valid_hint = "1-based COCO ids 1..182 without the 11 unannotated ids, 0 = unlabeled"
+
+    def _list_samples(self) -> list[SampleFiles]:
+        converted = self.root / "images" / f"{self.split}2014"
+        if converted.is_dir():
+            labels = self._require_dir(self.root / "annotations" / f"{self.split}2014",
+                                       f"annotations/{self.split}2014/")
+            return [SampleFiles(p, labels / f"{p.stem}_labelTrainIds.png", p.stem, "converted")
+                    for p in _image_files(converted, (".jpg", ".jpeg"))]
+        ids = self._read_list(self.root / "imageLists" / f"{self.split}.txt")
+        images, labels = self.root / "images", self.root / "annotations"
+        return [SampleFiles(images / f"{i}.jpg", labels / f"{i}.mat", i, "mat") for i in ids]
+
+    def _tables(self) -> dict[str, np.ndarray]:
+        raw_164k = coco_stuff_raw_table()
+        one_based = {v: int(raw_164k[v - 1]) for v in range(1, 183) if raw_164k[v - 1] != INVALID}
+        table = lookup_table({0: LOCAL_IGNORE, **one_based})
+        return {"mat": table, "converted": lookup_table({0: LOCAL_IGNORE, **{v: v - 1 for v in range(1, 172)}})}
+
+    def _raw_mask(self, sample: SampleFiles) -> np.ndarray:
+        if sample.encoding != "mat":
+            return read_label_png(sample.mask)
+        from scipy.io import loadmat  # only the raw 10k release needs scipy
+
+        try:
+            return np.asarray(loadmat(str(sample.mask))["S"]).astype(np.int64)
+        except FileNotFoundError as error:
+            raise BadSampleError(sample.mask, "mask file not found") from error
+        except (KeyError, ValueError, OSError, TypeError) as error:
+            raise BadSampleError(sample.mask, f"cannot read key 'S' from the .mat label file ({error})") from error
+
+
+class CityscapesReader(SegmentationReader):
+    """``cityscapes``: ``*_gtFine_labelTrainIds.png`` if present, else raw ``*_gtFine_labelIds.png`` (0..33)."""
+
+    format_name = "cityscapes"
+    class_names = classes.CITYSCAPES_CLASSES
+    valid_hint = "labelIds 0..33; trainIds 0..18 and 255"
+
+    @property
+    def palette(self) -> np.ndarray:
+        return np.asarray(classes.CITYSCAPES_PALETTE, dtype=np.uint8)
+
+    def _list_samples(self) -> list[SampleFiles]:
+        images = self._require_dir(self.root / "leftImg8bit" / self.split, f"leftImg8bit/{self.split}/")
+        labels = self._require_dir(self.root / "gtFine" / self.split, f"gtFine/{self.split}/")
+        samples = []
+        for image in sorted(images.glob("*/*_leftImg8bit.png")):
+            stem = image.name[: -len("_leftImg8bit.png")]
+            folder = labels / image.parent.name
+            train_ids = folder / f"{stem}_gtFine_labelTrainIds.png"
+            if train_ids.is_file():
+                samples.append(SampleFiles(image, train_ids, stem, "train_ids"))
+            else:
+                samples.append(SampleFiles(image, folder / f"{stem}_gtFine_labelIds.png", stem, "label_ids"))
+        return samples
+
+    def _tables(self) -> dict[str, np.ndarray]:
+        label_ids = {i: classes.CITYSCAPES_ID_TO_TRAIN_ID.get(i, LOCAL_IGNORE)
+                     for i in range(classes.CITYSCAPES_NUM_LABEL_IDS)}
+        return {"label_ids": lookup_table(label_ids), "train_ids": identity_table(self.num_classes)}
+
+
+class FolderReader(SegmentationReader):
+    """Users' own data: ``classes.txt`` (one name per line), ``images/[split/]``, ``masks/[split/]`` PNGs with
+    local ids 0..K-1 and 255 = ignore; a mask has the image's relative path with a ``.png`` suffix.
+
+    Its label-space name is the folder's name.
+    """
+
+    format_name = "folder"
+    valid_hint = "0..K-1 from classes.txt and 255"
+
+    def __init__(self, root: str | Path, split: str | None = None, *, train: bool = True):
+        root = Path(root).expanduser()
+        names_file = root / "classes.txt"
+        if root.is_dir() and not names_file.is_file():
+            raise DatasetLayoutError(f"{names_file}: class-name file not found (one class name per line)")
+        if root.is_dir():
+            names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+            if not names or len(names) > LOCAL_IGNORE or len(set(names)) != len(names):
+                raise DatasetLayoutError(f"{names_file}: needs 1..255 distinct class names, found {len(names)}")
+            self.class_names = tuple(names)
+            self.valid_hint = f"0..{len(names) - 1} and 255"
+        self._explicit_split = split is not None
+        super().__init__(root, split, train=train)
+
+    @property
+    def dataset_name(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", self.root.resolve().name) or "folder"
+
+    def _list_samples(self) -> list[SampleFiles]:
+        images = self._require_dir(self.root / "images", "images/")
+        masks = self._require_dir(self.root / "masks", "masks/")
+        if (images / self.split).is_dir():
+            images, masks = images / self.split, masks / self.split
+        elif self._explicit_split:
+            raise DatasetLayoutError(f"{images / self.split}: split folder not found")
+        elif any(p.is_dir() for p in images.iterdir()):
+            raise DatasetLayoutError(f"{images}: has sub-folders but no {self.split!r} split folder")
+        return [SampleFiles(p, masks / p.relative_to(images).with_suffix(".png"), str(p.relative_to(images)))
+                for p in _image_files(images)]
+
+
+READERS: dict[str, type[SegmentationReader]] = {
+    reader.format_name: reader
+    for reader in (VOCReader, VOCAugReader, ADE20KReader, COCOStuff164kReader, COCOStuff10kReader,
+                   CityscapesReader, FolderReader)
+}
+
+
+def open_reader(spec: str | DatasetSpec, *, train: bool = True) -> SegmentationReader:
+    """Reader for a spec string; the split defaults to the format's training or evaluation split."""
+    spec = parse_spec(spec)
+    return READERS[spec.name](spec.path, spec.split, train=train)
