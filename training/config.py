@@ -1,0 +1,312 @@
+"""Strict dataclass configs, YAML recipes with inheritance and `--set key=value` overrides.
+
+A recipe is a YAML file under ``training/recipes/`` (or any path). It may name a parent with ``base: <recipe>``;
+the parent is loaded first and the child's keys are merged over it, section by section. Every key must be a
+field of the dataclasses below: an unknown key or a value of the wrong type is an error naming the file (or the
+``--set`` argument), the dotted key and what was expected. Nothing is silently dropped or coerced beyond
+int -> float.
+
+The resolved config (after inheritance and overrides) is written to the run folder as ``config.yaml`` and stored
+as a plain dict in every checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not fit the config schema."""
+
+
+@dataclass
+class DataConfig:
+    """What to read and how to crop it. ``datasets`` are names known to ``training.data``."""
+
+    datasets: list[str] = field(default_factory=lambda: ["voc", "ade20k"])
+    root: str = "data"  # folder holding one sub-folder per dataset; relative to the working directory
+    crop_size: int = 512
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    unlabeled: list[str] = field(default_factory=list)  # folders of unlabeled images (pseudo-labelled)
+    unlabeled_ratio: float = 0.5  # share of each batch drawn from the unlabeled folders when there are any
+    label_unification: bool = False  # merge synonymous classes (ablation; the paper concatenates)
+    synthetic_images_per_dataset: int = 0  # >0: generate the synthetic benchmark (demo / tests)
+    num_workers: int = 8
+
+
+@dataclass
+class MethodConfig:
+    """The pretraining method and its hyper-parameters; passed to ``training.mdp.build_method``."""
+
+    name: str = "mdp"  # mdp | pixel_to_pixel | region_bank | supervised_ce | multi_head
+    arch: str = "resnet50"
+    output_stride: int = 8
+    embed_dim: int = 128
+    head_hidden_dim: int = 2048
+    temperature: float = 0.07
+    memory_size: int = 4096  # prototype window N (class bank) or queue length (region bank)
+    sparse_coding: str = "csc2"  # none | csc1 | csc2
+    sparse_coding_weight: float = 0.1
+    sparse_coding_topk: int = 5
+    mix_prob: float = 0.5
+    mix_modes: list[str] = field(default_factory=lambda: ["region", "pixel"])  # region | pixel | classmix
+    momentum: float = 0.999  # EMA coefficient at step 0
+    momentum_final: float = 0.999  # EMA coefficient at the last step (cosine in between)
+    pseudo_label_threshold: float = 0.7
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule (linear warm-up, then cosine to ``min_lr_ratio * lr``)."""
+
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.03  # at a global batch of ``lr_reference_batch``; scaled linearly with the real global batch
+    lr_reference_batch: int = 256
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_epochs: float = 5.0
+    min_lr_ratio: float = 0.0
+    clip_grad_norm: float = 0.0  # 0 disables clipping
+
+
+@dataclass
+class StageConfig:
+    """One stage of sequential pretraining: these datasets for this many epochs."""
+
+    datasets: list[str] = field(default_factory=list)
+    epochs: int = 1
+
+
+@dataclass
+class TrainConfig:
+    """How the run is executed; none of these change the method's maths."""
+
+    epochs: int = 200
+    max_steps: int = 0  # >0 caps the run (smoke runs); the LR schedule then spans max_steps
+    batch_size: int = 8  # per process
+    stages: list[StageConfig] = field(default_factory=list)  # empty = one stage over data.datasets
+    seed: int = 0
+    deterministic: bool = False
+    amp: str = "bf16"  # none | bf16 | fp16 (fp16 uses a GradScaler)
+    channels_last: bool = True
+    compile: bool = False
+    sync_bn: bool = True
+    log_every: int = 20
+    checkpoint_every: int = 500  # steps between rewrites of last.pth
+    snapshot_every: int = 0  # steps between kept snapshots checkpoint_<step>.pth; 0 = one per epoch
+    keep_snapshots: int = 3
+    plots: bool = True
+    threads: int = 0  # >0 sets torch.set_num_threads (CPU runs)
+
+
+@dataclass
+class InitConfig:
+    """Backbone initialisation. Empty = random init (the paper's main setting)."""
+
+    pretrained: str = ""  # a timm name with tag (e.g. "resnet50.tv_in1k") or a weights file
+
+
+@dataclass
+class ExportConfig:
+    """Export of the trained backbone as a timm-loadable folder at the end of the run."""
+
+    enabled: bool = True
+    tag: str = ""  # tag of the exported variant; empty = the recipe name
+
+
+@dataclass
+class PretrainConfig:
+    name: str = "mdp"
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+
+# ---------------------------------------------------------------- type checking
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Return ``value`` checked against the annotation ``tp`` (int is accepted for float, lists for lists)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} does not match {_type_name(tp)}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(item, item_tp, f"{where}[{i}]") for i, item in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
+        return _build(tp, value, where)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a float, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an int, got {type(value).__name__} {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {type(value).__name__} {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported field type {_type_name(tp)}")
+
+
+def _build(cls: type, values: dict, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"valid keys of {prefix or cls.__name__ + ' '}are: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def from_dict(values: dict, cls: type = PretrainConfig) -> Any:
+    """Build ``cls`` from a (nested) plain dict, rejecting unknown keys and wrong types."""
+    return _build(cls, values, "")
+
+
+def to_dict(config: Any) -> dict:
+    """The config as plain Python types (safe for YAML, JSON and ``torch.load(weights_only=True)``)."""
+    return dataclasses.asdict(config)
+
+
+# ---------------------------------------------------------------- recipes and overrides
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def resolve_recipe_path(recipe: str) -> Path:
+    """A recipe name (``voc_ade20k``) or a path to a YAML file."""
+    path = Path(recipe)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"recipe file {path} does not exist")
+        return path
+    path = RECIPE_DIR / f"{recipe}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown recipe {recipe!r}; known recipes: {', '.join(list_recipes())}")
+    return path
+
+
+def _merge(base: dict, child: dict) -> dict:
+    merged = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _load_recipe_dict(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise ConfigError(f"recipe inheritance cycle: {chain}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping, got {type(values).__name__}")
+    parent = values.pop("base", None)
+    if parent is None:
+        return values
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: 'base' must be a recipe name or file, got {parent!r}")
+    parent_path = path.parent / parent if parent.endswith((".yaml", ".yml")) else resolve_recipe_path(parent)
+    return _merge(_load_recipe_dict(parent_path, (*seen, path)), values)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=0.1"`` -> (["optim", "lr"], 0.1). The value is parsed as YAML (so lists and bools work)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set optim.lr=0.01")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML: {error}") from error
+    return key.strip().split("."), value
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """Apply ``key=value`` strings to a plain config dict; keys are checked later by :func:`from_dict`."""
+    values = _merge({}, values)
+    defaults = to_dict(PretrainConfig())
+    for text in overrides:
+        keys, value = parse_override(text)
+        node, schema = values, defaults
+        for depth, key in enumerate(keys[:-1]):
+            if not isinstance(schema, dict) or key not in schema or not isinstance(schema[key], dict):
+                raise ConfigError(f"--set {text!r}: {'.'.join(keys[:depth + 1])} is not a config section")
+            node = node.setdefault(key, {})
+            schema = schema[key]
+        if keys[-1] not in schema:
+            valid = ", ".join(sorted(schema))
+            raise ConfigError(f"--set {text!r}: unknown key {'.'.join(keys)}; valid keys here: {valid}")
+        node[keys[-1]] = value
+    return values
+
+
+def load_config(recipe: str = "demo", overrides: Optional[list[str]] = None) -> PretrainConfig:
+    """Load a recipe (name or file) with its ``base`` chain, apply ``--set`` overrides, type-check the result."""
+    path = resolve_recipe_path(recipe)
+    values = _load_recipe_dict(path)
+    leaf = yaml.safe_load(path.read_text()) or {}
+    if "name" not in leaf:  # an inherited name would mislabel the child recipe's runs and exports
+        values["name"] = path.stem
+    try:
+        from_dict(values)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    return from_dict(apply_overrides(values, overrides or []))
+
+
+def save_config(config: PretrainConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

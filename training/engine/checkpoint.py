@@ -1,0 +1,164 @@
+"""Training checkpoints: atomic ``last.pth``, capped snapshots, auto-resume and RNG state.
+
+Every value written is a tensor or a plain Python type, so :func:`load_checkpoint` reads it with
+``torch.load(weights_only=True)``. The layout is the contract in docs/ARCHITECTURE.md ("Training checkpoint").
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+FORMAT = "mdp-hub/train-checkpoint"
+FORMAT_VERSION = 1
+LAST_NAME = "last.pth"
+SNAPSHOT_PATTERN = re.compile(r"^checkpoint_(\d+)\.pth$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the run."""
+
+
+# ---------------------------------------------------------------- RNG state
+
+
+def capture_rng_state() -> dict:
+    """RNG states of torch (CPU and every CUDA device), numpy and python as weights_only-safe values."""
+    np_state = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "bit_generator": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": [version, list(internal), gauss_next],
+    }
+
+
+def restore_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        if len(state["cuda"]) != torch.cuda.device_count():
+            raise CheckpointError(
+                f"checkpoint holds CUDA RNG states for {len(state['cuda'])} devices, "
+                f"this process sees {torch.cuda.device_count()}"
+            )
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            np_state["bit_generator"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+# ---------------------------------------------------------------- files
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """Write with ``torch.save`` to a temporary file, fsync it, then ``os.replace`` it over ``path``.
+
+    A crash at any moment leaves either the old or the new complete file, never a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # make the rename itself durable
+    finally:
+        os.close(directory)
+
+
+def load_checkpoint(path: Path, *, kind: Optional[str] = None, map_location: Any = "cpu") -> dict:
+    """Read a training checkpoint with ``weights_only=True`` and check its format (and ``kind`` if given)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises several types for truncated/corrupt/unsafe files
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(error).__name__}: {error}); it is corrupt, truncated or "
+            f"not a training checkpoint. Delete it to start over, or resume from a snapshot checkpoint_<step>.pth"
+        ) from error
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path} is not an {FORMAT} file (format: {found!r})")
+    if state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format_version {state.get('format_version')!r}; this code reads version {FORMAT_VERSION}"
+        )
+    if kind is not None and state.get("kind") != kind:
+        raise CheckpointError(f"{path} is a {state.get('kind')!r} checkpoint, expected {kind!r}")
+    return state
+
+
+def check_compatible(state: dict, *, path: Path, expected: dict) -> None:
+    """Raise if the checkpoint's stored values differ from ``expected`` (e.g. arch, label space)."""
+    for key, value in expected.items():
+        if state.get(key) != value:
+            raise CheckpointError(
+                f"{path} was written by an incompatible run: {key} is {state.get(key)!r} in the checkpoint "
+                f"but {value!r} in this run. Use another --output folder, or resume with the original config"
+            )
+
+
+class CheckpointManager:
+    """``last.pth`` plus snapshots ``checkpoint_<step>.pth`` in a run folder, at most ``keep_snapshots`` of them."""
+
+    def __init__(self, run_dir: Path, keep_snapshots: int = 3):
+        if keep_snapshots < 0:
+            raise ValueError(f"keep_snapshots must be >= 0, got {keep_snapshots}")
+        self.run_dir = Path(run_dir)
+        self.keep_snapshots = keep_snapshots
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / LAST_NAME
+
+    def snapshots(self) -> list[Path]:
+        """Snapshot files sorted by step."""
+        found = []
+        for path in self.run_dir.glob("checkpoint_*.pth"):
+            match = SNAPSHOT_PATTERN.match(path.name)
+            if match:
+                found.append((int(match.group(1)), path))
+        return [path for _, path in sorted(found)]
+
+    def save(self, state: dict, *, snapshot: bool = False) -> Path:
+        save_atomic(state, self.last_path)
+        if snapshot and self.keep_snapshots > 0:
+            save_atomic(state, self.run_dir / f"checkpoint_{state['step']:08d}.pth")
+            for old in self.snapshots()[: -self.keep_snapshots]:
+                old.unlink()
+        return self.last_path
+
+    def resume_path(self) -> Optional[Path]:
+        """``last.pth`` if the run folder has one (auto-resume), else None."""
+        return self.last_path if self.last_path.is_file() else None

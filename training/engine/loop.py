@@ -1,0 +1,288 @@
+"""The step loop shared by pretraining and fine-tuning.
+
+A trainer hands :class:`Trainer` a module whose ``forward(batch)`` returns a dict with a scalar ``"loss"`` (plus any
+other scalar tensors to log), an optimizer, a learning-rate function of the global step and a way to iterate one
+epoch from a given batch. The loop owns everything else: device transfer, autocast, backward with scaling and
+clipping, the post-step hook (EMA), the non-finite guard, logging, checkpoints, auto-resume and stop signals.
+
+Nothing in the per-step path reads a tensor on the host; the guard, the averages for logging and the stop flag are
+looked at only on log/checkpoint boundaries.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+from torch import nn
+
+from . import distributed
+from .checkpoint import FORMAT, FORMAT_VERSION, CheckpointError, CheckpointManager, capture_rng_state
+from .checkpoint import check_compatible, load_checkpoint, restore_rng_state
+from .logger import RunLogger, StepTimer
+from .numerics import NonFiniteGuard, autocast, optimizer_step
+from .optim import set_lr
+from .signals import StopRequested, StopSignal
+
+
+@dataclass
+class LoopConfig:
+    total_steps: int
+    epoch_lengths: list[int]  # steps of each epoch, in order (all stages of a sequential run)
+    amp: str = "none"
+    clip_grad_norm: float = 0.0
+    channels_last: bool = False
+    log_every: int = 20
+    checkpoint_every: int = 500
+    snapshot_every: int = 0  # 0 = a snapshot at the end of every epoch
+    keep_snapshots: int = 3
+
+
+class EpochSchedule:
+    """Maps a global step to (epoch, batch offset inside the epoch) from the list of epoch lengths."""
+
+    def __init__(self, epoch_lengths: list[int]):
+        if not epoch_lengths or min(epoch_lengths) <= 0:
+            raise ValueError(f"every epoch needs at least one step, got lengths {epoch_lengths}")
+        self.starts = [0]
+        for length in epoch_lengths:
+            self.starts.append(self.starts[-1] + length)
+
+    @property
+    def total_steps(self) -> int:
+        return self.starts[-1]
+
+    def locate(self, step: int) -> tuple[int, int]:
+        epoch = bisect.bisect_right(self.starts, step) - 1
+        return epoch, step - self.starts[epoch]
+
+    def is_epoch_end(self, step: int) -> bool:
+        """True when ``step`` steps complete an epoch."""
+        return step in self.starts[1:]
+
+
+def move_batch(batch: dict, device: torch.device, channels_last: bool) -> dict:
+    """Move a collated sample dict to ``device``; 4-D float tensors (images) optionally to channels_last."""
+    moved = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True)
+            if channels_last and value.ndim == 4 and value.is_floating_point():
+                value = value.contiguous(memory_format=torch.channels_last)
+        moved[key] = value
+    return moved
+
+
+class Trainer:
+    """Runs ``forward -> loss -> backward -> step -> after_step`` with checkpoints, resume, logging and guards.
+
+    ``module`` is the unwrapped model (its ``state_dict`` is checkpointed); ``model`` is what is called (the same
+    module, or a DDP/compiled wrapper of it). ``iterate_epoch(epoch, skip)`` returns the batches of ``epoch``
+    without its first ``skip`` batches, deterministically, so a resumed run sees the same data as an uninterrupted
+    one. ``checkpoint_extras()`` returns the run-specific entries of the checkpoint (kind, arch, config, ...).
+    """
+
+    def __init__(
+        self,
+        *,
+        module: nn.Module,
+        model: Callable[[dict], dict],
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        lr_at: Callable[[int], float],
+        iterate_epoch: Callable[[int, int], Iterator[dict]],
+        config: LoopConfig,
+        run_dir: Path,
+        dist_info: distributed.DistInfo,
+        checkpoint_extras: Callable[[], dict],
+        after_step: Optional[Callable[[int], None]] = None,
+        logger: Optional[RunLogger] = None,
+    ):
+        self.module = module
+        self.model = model
+        self.optimizer = optimizer
+        self.scaler = scaler
+        self.lr_at = lr_at
+        self.iterate_epoch = iterate_epoch
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.dist = dist_info
+        self.checkpoint_extras = checkpoint_extras
+        self.after_step = after_step
+        self.schedule = EpochSchedule(config.epoch_lengths)
+        if config.total_steps > self.schedule.total_steps:
+            raise ValueError(
+                f"total_steps={config.total_steps} exceeds the {self.schedule.total_steps} steps of the epochs"
+            )
+        self.checkpoints = CheckpointManager(self.run_dir, config.keep_snapshots)
+        self.logger = logger
+        self.step = 0
+        self._term_names: Optional[list[str]] = None
+        self._guard: Optional[NonFiniteGuard] = None
+        self._term_sums: Optional[torch.Tensor] = None
+        self._terms_seen = 0
+
+    # ------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict:
+        rng = capture_rng_state()
+        rng_per_rank = [rng]
+        if self.dist.distributed:
+            rng_per_rank = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(rng_per_rank, rng)
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            **self.checkpoint_extras(),
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "step": self.step,
+            "epoch": self.schedule.locate(min(self.step, self.schedule.total_steps - 1))[0],
+            "rng": rng,
+            "rng_per_rank": rng_per_rank,
+        }
+
+    def save(self, *, snapshot: bool = False) -> Path:
+        """Write ``last.pth`` (and a snapshot) on the main process; every rank must call it (RNG gather)."""
+        state = self.state_dict()
+        if self.dist.is_main:
+            self.checkpoints.save(state, snapshot=snapshot)
+        distributed.barrier()
+        return self.checkpoints.last_path
+
+    def resume(self, path: Optional[Path] = None, *, expected: Optional[dict] = None) -> int:
+        """Load ``path`` (default: ``last.pth`` of the run folder if present) and return the step to continue from.
+
+        ``expected`` entries (e.g. ``{"kind": "pretrain", "arch": "resnet50"}``) must match the checkpoint.
+        """
+        path = path or self.checkpoints.resume_path()
+        if path is None:
+            return 0
+        state = load_checkpoint(path, map_location="cpu")
+        check_compatible(state, path=path, expected=expected or {})
+        try:
+            self.module.load_state_dict(state["model"], strict=True)
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise CheckpointError(f"{path} does not fit this model/optimizer: {error}") from error
+        if self.scaler.is_enabled() and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        per_rank = state.get("rng_per_rank") or [state["rng"]]
+        if len(per_rank) == self.dist.world_size:
+            restore_rng_state(per_rank[self.dist.rank])
+        else:
+            # The world size changed: the old ranks' streams do not map onto the new ones. Derive fresh,
+            # distinct per-rank streams from the checkpoint's rank-0 state instead.
+            restore_rng_state(state["rng"])
+            torch.manual_seed(int(torch.randint(0, 2**62, ())) + self.dist.rank)
+        self.step = int(state["step"])
+        if self.step > self.config.total_steps:
+            raise CheckpointError(
+                f"{path} is at step {self.step}, beyond this run's {self.config.total_steps} steps"
+            )
+        return self.step
+
+    # ------------------------------------------------------------ the loop
+
+    def _record_terms(self, out: dict) -> None:
+        if "loss" not in out:
+            raise KeyError(f"the model's output has no 'loss' entry (keys: {sorted(out)})")
+        if self._term_names is None:
+            names = ["loss"] + sorted(k for k, v in out.items() if k != "loss" and _is_scalar(v))
+            self._term_names = names
+            self._guard = NonFiniteGuard(names, self.dist.device)
+            self._term_sums = torch.zeros(len(names), dtype=torch.float64, device=self.dist.device)
+        try:
+            terms = torch.stack([out[name].detach().float() for name in self._term_names])
+        except KeyError as error:
+            raise KeyError(f"the model's output lost the term {error} it returned at the first step") from None
+        self._guard.update(self.step, terms)
+        self._term_sums += terms
+        self._terms_seen += 1
+
+    def _log(self, timer: StepTimer) -> None:
+        averages = (self._term_sums / max(1, self._terms_seen)).tolist()
+        self._term_sums.zero_()
+        self._terms_seen = 0
+        metrics = dict(zip(self._term_names, averages))
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        metrics.update(timer.summary())
+        metrics["img_per_s"] *= self.dist.world_size
+        if self.logger is not None:
+            self.logger.log(self.step, metrics)
+            self.logger.progress(
+                self.step,
+                {"loss": metrics["loss"], "img/s": metrics["img_per_s"], "data": metrics["data_fraction"]},
+            )
+
+    def _checkpoint_due(self, step: int) -> tuple[bool, bool]:
+        cfg = self.config
+        end = step == cfg.total_steps
+        epoch_end = self.schedule.is_epoch_end(step)
+        snapshot = (step % cfg.snapshot_every == 0) if cfg.snapshot_every > 0 else epoch_end
+        save = end or epoch_end or snapshot or (cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0)
+        return save, snapshot or end
+
+    def run(self) -> int:
+        """Train from ``self.step`` to ``total_steps``. Returns the final step.
+
+        Raises :class:`StopRequested` after checkpointing when SIGTERM/SIGUSR1 arrived, and
+        :class:`~training.engine.numerics.NonFiniteLossError` (without overwriting the last good checkpoint).
+        """
+        cfg = self.config
+        parameters = [p for p in self.module.parameters() if p.requires_grad]
+        timer = StepTimer()
+        if self.logger is not None:
+            self.logger.open(self.step)
+        with StopSignal() as stop:
+            while self.step < cfg.total_steps:
+                epoch, skip = self.schedule.locate(self.step)
+                epoch_start = self.step - skip
+                for batch in self.iterate_epoch(epoch, skip):
+                    timer.data_ready()
+                    batch = move_batch(batch, self.dist.device, cfg.channels_last)
+                    set_lr(self.optimizer, self.lr_at(self.step))
+                    with autocast(cfg.amp, self.dist.device):
+                        out = self.model(batch)
+                    self._record_terms(out)
+                    optimizer_step(out["loss"], self.optimizer, self.scaler, parameters, cfg.clip_grad_norm)
+                    if self.after_step is not None:
+                        self.after_step(self.step)
+                    self.step += 1
+                    timer.step_done(int(batch["image"].shape[0]))
+
+                    boundary = self.step % cfg.log_every == 0 or self.step == cfg.total_steps
+                    save, snapshot = self._checkpoint_due(self.step)
+                    if boundary or save:
+                        self._guard.check(checkpoint=str(self.checkpoints.resume_path() or "none"))
+                    if boundary:
+                        self._log(timer)
+                    if save:
+                        self.save(snapshot=snapshot)
+                        timer.exclude_since_last_mark()  # checkpoint I/O is neither data nor compute time
+                    # One-process runs look at the flag every step (free); distributed runs agree on it at log
+                    # boundaries, because stopping must happen at the same step on every rank.
+                    if boundary or not self.dist.distributed:
+                        signum = stop.agreed(self.dist.device)
+                        if signum:
+                            self._guard.check(checkpoint=str(self.checkpoints.resume_path() or "none"))
+                            if not save:
+                                self.save()
+                            raise StopRequested(signum, self.step)
+                    if self.step >= cfg.total_steps or self.schedule.is_epoch_end(self.step):
+                        break
+                else:
+                    if self.step < cfg.total_steps:
+                        expected = cfg.epoch_lengths[epoch]
+                        raise RuntimeError(
+                            f"epoch {epoch} ended after {self.step - epoch_start} batches but the schedule expects "
+                            f"{expected}; the data iterator and epoch_lengths disagree"
+                        )
+        return self.step
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.ndim == 0 and value.is_floating_point()
