@@ -85,14 +85,14 @@ def export(
     std = tuple(float(v) for v in data_config.get("std", catalog.IMAGENET_STD))
     crop = data_config.get("crop_size")
     input_size = (3, int(crop[0]), int(crop[1])) if crop else catalog.INPUT_SIZE
-    model = timm.create_model(arch, num_classes=0, pretrained=False,
-                              pretrained_cfg=_pretrained_cfg(arch, model_name, tag, input_size, mean, std))
+    with torch.device("meta"):  # names, shapes and config only; the real load happens in verify_export
+        model = timm.create_model(arch, num_classes=0, pretrained=False,
+                                  pretrained_cfg=_pretrained_cfg(arch, model_name, tag, input_size, mean, std))
     problems = state_dict_mismatch(backbone, model.state_dict())
     if problems:
         raise CheckpointError(f"{src}: backbone does not fit timm {arch}: {problems}")
     # fp32 contiguous tensors in the model's own key order: exact for fp16/bf16 sources, deterministic bytes.
     tensors = {key: _as_stored(backbone[key]) for key in model.state_dict()}
-    model.load_state_dict(tensors, strict=True)
 
     label_space = content.get("label_space") if training else None
     prototypes = extract_prototypes(state_dict, label_space, source=src) if training else None
