@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_image
 
 from training.data import classes
 from training.data.errors import BadSampleError, DatasetLayoutError
@@ -23,7 +22,6 @@ from training.data.specs import DatasetSpec, parse_spec
 
 INVALID = -1  # marks raw values that are not part of a dataset's encoding in a lookup table
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-_TORCHVISION_DECODABLE = (".jpg", ".jpeg", ".png", ".webp")
 
 
 @dataclass(frozen=True)
@@ -52,14 +50,13 @@ def identity_table(num_classes: int) -> np.ndarray:
 def load_image(path: Path) -> torch.Tensor:
     """Decode an image file to uint8 RGB ``[3, H, W]`` (grayscale and RGBA files are converted)."""
     try:
-        if path.suffix.lower() in _TORCHVISION_DECODABLE:
-            return decode_image(str(path), mode=ImageReadMode.RGB)
         with Image.open(path) as image:
-            return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+            pixels = np.array(image.convert("RGB"))  # convert() decodes fully: truncation raises here
     except FileNotFoundError as error:
         raise BadSampleError(path, "image file not found") from error
-    except (RuntimeError, OSError, ValueError) as error:
-        raise BadSampleError(path, f"image is truncated or corrupt ({str(error).splitlines()[-1]})") from error
+    except (OSError, ValueError, SyntaxError) as error:
+        raise BadSampleError(path, f"image is truncated or corrupt ({error})") from error
+    return torch.from_numpy(pixels).permute(2, 0, 1)
 
 
 def read_label_png(path: Path) -> np.ndarray:
@@ -375,7 +372,8 @@ class CityscapesReader(SegmentationReader):
 
 class FolderReader(SegmentationReader):
     """Users' own data: ``classes.txt`` (one name per line), ``images/[split/]``, ``masks/[split/]`` PNGs with
-    local ids 0..K-1 and 255 = ignore; a mask has the image's relative path with a ``.png`` suffix.
+    local ids 0..K-1 and 255 = ignore; a mask has the image's relative path with a ``.png`` suffix. Without a
+    ``<split>`` sub-folder (and no explicit split) every image under ``images/`` is used.
 
     Its label-space name is the folder's name.
     """
@@ -408,8 +406,6 @@ class FolderReader(SegmentationReader):
             images, masks = images / self.split, masks / self.split
         elif self._explicit_split:
             raise DatasetLayoutError(f"{images / self.split}: split folder not found")
-        elif any(p.is_dir() for p in images.iterdir()):
-            raise DatasetLayoutError(f"{images}: has sub-folders but no {self.split!r} split folder")
         return [SampleFiles(p, masks / p.relative_to(images).with_suffix(".png"), str(p.relative_to(images)))
                 for p in _image_files(images)]
 

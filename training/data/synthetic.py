@@ -167,9 +167,10 @@ DATASETS: dict[str, SyntheticDataset] = {
         max_things=6, size=((96, 96), (192, 192)), color_shift=(0.0, 0.02, -0.02)),
 }
 
-# Images per split: (pretraining train, val); VOC's train is split into official train + SBD aug.
-SPLIT_SIZES = {"voc_train": 60, "voc_aug": 240, "voc_val": 60, "ade20k": (300, 60), "coco_stuff164k": (300, 60),
-               "cityscapes": (200, 60)}
+# Images per split; VOC's train_aug = official train (with boundaries) + SBD-style aug.
+DEFAULT_SIZES = {"voc_train": 60, "voc_aug": 240, "voc_val": 60, "ade20k_train": 300, "ade20k_val": 60,
+                 "coco_stuff164k_train": 300, "coco_stuff164k_val": 60, "cityscapes_train": 200,
+                 "cityscapes_val": 60}
 
 
 # ---- rendering ---------------------------------------------------------------------------------------------
@@ -382,7 +383,7 @@ def _save_png(label: np.ndarray, path: Path, palette: np.ndarray | None = None) 
     picture.save(path)
 
 
-def write_voc(root: Path, seed: int) -> Path:
+def write_voc(root: Path, seed: int, sizes: dict[str, int]) -> Path:
     """``VOCdevkit/VOC2012`` with SegmentationClass (palette, 255 boundaries), SegmentationClassAug, lists."""
     voc = root / "VOCdevkit" / "VOC2012"
     lists = voc / "ImageSets" / "Segmentation"
@@ -390,8 +391,7 @@ def write_voc(root: Path, seed: int) -> Path:
     palette = classes.voc_colormap(256)
     spec = DATASETS["voc_aug"]
     ids = {}
-    for split, count in (("train", SPLIT_SIZES["voc_train"]), ("aug", SPLIT_SIZES["voc_aug"]),
-                         ("val", SPLIT_SIZES["voc_val"])):
+    for split, count in (("train", sizes["voc_train"]), ("aug", sizes["voc_aug"]), ("val", sizes["voc_val"])):
         ids[split] = [f"2099_{split}{i:05d}" for i in range(count)]
         for i, name in enumerate(ids[split]):
             image, label = render(spec, _rng(seed, "voc_aug", split, i), BACKGROUND)
@@ -407,10 +407,10 @@ def write_voc(root: Path, seed: int) -> Path:
     return voc
 
 
-def write_ade20k(root: Path, seed: int) -> Path:
+def write_ade20k(root: Path, seed: int, sizes: dict[str, int]) -> Path:
     ade = root / "ADEChallengeData2016"
-    for split, prefix, count in (("training", "train", SPLIT_SIZES["ade20k"][0]),
-                                 ("validation", "val", SPLIT_SIZES["ade20k"][1])):
+    for split, prefix, count in (("training", "train", sizes["ade20k_train"]),
+                                 ("validation", "val", sizes["ade20k_val"])):
         for i in range(count):
             image, label = render(DATASETS["ade20k"], _rng(seed, "ade20k", split, i), 0)
             _save_jpeg(image, ade / "images" / split / f"ADE_{prefix}_{i + 1:08d}.jpg")
@@ -420,10 +420,9 @@ def write_ade20k(root: Path, seed: int) -> Path:
     return ade
 
 
-def write_coco_stuff164k(root: Path, seed: int) -> Path:
+def write_coco_stuff164k(root: Path, seed: int, sizes: dict[str, int]) -> Path:
     coco = root / "coco_stuff164k"
-    for split, count in (("train2017", SPLIT_SIZES["coco_stuff164k"][0]),
-                         ("val2017", SPLIT_SIZES["coco_stuff164k"][1])):
+    for split, count in (("train2017", sizes["coco_stuff164k_train"]), ("val2017", sizes["coco_stuff164k_val"])):
         for i in range(count):
             rng = _rng(seed, "coco_stuff164k", split, i)
             image, label = render(DATASETS["coco_stuff164k"], rng, 255)
@@ -435,11 +434,11 @@ def write_coco_stuff164k(root: Path, seed: int) -> Path:
     return coco
 
 
-def write_cityscapes(root: Path, seed: int) -> Path:
+def write_cityscapes(root: Path, seed: int, sizes: dict[str, int]) -> Path:
     """``cityscapes`` with leftImg8bit PNGs and raw ``*_gtFine_labelIds.png`` (ego vehicle at the bottom)."""
     city_root = root / "cityscapes"
     cities = {"train": ("aachen", "bremen", "zurich"), "val": ("frankfurt", "lindau")}
-    for split, count in (("train", SPLIT_SIZES["cityscapes"][0]), ("val", SPLIT_SIZES["cityscapes"][1])):
+    for split, count in (("train", sizes["cityscapes_train"]), ("val", sizes["cityscapes_val"])):
         for i in range(count):
             rng = _rng(seed, "cityscapes", split, i)
             image, label = render(DATASETS["cityscapes"], rng, 0)
@@ -455,17 +454,36 @@ def write_cityscapes(root: Path, seed: int) -> Path:
     return city_root
 
 
-def generate(out_dir: str | os.PathLike, seed: int = 0) -> dict:
-    """Write the whole benchmark under ``out_dir`` (must not exist or be empty); return its spec strings."""
+def resolve_sizes(sizes: dict[str, int] | None) -> dict[str, int]:
+    """``DEFAULT_SIZES`` with overrides; unknown keys and empty splits are errors."""
+    unknown = set(sizes or {}) - set(DEFAULT_SIZES)
+    if unknown:
+        raise ValueError(f"synthetic sizes: unknown keys {sorted(unknown)}; known: {sorted(DEFAULT_SIZES)}")
+    resolved = {**DEFAULT_SIZES, **(sizes or {})}
+    if min(resolved.values()) < 1:
+        raise ValueError(f"synthetic sizes: every split needs at least one image, got {resolved}")
+    return resolved
+
+
+def _marker(seed: int, sizes: dict[str, int]) -> dict:
+    return {"version": SYNTHETIC_VERSION, "seed": seed, "sizes": sizes}
+
+
+def generate(out_dir: str | os.PathLike, seed: int = 0, sizes: dict[str, int] | None = None) -> dict:
+    """Write the whole benchmark under ``out_dir`` (must not exist or be empty); return its spec strings.
+
+    ``sizes`` overrides the number of images per split (keys of ``DEFAULT_SIZES``), e.g. for tests.
+    """
+    sizes = resolve_sizes(sizes)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: not empty; the synthetic benchmark is written into a new folder")
     out.mkdir(parents=True, exist_ok=True)
-    write_voc(out, seed)
-    write_ade20k(out, seed)
-    write_coco_stuff164k(out, seed)
-    write_cityscapes(out, seed)
-    info = {"version": SYNTHETIC_VERSION, "seed": seed}
+    write_voc(out, seed, sizes)
+    write_ade20k(out, seed, sizes)
+    write_coco_stuff164k(out, seed, sizes)
+    write_cityscapes(out, seed, sizes)
+    info = _marker(seed, sizes)
     (out / MARKER_FILE).write_text(json.dumps(info, indent=1) + "\n")
     return synthetic_specs(out)
 
@@ -491,27 +509,28 @@ def default_cache_dir(seed: int) -> Path:
     return Path.home() / ".cache" / "mdp-hub" / "synthetic" / f"{SYNTHETIC_VERSION}-seed{seed}"
 
 
-def ensure_synthetic(root: str | os.PathLike | None = None, seed: int = 0) -> dict:
+def ensure_synthetic(root: str | os.PathLike | None = None, seed: int = 0, *,
+                     sizes: dict[str, int] | None = None) -> dict:
     """Spec strings of the synthetic benchmark, generating it once (atomically) if the folder is absent.
 
     ``root``: where the benchmark lives; default ``$MDP_SYNTH_DIR/<version>-seed<seed>``, else
     ``~/.cache/mdp-hub/synthetic/<version>-seed<seed>``. Generation goes to a temporary sibling folder that is
     renamed into place, so concurrent callers never see a half-written benchmark.
     """
+    expected = _marker(seed, resolve_sizes(sizes))
     target = Path(root).expanduser() if root is not None else default_cache_dir(seed)
     marker = target / MARKER_FILE
     if marker.is_file():
         info = json.loads(marker.read_text())
-        if info != {"version": SYNTHETIC_VERSION, "seed": seed}:
-            raise ValueError(f"{marker}: holds synthetic benchmark {info}, not version {SYNTHETIC_VERSION} "
-                             f"seed {seed}; pass another folder")
+        if info != expected:
+            raise ValueError(f"{marker}: holds synthetic benchmark {info}, not {expected}; pass another folder")
         return synthetic_specs(target)
     if target.exists() and any(target.iterdir()):
         raise FileExistsError(f"{target}: exists but holds no {MARKER_FILE}; not overwriting it")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        generate(staging, seed)
+        generate(staging, seed, sizes)
         if target.exists():
             target.rmdir()  # an empty folder left by the user
         os.rename(staging, target)
