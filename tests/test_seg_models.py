@@ -6,6 +6,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from mdp_hub.errors import CheckpointError
 from training.seg.models import SegModelConfig, build_segmentation_model, create_segmentation_model
 
 ARCH = "resnet18"
@@ -86,7 +87,7 @@ def test_training_checkpoint(tmp_path, source_backbone):
     assert_backbone_equals(model, source_backbone)
     checkpoint["arch"] = "resnet34"
     torch.save(checkpoint, path)
-    with pytest.raises(RuntimeError, match="does not fit the backbone"):
+    with pytest.raises(CheckpointError, match="weights do not fit"):
         create_segmentation_model(small_config(arch=None), num_classes=4, init=str(path))
 
 
@@ -104,7 +105,7 @@ def test_wrong_architecture_is_a_clear_error(tmp_path):
     other = timm.create_model("resnet34", num_classes=0)
     path = tmp_path / "r34.safetensors"
     save_file(other.state_dict(), str(path))
-    with pytest.raises(RuntimeError, match=r"(?s)init='.*r34.safetensors' does not fit the backbone.*Unexpected"):
+    with pytest.raises(CheckpointError, match=r"init='.*r34.safetensors': weights do not fit .*unexpected"):
         create_segmentation_model(small_config(), num_classes=4, init=str(path))
     folder = tmp_path / "r34"
     timm.models.save_for_hf(other, str(folder), safe_serialization=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-IGNORE_INDEX = -1
+from training.data.label_space import IGNORE_INDEX
 
 
 def reduce_zero_label(label: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import timm
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import mdp_hub  # noqa: F401  (registers the mdp_* architectures with timm so exports naming them resolve)
-from safetensors.torch import load_file as load_safetensors
+from mdp_hub import checkpoint_io
 
 HEADS = ("deeplabv3", "fcn")
 
@@ -38,7 +38,7 @@ class SegModelConfig:
     arch: str | None = None
     head: str = "deeplabv3"
     head_channels: int = 512
-    aspp_dilations: tuple[int, ...] = (1, 12, 24, 36)
+    aspp_dilations: list[int] = field(default_factory=lambda: [1, 12, 24, 36])
     aux_head: bool = False
     aux_channels: int = 256
     aux_weight: float = 0.4
@@ -164,29 +164,14 @@ def _timm_source_weights(name: str) -> tuple[str, dict[str, torch.Tensor]]:
     return arch, source.state_dict()
 
 
-TRAIN_CHECKPOINT_FORMAT = "mdp-hub/train-checkpoint"
-
-
-def load_backbone_state_dict(path: Path) -> tuple[str | None, dict[str, torch.Tensor]]:
-    """Read ``path`` as ``(arch or None, backbone state dict)``: a training checkpoint (cut at its
-    ``backbone_prefix``), or a plain state dict in ``.safetensors`` / ``.pth`` (read with ``weights_only=True``)."""
-    if path.suffix == ".safetensors":
-        return None, load_safetensors(str(path))
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path}: not a readable weights-only torch file ({error})") from error
-    if not isinstance(content, dict):
-        raise ValueError(f"{path}: expected a state dict or a training checkpoint, got {type(content).__name__}")
-    if content.get("format") == TRAIN_CHECKPOINT_FORMAT:
-        prefix = content["backbone_prefix"]
-        state_dict = {k[len(prefix):]: v for k, v in content["model"].items() if k.startswith(prefix)}
-        if not state_dict:
-            raise ValueError(f"{path}: training checkpoint has no weights under backbone_prefix {prefix!r}")
-        return content["arch"], state_dict
-    if not all(isinstance(v, torch.Tensor) for v in content.values()):
-        raise ValueError(f"{path}: neither an {TRAIN_CHECKPOINT_FORMAT} checkpoint nor a plain tensor state dict")
-    return None, content
+def _file_weights(path: Path) -> tuple[str | None, dict[str, torch.Tensor]]:
+    """``(arch or None, backbone state dict)`` of a training checkpoint (cut at its ``backbone_prefix``) or a
+    plain state dict file (``.safetensors`` / ``.pth``, read with ``weights_only=True``)."""
+    content = checkpoint_io.load_file(path)
+    state_dict, declared_prefix = checkpoint_io.unwrap_state_dict(content, source=path)
+    backbone, _ = checkpoint_io.select_backbone(state_dict, prefix=declared_prefix, source=path)
+    arch = content.get("arch") if checkpoint_io.is_training_checkpoint(content) else None
+    return arch, backbone
 
 
 def _export_folder_weights(folder: Path) -> tuple[str, dict[str, torch.Tensor]]:
@@ -199,7 +184,7 @@ def _export_folder_weights(folder: Path) -> tuple[str, dict[str, torch.Tensor]]:
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"init={str(folder)!r}: an MDP export folder needs model.safetensors, not found")
-    _, state_dict = load_backbone_state_dict(weights)
+    _, state_dict = _file_weights(weights)
     return arch, state_dict
 
 
@@ -220,7 +205,7 @@ def resolve_init(init: str, arch: str | None) -> tuple[str, dict[str, torch.Tens
     if path.is_dir():
         source_arch, state_dict = _export_folder_weights(path)
     elif path.is_file():
-        source_arch, state_dict = load_backbone_state_dict(path)
+        source_arch, state_dict = _file_weights(path)
         source_arch = source_arch or arch
         if not source_arch:
             raise ValueError(f"init={init!r} is a plain state dict without an architecture: set model.arch")
@@ -236,11 +221,10 @@ def resolve_init(init: str, arch: str | None) -> tuple[str, dict[str, torch.Tens
 
 
 def load_backbone_weights(model: SegmentationModel, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Load a headless timm state dict into ``model.backbone`` strictly; a mismatch names the source."""
-    try:
-        model.backbone.load_state_dict(state_dict, strict=True)
-    except RuntimeError as error:
-        raise RuntimeError(f"init={source!r} does not fit the backbone: {error}") from error
+    """Load a headless timm state dict into ``model.backbone`` strictly; a mismatch is a ``CheckpointError``
+    naming the source and the missing / unexpected / wrongly shaped tensors."""
+    checkpoint_io.verify_state_dict(state_dict, model.backbone, source=f"init={source!r}")
+    model.backbone.load_state_dict(state_dict, strict=True)
 
 
 def create_segmentation_model(config: SegModelConfig, num_classes: int, init: str = "scratch"

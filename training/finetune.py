@@ -1,0 +1,233 @@
+"""`python -m training.finetune`: fine-tune any backbone with a DeepLabV3 (ASPP) or FCN head, MMSegmentation-style.
+
+    python -m training.finetune                                   # synthetic demo, a few CPU minutes
+    python -m training.finetune --recipe finetune_voc_aug --init runs/mdp/export \\
+        --set data.train=voc_aug:/data/VOCdevkit/VOC2012 --set data.val=voc:/data/VOCdevkit/VOC2012:val
+    torchrun --nproc-per-node 4 -m training.finetune --recipe finetune_cityscapes --init resnet50.a1_in1k
+
+``--init``: ``scratch``, a timm name (``resnet50.a1_in1k``, ``hf-hub:ORG/NAME``, ``local-dir:/path``), an MDP
+export folder, or a training checkpoint; the backbone is always loaded strictly. The run shares the pretraining
+engine (``training.engine``): torchrun DDP, AMP, atomic ``last.pth`` with auto-resume from the run folder,
+SIGTERM/SIGUSR1 checkpointing, a non-finite-loss stop, metrics.jsonl + TensorBoard + tqdm. Validation runs every
+``train.eval_every`` iterations and at the end; the final scores go to ``<run>/eval/results.{json,md}``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from training.config import save_config, to_dict
+from training.data.datasets import build_segmentation_dataset
+from training.data.label_space import LabelSpace
+from training.data.transforms import PhotometricConfig
+from training.engine import distributed
+from training.engine.checkpoint import LAST_NAME, CheckpointManager, load_checkpoint
+from training.engine.logger import RunLogger
+from training.engine.loop import LoopConfig, Trainer
+from training.engine.numerics import make_grad_scaler
+from training.engine.signals import StopRequested
+from training.evaluate import evaluate_dataset, write_results
+from training.seg.config import DEFAULT_RECIPE, FinetuneConfig, load_finetune_config, resolve_data_spec
+from training.seg.losses import segmentation_cross_entropy
+from training.seg.metrics import SegmentationMetrics
+from training.seg.models import build_segmentation_model, create_segmentation_model
+
+BACKBONE_PREFIX = "backbone."
+# MMSeg's PhotoMetricDistortion in torchvision terms: brightness +-32/255, contrast and saturation x[0.5, 1.5],
+# hue +-18 degrees, applied with probability 0.5; no grayscale or blur.
+MMSEG_PHOTOMETRIC = PhotometricConfig(brightness=32 / 255, contrast=0.5, saturation=0.5, hue=18 / 360,
+                                      color_jitter_p=0.5, grayscale_p=0.0, blur_p=0.0)
+
+
+def poly_lr(step: int, total_steps: int, base_lr: float, min_lr: float, power: float) -> float:
+    """MMSeg's ``PolyLR``: ``(base_lr - min_lr) * (1 - step / total_steps) ** power + min_lr``."""
+    return (base_lr - min_lr) * (1 - min(step, total_steps) / total_steps) ** power + min_lr
+
+
+class InfiniteBatches:
+    """MMSeg's ``InfiniteSampler`` as one endless epoch: pass ``p`` over the data is a ``DistributedSampler``
+    permutation seeded with ``p``, so the batch at any step is fixed and a resumed run sees the same data."""
+
+    def __init__(self, dataset, *, batch_size: int, num_workers: int, seed: int, pin_memory: bool):
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.sampler = DistributedSampler(dataset, num_replicas=distributed.get_world_size(),
+                                          rank=distributed.get_rank(), shuffle=True, seed=seed)
+        self.steps_per_pass = len(self.sampler) // batch_size
+        if self.steps_per_pass == 0:
+            raise ValueError(f"data.train has {len(dataset)} images, fewer than one batch of {batch_size} per "
+                             f"process")
+
+    def __call__(self, epoch: int, skip: int):
+        """Batches from step ``skip`` on (the loop's single epoch is the whole run, so ``epoch`` is always 0)."""
+        data_pass, offset = divmod(skip, self.steps_per_pass)
+        while True:
+            self.sampler.set_epoch(data_pass)
+            indices = list(self.sampler)[offset * self.batch_size:self.steps_per_pass * self.batch_size]
+            yield from DataLoader(self.dataset, batch_size=self.batch_size, sampler=indices, drop_last=True,
+                                  num_workers=self.num_workers, pin_memory=self.pin_memory)
+            data_pass, offset = data_pass + 1, 0
+
+
+def build_datasets(config: FinetuneConfig):
+    data = config.data
+    train_set = build_segmentation_dataset(
+        resolve_data_spec(data.train, train=True), train=True, crop_size=data.crop_size, mean=data.mean,
+        std=data.std, scale_range=tuple(data.scale_range), cat_max_ratio=data.cat_max_ratio,
+        base_size=data.base_size or None, photometric=MMSEG_PHOTOMETRIC)
+    val_set = build_segmentation_dataset(resolve_data_spec(data.val, train=False), train=False, mean=data.mean,
+                                         std=data.std)
+    if list(train_set.class_names) != list(val_set.class_names):
+        raise ValueError(f"data.train={data.train!r} and data.val={data.val!r} have different classes "
+                         f"({train_set.num_classes} vs {val_set.num_classes}); they must be one dataset's splits")
+    return train_set, val_set
+
+
+def segmentation_losses(logits: dict[str, torch.Tensor], mask: torch.Tensor, config: FinetuneConfig
+                        ) -> dict[str, torch.Tensor]:
+    """``{"loss", "loss_decode"[, "loss_aux"]}`` from the model's ``{"out"[, "aux"]}`` logits ``[B, K, H, W]``
+    and the mask ``[B, H, W]`` (local ids, -1 ignore); the auxiliary term is already weighted."""
+    avg_non_ignore = config.optim.avg_non_ignore
+    losses = {"loss_decode": segmentation_cross_entropy(logits["out"], mask, avg_non_ignore=avg_non_ignore)}
+    if "aux" in logits:
+        losses["loss_aux"] = config.model.aux_weight * segmentation_cross_entropy(
+            logits["aux"], mask, avg_non_ignore=avg_non_ignore)
+    losses["loss"] = sum(losses.values())
+    return losses
+
+
+def finetune(config: FinetuneConfig, run_dir: Path) -> SegmentationMetrics:
+    """Fine-tune (or resume the run in ``run_dir``) and return the final validation metrics."""
+    train_cfg = config.train
+    run_dir = Path(run_dir)
+    dist_info = distributed.init_distributed(train_cfg.device)
+    device = dist_info.device
+    if train_cfg.threads > 0:
+        torch.set_num_threads(train_cfg.threads)
+    if train_cfg.batch_size % dist_info.world_size:
+        raise ValueError(f"train.batch_size={train_cfg.batch_size} (global) is not divisible by the "
+                         f"{dist_info.world_size} processes")
+    distributed.seed_everything(train_cfg.seed, dist_info.rank)
+    train_set, val_set = build_datasets(config)
+    label_space = LabelSpace([(train_set.reader.dataset_name, train_set.class_names)])
+
+    resuming = CheckpointManager(run_dir).resume_path() is not None
+    # A resumed run takes every weight from last.pth: build the architecture only, skip the (maybe remote) init.
+    init = "scratch" if resuming else config.init
+    if resuming:
+        arch = load_checkpoint(run_dir / LAST_NAME, kind="finetune")["arch"]
+        model = build_segmentation_model(config.model, train_set.num_classes, arch)
+    else:
+        model, arch = create_segmentation_model(config.model, train_set.num_classes, init)
+    model.to(device)
+    if dist_info.distributed and device.type == "cuda" and train_cfg.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    wrapped = model
+    if dist_info.distributed:
+        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    # MMSeg applies weight decay to every parameter (no paramwise_cfg in the R-50-D8 configs).
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.optim.lr, momentum=config.optim.momentum,
+                                weight_decay=config.optim.weight_decay)
+    batches = InfiniteBatches(train_set, batch_size=train_cfg.batch_size // dist_info.world_size,
+                              num_workers=config.data.num_workers, seed=train_cfg.seed,
+                              pin_memory=device.type == "cuda")
+    logger = RunLogger(run_dir, enabled=dist_info.is_main, total_steps=train_cfg.iterations)
+    state = {"metrics": None}
+
+    def evaluate_now(step: int) -> SegmentationMetrics:
+        result = evaluate_dataset(model, val_set, config.eval, device=device, amp=train_cfg.amp,
+                                  mean=config.data.mean, std=config.data.std)
+        logger.log(step, {"mIoU": result.miou, "mAcc": result.macc, "aAcc": result.aacc}, prefix="val")
+        logger.message(f"step {step}: val mIoU {result.miou:.2f}  mAcc {result.macc:.2f}  aAcc {result.aacc:.2f}")
+        state["metrics"] = result
+        return result
+
+    def after_step(step: int) -> None:
+        done = step + 1
+        if done == train_cfg.iterations or (train_cfg.eval_every > 0 and done % train_cfg.eval_every == 0):
+            evaluate_now(done)
+
+    def checkpoint_extras() -> dict:
+        metrics = state["metrics"]
+        return {"kind": "finetune", "arch": arch, "backbone_prefix": BACKBONE_PREFIX, "config": to_dict(config),
+                "label_space": label_space.to_dict(),
+                "data_config": {"mean": list(config.data.mean), "std": list(config.data.std),
+                                "crop_size": list(config.data.crop_size)},
+                "metrics": metrics.to_dict() if metrics is not None else None}
+
+    trainer = Trainer(
+        module=model,
+        model=lambda batch: segmentation_losses(wrapped(batch["image"]), batch["mask"], config),
+        optimizer=optimizer,
+        scaler=make_grad_scaler(train_cfg.amp, device),
+        lr_at=lambda step: poly_lr(step, train_cfg.iterations, config.optim.lr, config.optim.min_lr,
+                                   config.optim.power),
+        iterate_epoch=batches,
+        config=LoopConfig(total_steps=train_cfg.iterations, epoch_lengths=[train_cfg.iterations],
+                          amp=train_cfg.amp, log_every=train_cfg.log_every,
+                          checkpoint_every=train_cfg.checkpoint_every, snapshot_every=train_cfg.eval_every,
+                          keep_snapshots=train_cfg.keep_snapshots),
+        run_dir=run_dir, dist_info=dist_info, checkpoint_extras=checkpoint_extras, after_step=after_step,
+        logger=logger)
+    try:
+        step = trainer.resume(expected={"kind": "finetune", "arch": arch,
+                                        "label_space": label_space.to_dict()})
+        if dist_info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, run_dir / "config.yaml")
+            logger.message(f"fine-tuning {arch} + {config.model.head} from {config.init!r} on {config.data.train} "
+                           f"({train_set.num_classes} classes), step {step}/{train_cfg.iterations}")
+        trainer.run()
+        metrics = state["metrics"] or evaluate_now(trainer.step)
+        if dist_info.is_main:
+            info = {"checkpoint": str(trainer.checkpoints.last_path), "data": config.data.val,
+                    "step": trainer.step, "arch": arch, "head": config.model.head, "init": config.init,
+                    "mode": config.eval.mode, "flip": config.eval.flip, "test_scale": config.eval.test_scale}
+            write_results(run_dir / "eval", metrics, info)
+    finally:
+        logger.close()
+        distributed.cleanup()
+    return metrics
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training.finetune", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--recipe", default=DEFAULT_RECIPE,
+                        help="recipe name under training/recipes (finetune_voc_aug, finetune_ade20k, "
+                             "finetune_cityscapes, finetune_coco_stuff164k, finetune_synthetic) or a YAML file")
+    parser.add_argument("--init", default=None, help="backbone initialisation (overrides the recipe's init)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set optim.lr=0.02 (repeatable)")
+    parser.add_argument("--output", type=Path, default=None, help="run folder (default runs/<recipe name>); "
+                        "an existing last.pth there is resumed")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    config = load_finetune_config(args.recipe, args.overrides)
+    if args.init is not None:
+        config.init = args.init
+    run_dir = args.output or Path("runs") / config.name
+    try:
+        metrics = finetune(config, run_dir)
+    except StopRequested as stop:
+        print(stop, file=sys.stderr)
+        return stop.exit_code
+    if distributed.get_rank() == 0:
+        print(f"final mIoU {metrics.miou:.2f}  mAcc {metrics.macc:.2f}  aAcc {metrics.aacc:.2f}  "
+              f"-> {run_dir / 'eval'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
