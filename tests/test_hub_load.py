@@ -137,10 +137,20 @@ def test_unpublished_weights_give_one_sentence_with_the_fix(offline):
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
-def test_missing_overlay_file_is_named(offline, tmp_path):
+def test_missing_truncated_or_unsafe_overlay_files_are_named(exported, offline, tmp_path):
     missing = tmp_path / "nowhere" / "model.safetensors"
     with pytest.raises(FileNotFoundError, match=str(missing)):
         timm.create_model("mdp_resnet18", pretrained=True, pretrained_cfg_overlay=dict(file=str(missing)))
+    _, expected = exported
+    truncated = tmp_path / "truncated.pth"
+    torch.save(expected, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match=r"truncated\.pth: cannot read weights"):
+        timm.create_model("mdp_resnet18", pretrained=True, pretrained_cfg_overlay=dict(file=str(truncated)))
+    unsafe = tmp_path / "unsafe.pth"
+    torch.save({"weights": expected, "code": print}, unsafe)  # a pickled global: refused by weights_only=True
+    with pytest.raises(CheckpointError, match=r"unsafe\.pth: cannot read weights .*weights_only=True"):
+        timm.create_model("mdp_resnet18", pretrained=True, pretrained_cfg_overlay=dict(file=str(unsafe)))
 
 
 @pytest.mark.parametrize("num_classes", [0, 21])

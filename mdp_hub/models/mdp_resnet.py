@@ -15,7 +15,7 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled
+from huggingface_hub.errors import EntryNotFoundError
 from safetensors import SafetensorError
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
@@ -110,8 +110,8 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> ResNet:
         return build_model_with_cfg(
             ResNet, variant, pretrained, pretrained_filter_fn=strict_backbone_filter, **dict(_BLOCKS[variant], **kwargs)
         )
-    except (FileNotFoundError, EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled, SafetensorError,
-            pickle.UnpicklingError) as err:
+    except (OSError, EntryNotFoundError, SafetensorError,  # OSError covers HTTP, offline and connection errors
+            pickle.UnpicklingError, RuntimeError) as err:
         if not pretrained or isinstance(err, (CheckpointError, WeightsNotAvailableError)):
             raise
         cfg = resolve_pretrained_cfg(
@@ -120,7 +120,10 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> ResNet:
         if cfg.get("file"):
             if isinstance(err, FileNotFoundError):
                 raise FileNotFoundError(f"{cfg['file']}: no such weights file (pretrained_cfg file)") from None
-            raise CheckpointError(f"{cfg['file']}: cannot read weights ({type(err).__name__}: {err})") from None
+            # timm reports a truncated .pth as a bare RuntimeError or OSError; keep it as the cause
+            raise CheckpointError(f"{cfg['file']}: cannot read weights ({type(err).__name__}: {err})") from err
+        if isinstance(err, RuntimeError):
+            raise
         if isinstance(err, (SafetensorError, pickle.UnpicklingError)):
             raise CheckpointError(f"{_describe_source(cfg)}: cached weights are corrupt ({err})") from None
         raise _weights_not_available(cfg, err) from None
