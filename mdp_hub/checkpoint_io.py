@@ -79,10 +79,11 @@ def is_training_checkpoint(content: Mapping[str, Any]) -> bool:
 
 
 def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove ``module.`` / ``_orig_mod.`` wrappers (DDP, torch.compile) wherever they lead a key."""
+    """Remove ``module.`` / ``_orig_mod.`` wrappers (DDP, torch.compile) leading a key, and ``_orig_mod.``
+    anywhere (a compiled submodule, e.g. ``encoder.backbone._orig_mod.conv1.weight``)."""
     cleaned = {}
     for key, value in state_dict.items():
-        name = key
+        name = key.replace("._orig_mod.", ".")
         while name.startswith(WRAPPER_PREFIXES):
             name = name.split(".", 1)[1]
         if name in cleaned:

@@ -72,6 +72,8 @@ def test_wrappers_and_prefixes_are_stripped(tmp_path, resnet18_state):
     backbone = read_backbone_state_dict(tmp_path / "finetuned.pth")
     assert set(backbone) == set(resnet18_state)
     assert all(torch.equal(backbone[k], v) for k, v in resnet18_state.items())
+    compiled_submodule = strip_wrapper_prefixes({"encoder.backbone._orig_mod.conv1.weight": torch.zeros(1)})
+    assert list(compiled_submodule) == ["encoder.backbone.conv1.weight"]
     with pytest.raises(CheckpointError, match="two entries map to 'a'"):
         strip_wrapper_prefixes({"a": torch.zeros(1), "module.a": torch.zeros(1)})
 
