@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from training.mdp.losses import (
+    csc1_exclusion,
     moco_infonce,
     pixel_cross_entropy,
     pixel_to_pixel_loss,
@@ -151,3 +152,12 @@ def test_moco_infonce():
     query, key = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.6, 0.8]])
     queue = torch.tensor([[0.0, 1.0], [-1.0, 0.0]])
     assert moco_infonce(query, key, queue, tau=1.0).item() == pytest.approx(nll(0.6, [0.6, 0.0, -1.0]), rel=1e-6)
+
+
+def test_csc1_exclusion_keeps_both_labels_of_a_mixed_pixel():
+    logits = torch.tensor([[5.0, 4.0, 3.0, 2.0]])
+    mask = torch.ones(4, dtype=torch.bool)
+    excluded = csc1_exclusion(logits, torch.tensor([0]), mask, k=2)
+    assert excluded.tolist() == [[False, True, True, False]]
+    excluded = csc1_exclusion(logits, torch.tensor([0]), mask, k=2, keep_labels=[torch.tensor([0]), torch.tensor([1])])
+    assert excluded.tolist() == [[False, False, True, False]]

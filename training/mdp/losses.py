@@ -48,6 +48,25 @@ def topk_other_classes(
     return top_index, torch.isfinite(top_scores)
 
 
+def csc1_exclusion(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    class_mask: torch.Tensor,
+    k: int,
+    keep_labels: tuple[torch.Tensor, ...] | list[torch.Tensor] = (),
+) -> torch.Tensor:
+    """CSC1: [P, C] bool, True for each pixel's top-k most similar non-label classes (not pushed away).
+
+    logits [P, C], labels [P]; ``keep_labels`` ([P] each, e.g. both labels of a mixed pixel) are never
+    excluded, so every label stays in its own denominator.
+    """
+    top_index, top_valid = topk_other_classes(logits, labels, class_mask, k)
+    excluded = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, top_index, top_valid)
+    for kept in keep_labels:
+        excluded &= ~(F.one_hot(kept.clamp(min=0), logits.shape[1]).bool() & (kept >= 0)[:, None])
+    return excluded
+
+
 def pixel_to_prototype_nce(
     logits: torch.Tensor,
     labels: torch.Tensor,

@@ -20,10 +20,10 @@ from __future__ import annotations
 import inspect
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .losses import (
+    csc1_exclusion,
     moco_infonce,
     pixel_cross_entropy,
     pixel_to_pixel_loss,
@@ -31,7 +31,6 @@ from .losses import (
     pixel_to_region_loss,
     prototype_logits,
     sparse_coding_loss,
-    topk_other_classes,
 )
 from .memory import ClassPrototypeMemory, KeyQueue, RegionMemoryBank
 from .mixing import NO_MIX, cross_dataset_mix, resize_labels
@@ -196,12 +195,8 @@ class MDP(PretrainMethod):
 
         excluded = None
         if self.sparse_coding == "csc1":
-            top_index, top_valid = topk_other_classes(logits, hard_labels, class_mask, self.sc_topk)
-            excluded = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, top_index, top_valid)
-            for side in (labels_a, labels_b):  # a mixed pixel's other label must stay in its denominator
-                if side is not None:
-                    is_label = F.one_hot(side.clamp(min=0), self.num_classes).bool() & (side >= 0)[:, None]
-                    excluded &= ~is_label
+            kept = [side for side in (labels_a, labels_b) if side is not None]
+            excluded = csc1_exclusion(logits, hard_labels, class_mask, self.sc_topk, kept)
         loss_proto = pixel_to_prototype_nce(
             logits, labels_a, class_mask, labels_b, partner_weight, excluded, IGNORE_INDEX
         )
