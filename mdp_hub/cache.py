@@ -14,8 +14,10 @@ import shutil
 from pathlib import Path
 
 from huggingface_hub import constants, snapshot_download, try_to_load_from_cache
+from huggingface_hub.errors import EntryNotFoundError
 
 from . import catalog
+from .errors import WeightsNotAvailableError
 from .export import EXPORT_FILES, WEIGHTS_FILENAME
 
 _DOWNLOADED = ["config.json", WEIGHTS_FILENAME, "README.md"]
@@ -37,8 +39,14 @@ def is_cached(name: str, *, cache_dir: str | os.PathLike | None = None, revision
 
 def prefetch(name: str, *, cache_dir: str | os.PathLike | None = None, revision: str | None = None) -> Path:
     """Download config, weights and card of ``name`` into the Hub cache (e.g. before going offline)."""
-    return Path(snapshot_download(resolve_repo_id(name), revision=revision, cache_dir=cache_dir,
-                                  allow_patterns=_DOWNLOADED + ["mdp_prototypes.safetensors"]))
+    repo_id = resolve_repo_id(name)
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
+                                      allow_patterns=_DOWNLOADED + ["mdp_prototypes.safetensors"]))
+    except (OSError, EntryNotFoundError) as err:  # OSError covers HTTP, offline and connection errors
+        raise WeightsNotAvailableError(
+            f"Hugging Face Hub repo '{repo_id}' could not be downloaded ({type(err).__name__}: {err})"
+        ) from None
 
 
 def install_export(

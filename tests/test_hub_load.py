@@ -194,3 +194,8 @@ def test_list_weights_reports_cache_state(exported, offline):
     assert rows[f"mdp_resnet18.{TAG}"].cached and not rows[f"mdp_resnet50.{TAG}"].cached
     assert rows["mdp_resnet50.voc_ade20k_coco_200ep"].paper_miou["voc"] == 77.79
     assert rows["mdp_resnet18.voc_ade20k_coco_200ep"].paper_miou == {}
+
+
+def test_prefetch_offline_names_the_repo(offline):
+    with pytest.raises(WeightsNotAvailableError, match="'mdp-hub/mdp_resnet50.voc_200ep' could not be downloaded"):
+        mdp_hub.prefetch("mdp-hub/mdp_resnet50.voc_200ep")
