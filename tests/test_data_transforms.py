@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.data.transforms import NO_PHOTOMETRIC, JointTrainTransform, PhotometricConfig, crop_ratio_ok
+from training.data.transforms import (NO_PHOTOMETRIC, JointTrainTransform, Normalize, PhotometricConfig,
+                                      crop_ratio_ok)
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -37,10 +38,12 @@ def test_two_views_share_geometry_differ_in_photometry():
     image, mask = labelled_image()
     plain = JointTrainTransform(crop_size=24, mean=MEAN, std=STD, photometric=NO_PHOTOMETRIC)
     crop, _ = plain.geometric(image, mask)
-    assert torch.equal(plain.view(crop), plain.view(crop))
+    query, key = plain.views(crop, 2)
+    assert torch.equal(query, key)
     jitter = JointTrainTransform(crop_size=24, mean=MEAN, std=STD,
                                  photometric=PhotometricConfig(color_jitter_p=1.0, blur_p=0.0, grayscale_p=0.0))
-    assert not torch.equal(jitter.view(crop), jitter.view(crop))
+    query, key = jitter.views(crop, 2)
+    assert query.shape == key.shape == (3, 24, 24) and not torch.equal(query, key)
 
 
 def test_padding_uses_ignore_and_zero():
@@ -48,7 +51,7 @@ def test_padding_uses_ignore_and_zero():
     transform = JointTrainTransform(crop_size=(16, 20), mean=MEAN, std=STD, scale_range=(1.0, 1.0),
                                     photometric=NO_PHOTOMETRIC)
     crop, crop_mask = transform.geometric(image, mask)
-    view, padded = transform.view(crop), transform.pad_mask(crop_mask)
+    view, padded = transform.views(crop, 1)[0], transform.pad_mask(crop_mask)
     assert view.shape == (3, 16, 20) and padded.shape == (16, 20)
     assert (padded[10:] == 255).all() and (padded[:, 12:] == 255).all() and (view[:, 10:] == 0).all()
     assert padded[:10, :12].max() < 5
@@ -79,3 +82,11 @@ def test_bad_configuration():
         JointTrainTransform(crop_size=(8, 0), mean=MEAN, std=STD)
     with pytest.raises(ValueError, match="blur_p = 1.5 is not a probability"):
         PhotometricConfig(blur_p=1.5)
+
+
+def test_normalize_matches_torchvision():
+    from torchvision.transforms import v2
+
+    image = torch.randint(0, 256, (3, 5, 7), dtype=torch.uint8)
+    reference = v2.Normalize(MEAN, STD)(v2.ToDtype(torch.float32, scale=True)(image))
+    assert torch.allclose(Normalize(MEAN, STD)(image), reference, atol=1e-5)

@@ -105,9 +105,10 @@ class SegmentationSamples(Dataset):
                         name=self.readers[dataset_id].samples[index - int(self._starts[dataset_id])].name)
             return item
         image, mask_t = self.transform.geometric(image, mask)
-        item["image"] = self.transform.view(image)
+        views = self.transform.views(image, 2 if self.two_views else 1)
+        item["image"] = views[0]
         if self.two_views:
-            item["image_k"] = self.transform.view(image)
+            item["image_k"] = views[1]
         item["mask"] = table[self.transform.pad_mask(mask_t).long()]
         return item
 
@@ -213,8 +214,8 @@ class UnlabeledImages(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image, _ = self.transform.geometric(load_image(self.files[index]), None)
-        return {"image": self.transform.view(image), "image_k": self.transform.view(image),
-                "index": torch.tensor(index)}
+        query, key = self.transform.views(image, 2)
+        return {"image": query, "image_k": key, "index": torch.tensor(index)}
 
 
 def build_unlabeled_dataset(folder: str | Path, *, crop_size, mean, std, scale_range=(0.5, 2.0),

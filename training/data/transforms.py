@@ -3,6 +3,9 @@
 Geometry (rescale, crop with a max-single-class ratio, flip, pad) is drawn once per sample and applied to the
 image and the mask; photometric jitter touches only the image, independently for each view, so the query and
 momentum views share geometry. Masks are resized with nearest neighbour only and padded with 255 (ignore).
+
+Photometric jitter runs on PIL images (torchvision's PIL kernels, PIL's Gaussian blur as in MoCo v2): at 512x512
+the tensor kernels cost several times more (hue conversion, a dense 2-D blur kernel); see docs/DATA.md.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image, ImageFilter
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
@@ -39,16 +43,30 @@ class PhotometricConfig:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"PhotometricConfig.{name} = {getattr(self, name)} is not a probability")
 
-    def build(self, crop_size: tuple[int, int]) -> v2.Transform:
-        """uint8 image ``[3, H, W]`` -> jittered uint8 image."""
-        # MoCo blurs with a kernel ~10% of the crop side; it must be odd.
-        kernel = max(3, int(0.1 * min(crop_size)) // 2 * 2 + 1)
+    @property
+    def enabled(self) -> bool:
+        return max(self.color_jitter_p, self.grayscale_p, self.blur_p) > 0
+
+    def build(self) -> v2.Transform:
+        """PIL RGB image -> jittered PIL RGB image."""
         return v2.Compose([
             v2.RandomApply([v2.ColorJitter(self.brightness, self.contrast, self.saturation, self.hue)],
                            p=self.color_jitter_p),
             v2.RandomGrayscale(p=self.grayscale_p),
-            v2.RandomApply([v2.GaussianBlur(kernel, sigma=self.blur_sigma)], p=self.blur_p),
+            v2.RandomApply([PILGaussianBlur(self.blur_sigma)], p=self.blur_p),
         ])
+
+
+class PILGaussianBlur(torch.nn.Module):
+    """MoCo v2's blur: PIL ``GaussianBlur`` with radius ``sigma ~ U(low, high)`` pixels."""
+
+    def __init__(self, sigma: tuple[float, float]):
+        super().__init__()
+        self.sigma = (float(sigma[0]), float(sigma[1]))
+
+    def forward(self, image: Image.Image) -> Image.Image:
+        radius = float(torch.empty(1).uniform_(*self.sigma))
+        return image.filter(ImageFilter.GaussianBlur(radius))
 
 
 NO_PHOTOMETRIC = PhotometricConfig(color_jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
@@ -95,8 +113,9 @@ class JointTrainTransform:
         self.cat_max_ratio = float(cat_max_ratio)
         self.base_size = base_size
         self.hflip_p = hflip_p
-        self.photometric = (photometric or PhotometricConfig()).build(self.crop_size)
-        self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)])
+        photometric = photometric or PhotometricConfig()
+        self.photometric = photometric.build() if photometric.enabled else None
+        self.normalize = Normalize(self.mean, self.std)
 
     def _geometry(self, height: int, width: int, mask: np.ndarray | None) -> tuple[int, int, int, int, int, int]:
         """Source box (top, left, height, width) and its output size (height, width) after rescaling."""
@@ -127,10 +146,14 @@ class JointTrainTransform:
         mask_t = F.resized_crop(tv_tensors.Mask(torch.from_numpy(mask)), top, left, src_h, src_w, [out_h, out_w])
         return image_t, (F.horizontal_flip(mask_t) if flip else mask_t)
 
-    def view(self, image: torch.Tensor) -> torch.Tensor:
-        """One photometric view, normalised and zero-padded (= mean colour) to the crop size, f32 ``[3, H, W]``."""
-        view = self.normalize(self.photometric(image))
-        return pad_to(view, self.crop_size, 0.0)
+    def views(self, image: torch.Tensor, count: int) -> list[torch.Tensor]:
+        """``count`` photometric views of one uint8 crop, each normalised and zero-padded (= mean colour) to the
+        crop size, f32 ``[3, H, W]``."""
+        if self.photometric is None:
+            return [pad_to(self.normalize(image), self.crop_size, 0.0)] * count
+        picture = F.to_pil_image(image.as_subclass(torch.Tensor))
+        return [pad_to(self.normalize(F.pil_to_tensor(self.photometric(picture))), self.crop_size, 0.0)
+                for _ in range(count)]
 
     def pad_mask(self, mask: torch.Tensor) -> torch.Tensor:
         return pad_to(mask, self.crop_size, LOCAL_IGNORE)
@@ -145,12 +168,24 @@ def pad_to(tensor: torch.Tensor, size: tuple[int, int], value: float) -> torch.T
                                    value=value)
 
 
+class Normalize:
+    """uint8 ``[3, H, W]`` -> float32 ``(x / 255 - mean) / std`` in one fused multiply-add (v2.ToDtype followed by
+    v2.Normalize makes three passes over the image, a visible share of the per-sample cost at 512x512)."""
+
+    def __init__(self, mean, std):
+        mean, std = check_mean_std(mean, std)
+        self.scale = (1.0 / (255.0 * torch.tensor(std))).view(3, 1, 1)
+        self.shift = (-torch.tensor(mean) / torch.tensor(std)).view(3, 1, 1)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift, image.as_subclass(torch.Tensor).float(), self.scale)
+
+
 class EvalTransform:
     """Whole image, normalised; the mask is left untouched (sliding-window evaluation sees full size)."""
 
     def __init__(self, *, mean, std):
-        self.mean, self.std = check_mean_std(mean, std)
-        self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)])
+        self.normalize = Normalize(mean, std)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        return self.normalize(tv_tensors.Image(image)).as_subclass(torch.Tensor)
+        return self.normalize(image)
