@@ -60,6 +60,8 @@ def test_finetune_then_evaluate_learns(tiny_dataset, tmp_path):
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     assert results["mIoU"] > 50.0  # predicting "background" everywhere scores ~27 here
     assert set(results["per_class"]) == set(CLASSES)
+    hub_entry = json.loads((run_dir / "eval" / "hub_metrics.json").read_text())
+    assert hub_entry == {"dataset": "shapes", "mIoU": round(results["mIoU"], 2), "split": "val"}
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
     assert losses[-1] < losses[0]

@@ -33,6 +33,7 @@ from training.seg.visualize import save_overlay
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
+HUB_METRICS_JSON = "hub_metrics.json"
 
 
 def test_size(height: int, width: int, test_scale: list[int]) -> tuple[int, int]:
@@ -81,13 +82,23 @@ def evaluate_dataset(model: torch.nn.Module, dataset, eval_config: EvalConfig, *
     return meter.compute()
 
 
+def hub_metrics_entry(metrics: SegmentationMetrics, info: dict) -> dict:
+    """The result in the form ``mdp_hub.export.export(metrics=...)`` / ``mdp-hub export --metrics FILE`` takes,
+    so the exported model card's ``model-index`` carries the measured number. (The Hub requires a URL with a
+    ``source_name``, which a local run does not have; the protocol stays in ``results.json``.)"""
+    return {"dataset": info["dataset"], "mIoU": round(metrics.miou, 2), "split": info.get("split", "validation")}
+
+
 def write_results(output_dir: Path, metrics: SegmentationMetrics, info: dict) -> tuple[Path, Path]:
-    """``results.json`` (``info`` + all scores) and ``results.md`` (settings, summary and per-class table)."""
+    """``results.json`` (``info`` + all scores), ``results.md`` (settings, summary and per-class table) and, when
+    the mIoU is defined, ``hub_metrics.json`` for the exporter's ``--metrics``."""
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = output_dir / RESULTS_JSON, output_dir / RESULTS_MD
     json_path.write_text(json.dumps({**info, **metrics.to_dict()}, indent=2) + "\n")
     settings = "\n".join(f"- {key}: `{value}`" for key, value in info.items())
     md_path.write_text(f"# Evaluation\n\n{settings}\n\n{metrics.markdown()}\n")
+    if metrics.miou == metrics.miou:  # NaN when no class occurs at all: nothing to publish
+        (output_dir / HUB_METRICS_JSON).write_text(json.dumps(hub_metrics_entry(metrics, info), indent=2) + "\n")
     return json_path, md_path
 
 
@@ -143,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                                    amp=args.amp, num_workers=args.num_workers, overlay_dir=output / "overlays",
                                    mean=config.data.mean, std=config.data.std)
         if dist_info.is_main:
-            info = {"checkpoint": str(args.checkpoint), "data": str(spec), "step": checkpoint["step"],
+            info = {"checkpoint": str(args.checkpoint), "data": str(spec), "dataset": dataset.reader.dataset_name,
+                    "split": dataset.reader.split, "step": checkpoint["step"],
                     "arch": checkpoint["arch"], "head": config.model.head, "init": config.init,
                     "mode": eval_config.mode, "flip": eval_config.flip, "test_scale": eval_config.test_scale}
             json_path, md_path = write_results(output, metrics, info)

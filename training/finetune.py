@@ -189,7 +189,8 @@ def finetune(config: FinetuneConfig, run_dir: Path) -> SegmentationMetrics:
         metrics = state["metrics"] or evaluate_now(trainer.step)
         if dist_info.is_main:
             info = {"checkpoint": str(trainer.checkpoints.last_path), "data": config.data.val,
-                    "step": trainer.step, "arch": arch, "head": config.model.head, "init": config.init,
+                    "dataset": val_set.reader.dataset_name, "split": val_set.reader.split, "step": trainer.step,
+                    "arch": arch, "head": config.model.head, "init": config.init,
                     "mode": config.eval.mode, "flip": config.eval.flip, "test_scale": config.eval.test_scale}
             write_results(run_dir / "eval", metrics, info)
     finally:
