@@ -79,12 +79,12 @@ def apply_table(raw: np.ndarray, table: np.ndarray, path: Path, valid_hint: str)
     if raw.size and (raw.min() < 0 or raw.max() >= table.size):
         bad = np.unique(raw[(raw < 0) | (raw >= table.size)])
         raise BadSampleError(path, f"label values {bad[:10].tolist()} outside the dataset's range ({valid_hint})")
-    local = table[raw]
-    invalid = local == INVALID
-    if invalid.any():
-        bad = np.unique(raw[invalid])
+    # A histogram of the raw values finds invalid ones without a full-size boolean pass.
+    present = np.bincount(raw.ravel(), minlength=table.size) > 0
+    bad = np.flatnonzero(present & (table == INVALID))
+    if bad.size:
         raise BadSampleError(path, f"label values {bad[:10].tolist()} outside the dataset's range ({valid_hint})")
-    return local.astype(np.uint8)
+    return table.astype(np.uint8)[raw]
 
 
 class SegmentationReader:
