@@ -50,3 +50,16 @@ def mdp_resnet101(*, pretrained=True, weights=None, **kwargs):
 def mdp_resnet18(*, pretrained=True, weights=None, **kwargs):
     """MDP ResNet-18 (headless), the backbone of the trainer's CPU demo; same recipe tags as ``mdp_resnet50``."""
     return _create("mdp_resnet18", pretrained, weights, kwargs)
+
+
+def mdp_prototype_segmenter(*, weights="mdp_resnet50", restrict_to=None, output_stride=None, revision=None):
+    """MDP backbone + projection head + class prototypes as a segmenter before any fine-tuning.
+
+    ``weights``: an export folder with ``mdp_prototypes.safetensors``, an MDP pretraining checkpoint, a Hub repo
+    ``ORG/NAME`` or ``mdp_resnet50[.tag]``. ``segmenter.segment(image)`` gives labels over the pretraining label
+    space (global ids), or local ids of one dataset with ``restrict_to="voc"`` etc. (``mdp_hub.PrototypeSegmenter``).
+    """
+    from mdp_hub.segmenter import PrototypeSegmenter as _PrototypeSegmenter
+
+    return _PrototypeSegmenter.from_pretrained(weights, restrict_to=restrict_to, output_stride=output_stride,
+                                               revision=revision)

@@ -14,6 +14,7 @@ from .errors import CheckpointError, PrototypesNotFoundError, WeightsNotAvailabl
 from .export import export
 from .listing import list_weights
 from .prototypes import load_prototypes
+from .segmenter import PrototypeSegmenter
 
 __version__ = "0.1.0"
 
@@ -28,5 +29,6 @@ __all__ = [
     "list_weights",
     "load_prototypes",
     "prefetch",
+    "PrototypeSegmenter",
     "__version__",
 ]

@@ -1,4 +1,4 @@
-"""``mdp-hub`` / ``python -m mdp_hub``: export, push, list, convert, prefetch, install-cache."""
+"""``mdp-hub`` / ``python -m mdp_hub``: export, push, list, convert, prefetch, install-cache, segment."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from .convert import FORMATS, convert
 from .errors import CheckpointError, WeightsNotAvailableError
 from .export import export
 from .listing import format_table, list_weights
+from .overlays import segment_files
+from .segmenter import PrototypeSegmenter
 from .publish import plan_upload, push
 
 
@@ -49,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path)
     p.add_argument("--revision")
 
+    p = commands.add_parser("segment", help="colour overlays of the prototype segmenter (no fine-tuning) with a legend")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    p.add_argument("--model", required=True, help="export folder with prototypes, MDP pretraining checkpoint, or ORG/NAME")
+    p.add_argument("--out", required=True, type=Path, help="folder for the overlays (<image stem>.png)")
+    p.add_argument("--dataset", help="restrict predictions to one pretraining dataset's classes, e.g. voc")
+
     p = commands.add_parser("install-cache", help="copy an export folder into the Hub cache (air-gapped machines)")
     p.add_argument("folder", type=Path)
     p.add_argument("--repo-id", required=True)
@@ -82,6 +90,10 @@ def run(args: argparse.Namespace) -> None:
         print(f"wrote {convert(args.src, args.to, args.out)}")
     elif args.command == "prefetch":
         print(prefetch(args.name, cache_dir=args.cache_dir, revision=args.revision))
+    elif args.command == "segment":
+        segmenter = PrototypeSegmenter.from_pretrained(args.model)
+        for path, classes in segment_files(segmenter, args.images, args.out, restrict_to=args.dataset):
+            print(f"wrote {path}: " + ", ".join(f"{name} {100 * share:.1f}%" for _, name, share in classes[:5]))
     elif args.command == "install-cache":
         print(install_export(args.folder, args.repo_id, cache_dir=args.cache_dir))
 
