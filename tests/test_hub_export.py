@@ -10,6 +10,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from mdp_hub import catalog
 from mdp_hub import CheckpointError, PrototypesNotFoundError, install_export, load_prototypes
 from mdp_hub.cli import main
 from mdp_hub.export import export
@@ -94,7 +95,7 @@ def test_model_card_metadata_and_checksum(checkpoint, tmp_path):
     sha = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
     assert sha in body and json.loads((out / "config.json").read_text())["mdp"]["weights_sha256"] == sha
     assert "the paper's numbers" not in body  # the paper trained ResNet-50 only
-    assert "@article{shi2021mdp" in body and "hf-hub:mdp-hub/mdp_resnet18.voc_ade20k_coco_200ep" in body
+    assert "@article{shi2021mdp" in body and f"hf-hub:{catalog.hub_org()}/mdp_resnet18.voc_ade20k_coco_200ep" in body
 
 
 def test_card_quotes_the_papers_numbers_only_for_resnet50():
