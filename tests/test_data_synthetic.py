@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from training.data import build_pretrain_dataset, build_segmentation_dataset, build_unlabeled_dataset, ensure_synthetic
+from training.data.__main__ import main
 from training.data.doctor import check_spec
 from training.data.synthetic import DEFAULT_SIZES, generate
 
@@ -46,6 +47,7 @@ def test_real_readers_read_the_benchmark(tmp_path):
     for spec in specs["pretrain"] + specs["pretrain_val"] + [specs["downstream_train"], specs["downstream_val"]]:
         report = check_spec(spec)[0]
         assert report["errors"] == [] and report["classes_present"] >= 2, spec
+    assert main(["check", *specs["pretrain"]]) == 0
     dataset, space = build_pretrain_dataset(specs["pretrain"], crop_size=32, mean=MEAN, std=STD)
     assert space.num_classes == 342 and dataset.dataset_sizes == [4, 2, 2]  # VOC train_aug = train + aug
     for index in range(len(dataset)):

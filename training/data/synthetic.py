@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from training.data import classes
+from training.data.readers import coco_stuff_raw_table
 
 SYNTHETIC_VERSION = "v1"
 MARKER_FILE = "synthetic.json"
@@ -120,8 +121,7 @@ def _ade(name: str) -> int:  # raw ADE20K value = local id + 1
 
 
 def _coco(name: str) -> int:  # raw 0-based stuffthingmaps id
-    used = [r for r in range(classes.COCO_STUFF_NUM_RAW_IDS) if r not in classes.COCO_STUFF_UNUSED_RAW_IDS]
-    return used[classes.COCO_STUFF_CLASSES.index(name)]
+    return int(np.flatnonzero(coco_stuff_raw_table() == classes.COCO_STUFF_CLASSES.index(name))[0])
 
 
 def _cityscapes(name: str) -> int:  # raw labelId
