@@ -59,14 +59,14 @@ def check_reader(reader: SegmentationReader, spec: DatasetSpec) -> dict:
 def check_spec(spec: str | DatasetSpec) -> list[dict]:
     """Reports for the spec's split, or for the default training and evaluation splits if none is given."""
     spec = parse_spec(spec)
-    splits = [spec.split] if spec.split else [None, "__eval__"]
     reports = []
-    for split in splits:
+    for train in ([True] if spec.split else [True, False]):
         try:
-            reader = open_reader(spec if split != "__eval__" else spec, train=split != "__eval__")
+            reader = open_reader(spec, train=train)
         except (DatasetLayoutError, BadSampleError) as error:
-            reports.append({"spec": str(spec), "split": split if split != "__eval__" else "(evaluation default)",
-                            "samples": 0, "errors": [{"file": str(spec.path), "problem": str(error)}]})
+            split = spec.split or ("(default training split)" if train else "(default evaluation split)")
+            reports.append({"spec": str(spec), "split": split, "samples": 0,
+                            "errors": [{"file": str(spec.path), "problem": str(error)}]})
             continue
         reports.append(check_reader(reader, spec.with_split(reader.split)))
     return reports

@@ -123,7 +123,7 @@ class JointTrainTransform:
         scale = ratio * (self.base_size / min(height, width) if self.base_size else 1.0)
         out_h, out_w = max(1, round(height * scale)), max(1, round(width * scale))
         crop_h, crop_w = min(self.crop_size[0], out_h), min(self.crop_size[1], out_w)
-        for attempt in range(CAT_MAX_RATIO_RETRIES):
+        for _ in range(CAT_MAX_RATIO_RETRIES):
             top = int(torch.randint(0, out_h - crop_h + 1, ()))
             left = int(torch.randint(0, out_w - crop_w + 1, ()))
             src_top, src_left = math.floor(top / scale), math.floor(left / scale)
