@@ -122,7 +122,7 @@ def test_hubconf_exposes_only_documented_entrypoints():
     hubconf = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hubconf)
     public = sorted(n for n in dir(hubconf) if callable(getattr(hubconf, n)) and not n.startswith("_"))
-    assert public == ["mdp_resnet101", "mdp_resnet18", "mdp_resnet50"]
+    assert public == ["mdp_prototype_segmenter", "mdp_resnet101", "mdp_resnet18", "mdp_resnet50"]
     assert "77.79" in hubconf.mdp_resnet50.__doc__
     assert set(hubconf.dependencies) <= {"torch", "timm", "huggingface_hub", "safetensors"}
 
