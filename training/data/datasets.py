@@ -46,6 +46,11 @@ def open_readers(specs: Sequence[str | DatasetSpec], *, train: bool, skip_bad_sa
     return readers, dropped
 
 
+def lookup(table: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``table[mask]`` for a uint8 mask ``[H, W]`` -> int64 ``[H, W]`` (index_select: ~3x faster than indexing)."""
+    return table.index_select(0, mask.reshape(-1).long()).view(mask.shape)
+
+
 class SegmentationSamples(Dataset):
     """Concatenation of readers; each sample's mask goes through its dataset's local-value -> id table.
 
@@ -101,7 +106,7 @@ class SegmentationSamples(Dataset):
         item = {"dataset_id": torch.tensor(dataset_id), "index": torch.tensor(index)}
         table = self.tables[dataset_id]
         if not self.train:
-            item.update(image=self.transform(image), mask=table[torch.from_numpy(mask).long()],
+            item.update(image=self.transform(image), mask=lookup(table, torch.from_numpy(mask)),
                         name=self.readers[dataset_id].samples[index - int(self._starts[dataset_id])].name)
             return item
         image, mask_t = self.transform.geometric(image, mask)
@@ -109,7 +114,7 @@ class SegmentationSamples(Dataset):
         item["image"] = views[0]
         if self.two_views:
             item["image_k"] = views[1]
-        item["mask"] = table[self.transform.pad_mask(mask_t).long()]
+        item["mask"] = lookup(table, self.transform.pad_mask(mask_t))
         return item
 
     def skip_report(self) -> dict:
