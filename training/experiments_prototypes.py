@@ -1,0 +1,107 @@
+"""Zero-fine-tuning mIoU of the prototype segmenter on the synthetic benchmark's pretraining validation splits.
+
+    python -m training.experiments_prototypes --model runs/demo/export [--output docs/RESULTS_prototypes.md]
+
+For every validation split of a pretraining dataset (synthetic VOC aug, ADE20K, COCO-Stuff 164k) the MDP model
+segments each whole image at its native size by nearest class prototype, with no trained decoder, and one
+dataset-level confusion matrix gives MMSeg-style mIoU (``training.seg.metrics``) in two settings:
+
+* **restricted**: the dataset is known; prediction over its own classes only (``restrict_to``).
+* **open**: prediction over the whole concatenated label space; a pixel given another dataset's class is wrong.
+
+A majority-class predictor (the most frequent ground-truth class everywhere) is the reference floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from mdp_hub.segmenter import PrototypeSegmenter, dataset_class_ids
+from training.data import build_segmentation_dataset, ensure_synthetic
+from training.seg.metrics import ConfusionMatrix, metrics_from_confusion
+
+
+@torch.inference_mode()
+def zero_finetune_scores(segmenter: PrototypeSegmenter, spec: str, max_images: int | None = None) -> dict:
+    """mIoU / aAcc of one evaluation split (dataset spec string) in the restricted and open settings."""
+    dataset = build_segmentation_dataset(spec, train=False, mean=list(segmenter.mean), std=list(segmenter.std))
+    name = segmenter.resolve_dataset(dataset.reader.dataset_name)
+    num_classes = dataset.num_classes
+    if list(dataset.class_names) != segmenter.label_space["datasets"][segmenter.dataset_names.index(name)]["class_names"]:
+        raise ValueError(f"{spec}: its classes differ from those of {name!r} in the model's label space")
+    # global id -> local id of this dataset; every other class (and "no prototype") -> the extra column K
+    to_local = torch.full((len(segmenter.class_names) + 1,), num_classes, dtype=torch.long)
+    to_local[torch.tensor(dataset_class_ids(segmenter.label_space, name))] = torch.arange(num_classes)
+    device = segmenter.prototypes.device
+    restricted = ConfusionMatrix(num_classes, list(dataset.class_names), device=device)
+    open_set = ConfusionMatrix(num_classes + 1, [*dataset.class_names, "<other dataset>"], device=device)
+    count = len(dataset) if max_images is None else min(max_images, len(dataset))
+    for index in range(count):
+        item = dataset[index]
+        image, target = item["image"][None].to(device), item["mask"][None].to(device)
+        restricted.update(segmenter.predict(image, restrict_to=name).labels, target)
+        open_set.update(to_local.to(device)[segmenter.predict(image, restrict_to=None).labels], target)
+    scores_restricted = restricted.compute()
+    scores_open = metrics_from_confusion(open_set.matrix, open_set.class_names)
+    ground_truth = restricted.matrix.sum(dim=1).double()
+    present = int((ground_truth > 0).sum())
+    return {
+        "spec": spec, "dataset": name, "images": count, "classes": num_classes, "classes_in_ground_truth": present,
+        "restricted": {"mIoU": scores_restricted.miou, "aAcc": scores_restricted.aacc,
+                       "per_class_IoU": dict(zip(scores_restricted.class_names, scores_restricted.iou))},
+        # the extra column only collects errors: its own IoU (0) is not part of the mean
+        "open": {"mIoU": float(torch.tensor(scores_open.iou[:num_classes]).nanmean()), "aAcc": scores_open.aacc},
+        "majority_class_mIoU": 100 * float(ground_truth.max() / ground_truth.sum()) / max(present, 1),
+    }
+
+
+def results_markdown(results: list[dict], info: dict) -> str:
+    lines = ["# Zero-fine-tuning mIoU of the prototype segmenter (synthetic benchmark)", "",
+             "Produced by `python -m training.experiments_prototypes`. Nearest class prototype per pixel at the "
+             "image's native size, no decoder, no fine-tuning; MMSeg-style dataset-level mIoU (classes absent "
+             "from ground truth and predictions are left out; predicted-but-absent classes count as 0).", ""]
+    lines += [f"- {key}: {value}" for key, value in info.items()]
+    lines += ["", "| dataset (val split) | images | classes (in GT) | mIoU restricted | aAcc restricted | "
+              "mIoU open label space | aAcc open | majority-class mIoU |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r['dataset']} | {r['images']} | {r['classes']} ({r['classes_in_ground_truth']}) | "
+                     f"{r['restricted']['mIoU']:.2f} | {r['restricted']['aAcc']:.2f} | {r['open']['mIoU']:.2f} | "
+                     f"{r['open']['aAcc']:.2f} | {r['majority_class_mIoU']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training.experiments_prototypes", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="export folder with prototypes or MDP pretraining checkpoint")
+    parser.add_argument("--synthetic-root", default=None, help="synthetic benchmark folder (default: the shared cache)")
+    parser.add_argument("--max-images", type=int, default=None, help="images per split (default: all)")
+    parser.add_argument("--output", type=Path, default=Path("docs/RESULTS_prototypes.md"))
+    parser.add_argument("--note", action="append", default=[], help="extra line for the report (what was trained)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    segmenter = PrototypeSegmenter.from_pretrained(args.model)
+    specs = ensure_synthetic(args.synthetic_root)["pretrain_val"]
+    results = [zero_finetune_scores(segmenter, spec, args.max_images) for spec in specs]
+    for r in results:
+        print(f"{r['dataset']}: mIoU restricted {r['restricted']['mIoU']:.2f}, open {r['open']['mIoU']:.2f}, "
+              f"majority-class {r['majority_class_mIoU']:.2f} ({r['images']} images)")
+    info = {"model": args.model, "classes in the label space": len(segmenter.class_names),
+            "classes with a prototype": int(segmenter.available.sum()), "temperature": segmenter.tau,
+            **{f"note {i + 1}": note for i, note in enumerate(args.note)}}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(results_markdown(results, info))
+    args.output.with_suffix(".json").write_text(json.dumps({"info": info, "results": results}, indent=1) + "\n")
+    print(f"wrote {args.output} and {args.output.with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
