@@ -31,15 +31,19 @@ def write_split(root, split, count, rng):
         Image.fromarray(mask).save(root / "masks" / split / f"{index:03d}.png")
 
 
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny") / "shapes"
+def make_shapes_dataset(root, *, seed, train_images, val_images):
+    """A generic-folder dataset ``root`` (named by its folder) with train and val splits."""
     root.mkdir()
     (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
-    rng = np.random.default_rng(0)
-    write_split(root, "train", 16, rng)
-    write_split(root, "val", 6, rng)
+    rng = np.random.default_rng(seed)
+    write_split(root, "train", train_images, rng)
+    write_split(root, "val", val_images, rng)
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    return make_shapes_dataset(tmp_path_factory.mktemp("tiny") / "shapes", seed=0, train_images=16, val_images=6)
 
 
 def tiny_overrides(root, iterations):

@@ -1,5 +1,4 @@
 """Linear probe on frozen features and nearest-prototype probe of an MDP-style checkpoint, on a tiny dataset."""
-import numpy as np
 import pytest
 import timm
 import torch
@@ -7,7 +6,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from mdp_hub.errors import CheckpointError
-from test_finetune_roundtrip import CLASSES, write_split
+from test_finetune_roundtrip import CLASSES, make_shapes_dataset
 from training.data.datasets import build_segmentation_dataset
 from training.data.label_space import LabelSpace
 from training.evaluate import evaluate_dataset
@@ -22,12 +21,7 @@ ARCH = "resnet18"
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("probe") / "shapes"
-    root.mkdir()
-    (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
-    rng = np.random.default_rng(1)
-    write_split(root, "train", 12, rng)
-    write_split(root, "val", 6, rng)
+    root = make_shapes_dataset(tmp_path_factory.mktemp("probe") / "shapes", seed=1, train_images=12, val_images=6)
     train = build_segmentation_dataset(f"folder:{root}:train", train=True, crop_size=32, base_size=None,
                                        scale_range=(1.0, 1.0), **NORM)
     val = build_segmentation_dataset(f"folder:{root}:val", train=False, **NORM)
