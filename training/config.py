@@ -29,40 +29,42 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    """What to read and how to crop it. ``datasets`` are names known to ``training.data``."""
+    """What to read and how to crop it.
 
-    datasets: list[str] = field(default_factory=lambda: ["voc", "ade20k"])
-    root: str = "data"  # folder holding one sub-folder per dataset; relative to the working directory
+    ``datasets`` are spec strings ``NAME:PATH[:split]`` (training.data.parse_spec), in label-space order, or the
+    single word ``synthetic`` for the generated benchmark (VOC-aug + ADE20K + COCO-Stuff layouts).
+    """
+
+    datasets: list[str] = field(default_factory=lambda: ["synthetic"])
+    synthetic_root: str = ""  # where the synthetic benchmark lives; empty = the data layer's cache folder
+    synthetic_sizes: dict[str, int] = field(default_factory=dict)  # images per split (tests), empty = defaults
     crop_size: int = 512
+    base_size: int = 0  # short-side base of the random rescale; 0 = the data layer's default
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    unlabeled: list[str] = field(default_factory=list)  # folders of unlabeled images (pseudo-labelled)
-    unlabeled_ratio: float = 0.5  # share of each batch drawn from the unlabeled folders when there are any
-    label_unification: bool = False  # merge synonymous classes (ablation; the paper concatenates)
-    synthetic_images_per_dataset: int = 0  # >0: generate the synthetic benchmark (demo / tests)
+    unlabeled: list[str] = field(default_factory=list)  # folders of unlabeled images (pseudo-labelled, MDP only)
+    unify_map: str = ""  # JSON class-name unification map (ablation); empty = plain concatenation (the paper)
+    sampling: str = "proportional"  # proportional (the paper) | balanced
+    skip_bad_samples: bool = False
     num_workers: int = 8
 
 
 @dataclass
 class MethodConfig:
-    """The pretraining method and its hyper-parameters; passed to ``training.mdp.build_method``."""
+    """The pretraining method (``training.mdp.build_method``) and the momentum schedule the trainer applies.
 
-    name: str = "mdp"  # mdp | pixel_to_pixel | region_bank | supervised_ce | multi_head
+    ``options`` are the method's own keywords (``training.mdp.method_options(name)``), checked against it.
+    """
+
+    name: str = "mdp"  # mdp | pixel_to_pixel | region_bank | supervised_ce | multi_head | moco_v2
     arch: str = "resnet50"
     output_stride: int = 8
     embed_dim: int = 128
-    head_hidden_dim: int = 2048
-    temperature: float = 0.07
-    memory_size: int = 4096  # prototype window N (class bank) or queue length (region bank)
-    sparse_coding: str = "csc2"  # none | csc1 | csc2
-    sparse_coding_weight: float = 0.1
-    sparse_coding_topk: int = 5
-    mix_prob: float = 0.5
-    mix_modes: list[str] = field(default_factory=lambda: ["region", "pixel"])  # region | pixel | classmix
+    head_hidden_dim: int = 0  # 0 = the method's default
     momentum: float = 0.999  # EMA coefficient at step 0
     momentum_final: float = 0.999  # EMA coefficient at the last step (cosine in between)
-    pseudo_label_threshold: float = 0.7
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -82,7 +84,7 @@ class OptimConfig:
 
 @dataclass
 class StageConfig:
-    """One stage of sequential pretraining: these datasets for this many epochs."""
+    """One stage of sequential pretraining: these datasets (names as in the label space) for this many epochs."""
 
     datasets: list[str] = field(default_factory=list)
     epochs: int = 1
@@ -108,6 +110,7 @@ class TrainConfig:
     keep_snapshots: int = 3
     plots: bool = True
     threads: int = 0  # >0 sets torch.set_num_threads (CPU runs)
+    device: str = "auto"  # auto | cuda | cpu
 
 
 @dataclass
@@ -159,6 +162,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"{where}: {value!r} does not match {_type_name(tp)}")
+    if tp is Any:
+        return value
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        return {_coerce(k, key_tp, f"{where} key"): _coerce(v, value_tp, f"{where}.{k}") for k, v in value.items()}
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
@@ -195,9 +205,10 @@ def _build(cls: type, values: dict, where: str) -> Any:
     unknown = sorted(set(values) - names)
     if unknown:
         prefix = f"{where}." if where else ""
+        section = where or cls.__name__
         raise ConfigError(
             f"unknown key(s) {', '.join(prefix + k for k in unknown)}; "
-            f"valid keys of {prefix or cls.__name__ + ' '}are: {', '.join(sorted(names))}"
+            f"valid keys of {section} are: {', '.join(sorted(names))}"
         )
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
     return cls(**kwargs)
@@ -216,8 +227,12 @@ def to_dict(config: Any) -> dict:
 # ---------------------------------------------------------------- recipes and overrides
 
 
+FINETUNE_PREFIX = "finetune_"  # fine-tuning recipes share the folder; they have their own schema
+
+
 def list_recipes() -> list[str]:
-    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+    """Names of the pretraining recipes shipped in training/recipes/."""
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml") if not p.stem.startswith(FINETUNE_PREFIX))
 
 
 def resolve_recipe_path(recipe: str) -> Path:
@@ -260,7 +275,13 @@ def _load_recipe_dict(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not isinstance(parent, str):
         raise ConfigError(f"{path}: 'base' must be a recipe name or file, got {parent!r}")
     parent_path = path.parent / parent if parent.endswith((".yaml", ".yml")) else resolve_recipe_path(parent)
-    return _merge(_load_recipe_dict(parent_path, (*seen, path)), values)
+    inherited = _load_recipe_dict(parent_path, (*seen, path))
+    child_method = values.get("method") or {}
+    parent_method = inherited.get("method") or {}
+    if "name" in child_method and child_method["name"] != parent_method.get("name"):
+        # Options belong to one method; a recipe that switches methods starts from that method's defaults.
+        inherited["method"] = {k: v for k, v in parent_method.items() if k != "options"}
+    return _merge(inherited, values)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -275,6 +296,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+# Mapping fields whose keys are not config fields (checked by their consumer: the method, the data layer).
+FREE_MAPPINGS = {("method", "options"), ("data", "synthetic_sizes")}
+
+
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
     """Apply ``key=value`` strings to a plain config dict; keys are checked later by :func:`from_dict`."""
     values = _merge({}, values)
@@ -287,7 +312,7 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
                 raise ConfigError(f"--set {text!r}: {'.'.join(keys[:depth + 1])} is not a config section")
             node = node.setdefault(key, {})
             schema = schema[key]
-        if keys[-1] not in schema:
+        if keys[-1] not in schema and tuple(keys[:-1]) not in FREE_MAPPINGS:
             valid = ", ".join(sorted(schema))
             raise ConfigError(f"--set {text!r}: unknown key {'.'.join(keys)}; valid keys here: {valid}")
         node[keys[-1]] = value

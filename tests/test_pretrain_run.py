@@ -1,0 +1,118 @@
+"""End-to-end pretraining on a tiny synthetic benchmark: the shortened demo learns and exports a timm-loadable
+backbone; a resumed run continues bit-exactly; a SIGKILLed run restarts from its last complete checkpoint."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from training.data import ensure_synthetic
+from training.engine.checkpoint import load_checkpoint
+from training.engine.logger import read_metrics
+from training.pretrain import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_SIZES = {"voc_train": 4, "voc_aug": 8, "voc_val": 1, "ade20k_train": 8, "ade20k_val": 1,
+              "coco_stuff164k_train": 8, "coco_stuff164k_val": 1, "cityscapes_train": 1, "cityscapes_val": 1}
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic") / "bench"
+    ensure_synthetic(root, sizes=TINY_SIZES)
+    return root
+
+
+def tiny_overrides(synthetic_root: Path, **extra) -> list[str]:
+    values = {
+        "data.synthetic_root": str(synthetic_root),
+        "data.synthetic_sizes": json.dumps(TINY_SIZES),
+        "data.crop_size": 64, "data.base_size": 80, "data.num_workers": 0,
+        "train.batch_size": 4, "train.log_every": 1, "train.epochs": 100, "train.plots": False,
+        "export.enabled": False,
+        **extra,
+    }
+    return [f"--set={key}={value}" for key, value in values.items()]
+
+
+def test_short_demo_loss_falls_and_exports_a_timm_loadable_backbone(synthetic_root, tmp_path, capsys):
+    run = tmp_path / "demo"
+    # The demo recipe itself; only sizes shrink. 24 images, so every image is seen several times.
+    code = main(["--output", str(run), *tiny_overrides(
+        synthetic_root, **{"train.max_steps": 24, "train.log_every": 4, "train.plots": True,
+                           "export.enabled": True, "train.checkpoint_every": 12})])
+    assert code == 0
+    losses = [record["loss"] for record in read_metrics(run / "metrics.jsonl")]
+    assert len(losses) == 6
+    assert losses[-1] < losses[0] - 0.3, f"loss did not fall: {losses}"
+    for name in ("config.yaml", "label_space.json", "last.pth", "loss_curves.png", "prototype_similarity.png"):
+        assert (run / name).is_file(), name
+
+    printed = capsys.readouterr().out
+    assert 'timm.create_model("local-dir:' in printed
+    model = timm.create_model(f"local-dir:{(run / 'export').resolve()}", pretrained=True)
+    state = load_checkpoint(run / "last.pth")
+    backbone = {k[len("encoder.backbone."):]: v for k, v in state["model"].items()
+                if k.startswith("encoder.backbone.")}
+    exported = model.state_dict()
+    assert set(exported) == set(backbone)
+    for key, value in backbone.items():
+        assert torch.equal(exported[key], value), key
+
+
+def test_resume_from_a_checkpoint_gives_the_identical_next_losses(synthetic_root, tmp_path):
+    """Run 4 steps with a snapshot at step 2; restart a copy from that snapshot: steps 3-4 match exactly."""
+    overrides = tiny_overrides(synthetic_root, **{"train.max_steps": 4, "train.checkpoint_every": 2,
+                                                  "train.snapshot_every": 2, "train.keep_snapshots": 2})
+    straight = tmp_path / "straight"
+    assert main(["--output", str(straight), *overrides]) == 0
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copy(straight / "checkpoint_00000002.pth", resumed / "last.pth")
+    torch.manual_seed(987)  # the restart must not depend on the process's RNG state
+    assert main(["--output", str(resumed), *overrides]) == 0
+
+    a = {r["step"]: r for r in read_metrics(straight / "metrics.jsonl")}
+    b = {r["step"]: r for r in read_metrics(resumed / "metrics.jsonl")}
+    assert sorted(b) == [3, 4]
+    for step in (3, 4):
+        for term in ("loss", "loss_proto", "loss_sc", "mixed_fraction"):
+            assert a[step][term] == b[step][term], (step, term)
+    final_a = load_checkpoint(straight / "last.pth")["model"]
+    final_b = load_checkpoint(resumed / "last.pth")["model"]
+    for key in final_a:  # includes the momentum encoder and the prototype memory
+        assert torch.equal(final_a[key], final_b[key]), key
+
+
+def test_sigkill_mid_run_then_restart_continues_from_the_last_checkpoint(synthetic_root, tmp_path):
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "training.pretrain", "--output", str(run),
+           *tiny_overrides(synthetic_root, **{"train.max_steps": 400, "train.checkpoint_every": 2})]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "last.pth").exists():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    saved = load_checkpoint(run / "last.pth")["step"]
+    assert saved >= 2 and saved % 2 == 0
+
+    restart = subprocess.run(cmd + [f"--set=train.max_steps={saved + 2}"], env=env,
+                             capture_output=True, text=True, timeout=180)
+    assert restart.returncode == 0, restart.stderr[-3000:]
+    assert f"steps {saved}->{saved + 2} (resumed from" in restart.stderr + restart.stdout
+    assert load_checkpoint(run / "last.pth")["step"] == saved + 2
+    steps = [r["step"] for r in read_metrics(run / "metrics.jsonl")]
+    assert steps == sorted(set(steps)) and steps[-1] == saved + 2, "resumed metrics must not overlap"

@@ -1,0 +1,410 @@
+"""MDP pretraining: ``python -m training.pretrain [--recipe NAME|FILE] [--set key=value ...] [--output DIR]``.
+
+No arguments = the synthetic demo (resnet18, small crops, a few minutes on 2 CPU cores), ending with an exported
+timm-loadable folder. Multi-GPU / multi-node: start the same command under ``torchrun`` (docs/TRAINING.md).
+
+The run folder holds ``config.yaml`` (resolved), ``label_space.json``, ``last.pth`` (auto-resumed),
+``checkpoint_<step>.pth`` snapshots, ``metrics.jsonl``, ``tensorboard/``, ``loss_curves.png``,
+``prototype_similarity.png`` and ``export/`` (the Hub-ready backbone).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from training import config as config_lib
+from training.config import ConfigError, PretrainConfig
+from training.data import (
+    LabelSpace,
+    MultiDatasetSampler,
+    build_pretrain_dataset,
+    build_unlabeled_dataset,
+    ensure_synthetic,
+)
+from training.data.label_space import IGNORE_INDEX
+from training.engine import distributed
+from training.engine.checkpoint import CheckpointError
+from training.engine.data import epoch_loader, steps_per_epoch
+from training.engine.logger import METRICS_NAME, RunLogger
+from training.engine.loop import LoopConfig, Trainer
+from training.engine.numerics import NonFiniteLossError, make_grad_scaler
+from training.engine.optim import build_optimizer, scaled_lr, warmup_cosine
+from training.engine.plots import plot_loss_curves, plot_prototype_similarity
+from training.engine.signals import StopRequested
+from training.mdp import build_method, method_options, momentum_schedule
+from training.mdp.model import create_momentum_copy
+
+BACKBONE_PREFIX = "encoder.backbone."
+
+
+# ---------------------------------------------------------------- data
+
+
+class LabeledWithFlag(Dataset):
+    """Pretraining items plus ``unlabeled=False`` so they collate with pseudo-labelled items."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.dataset_ids = dataset.dataset_ids
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.dataset[index], "unlabeled": torch.tensor(False)}
+
+
+class UnlabeledAsPretrain(Dataset):
+    """Unlabeled images in the pretraining item format: mask all ignore, ``unlabeled=True``.
+
+    They get a dataset id of their own (``source_id`` = number of labelled datasets), so cross-dataset mixing
+    pairs them with labelled images; the method pseudo-labels them from the prototypes.
+    """
+
+    def __init__(self, dataset, source_id: int):
+        self.dataset = dataset
+        self.dataset_ids = torch.full((len(dataset),), source_id, dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.dataset[index]
+        mask = torch.full(item["image"].shape[-2:], IGNORE_INDEX, dtype=torch.int64)
+        return {**item, "mask": mask, "dataset_id": self.dataset_ids[index], "unlabeled": torch.tensor(True)}
+
+
+class Concat(Dataset):
+    """Concatenation keeping ``dataset_ids`` for MultiDatasetSampler; item ``index`` is the concatenated index."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+        self.dataset_ids = torch.cat([part.dataset_ids for part in parts])
+        self.starts = torch.tensor([0] + [len(part) for part in parts]).cumsum(0).tolist()
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def __getitem__(self, index: int) -> dict:
+        part = next(i for i in range(len(self.parts)) if index < self.starts[i + 1])
+        item = self.parts[part][index - self.starts[part]]
+        return {**item, "index": torch.tensor(index)}
+
+
+class Subset(Dataset):
+    """The samples of some datasets only (one stage of sequential pretraining), keeping global ids."""
+
+    def __init__(self, dataset, keep_ids: list[int]):
+        self.dataset = dataset
+        keep = torch.isin(dataset.dataset_ids, torch.tensor(keep_ids))
+        self.indices = torch.nonzero(keep).flatten()
+        self.dataset_ids = dataset.dataset_ids[self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.dataset[int(self.indices[index])]
+
+
+@dataclass
+class Stage:
+    dataset: Dataset
+    sampler: MultiDatasetSampler
+    steps_per_epoch: int
+    epochs: int
+
+
+def resolve_dataset_specs(cfg: PretrainConfig) -> list[str]:
+    specs = []
+    for spec in cfg.data.datasets:
+        if spec == "synthetic":
+            root = cfg.data.synthetic_root or None
+            specs += ensure_synthetic(root, seed=0, sizes=cfg.data.synthetic_sizes or None)["pretrain"]
+        else:
+            specs.append(spec)
+    if not specs:
+        raise ConfigError("data.datasets is empty; name at least one dataset spec NAME:PATH[:split]")
+    return specs
+
+
+def resolve_unify_map(value: str) -> Optional[Path]:
+    """A path as given, or a map shipped next to the recipes (``unify_voc_ade20k.json``); empty = none."""
+    if not value:
+        return None
+    path = Path(value)
+    if not path.exists() and not path.is_absolute() and (config_lib.RECIPE_DIR / path).exists():
+        return config_lib.RECIPE_DIR / path
+    if not path.exists():
+        raise ConfigError(f"data.unify_map: {path} does not exist (nor in {config_lib.RECIPE_DIR})")
+    return path
+
+
+def build_stages(cfg: PretrainConfig, info: distributed.DistInfo) -> tuple[LabelSpace, list[Stage]]:
+    """The label space over every dataset of the run and, per stage, a sharded sampler over its datasets."""
+    data = cfg.data
+    common = dict(crop_size=data.crop_size, mean=data.mean, std=data.std, scale_range=tuple(data.scale_range),
+                  base_size=data.base_size or None)
+    dataset, label_space = build_pretrain_dataset(
+        resolve_dataset_specs(cfg), skip_bad_samples=data.skip_bad_samples, unify_map=resolve_unify_map(data.unify_map),
+        **common,
+    )
+    if data.unlabeled:
+        if cfg.method.name != "mdp":
+            raise ConfigError(f"data.unlabeled needs method.name 'mdp' (pseudo-labels), got {cfg.method.name!r}")
+        source = len(label_space.datasets)
+        unlabeled = [UnlabeledAsPretrain(build_unlabeled_dataset(folder, **common), source)
+                     for folder in data.unlabeled]
+        dataset = Concat([LabeledWithFlag(dataset), *unlabeled])
+    stage_configs = cfg.train.stages or [config_lib.StageConfig(list(label_space.dataset_names), cfg.train.epochs)]
+    stages = []
+    for number, stage in enumerate(stage_configs):
+        unknown = sorted(set(stage.datasets) - set(label_space.dataset_names))
+        if unknown or not stage.datasets:
+            raise ConfigError(
+                f"train.stages[{number}].datasets {stage.datasets}: every stage needs datasets of this run "
+                f"({', '.join(label_space.dataset_names)}); unknown: {unknown}"
+            )
+        if stage.epochs <= 0:
+            raise ConfigError(f"train.stages[{number}].epochs must be positive, got {stage.epochs}")
+        ids = [label_space.dataset_index(name) for name in stage.datasets]
+        if data.unlabeled:
+            ids.append(len(label_space.datasets))  # unlabeled folders join every stage
+        part = dataset if len(stage_configs) == 1 else Subset(dataset, ids)
+        sampler = MultiDatasetSampler(part, mode=data.sampling, num_replicas=info.world_size, rank=info.rank,
+                                      seed=cfg.train.seed)
+        stages.append(Stage(part, sampler, steps_per_epoch(sampler, cfg.train.batch_size), stage.epochs))
+    return label_space, stages
+
+
+# ---------------------------------------------------------------- model
+
+
+def checked_method_options(cfg: PretrainConfig) -> dict:
+    """``method.options`` checked against the method's keywords: unknown names and wrong types are errors."""
+    known = method_options(cfg.method.name)
+    for key, value in cfg.method.options.items():
+        if key not in known:
+            raise ConfigError(
+                f"method.options.{key}: method {cfg.method.name!r} has no such option; "
+                f"its options are: {', '.join(sorted(known)) or 'none'}"
+            )
+        default = known[key]
+        ok = (
+            default is None
+            or value is None
+            or (isinstance(default, bool) and isinstance(value, bool))
+            or (isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool))
+            or (type(default) in (int, str) and type(value) is type(default))
+        )
+        if not ok:
+            raise ConfigError(
+                f"method.options.{key}: expected {type(default).__name__} like the default {default!r}, "
+                f"got {type(value).__name__} {value!r}"
+            )
+    return dict(cfg.method.options)
+
+
+def load_pretrained_backbone(backbone: nn.Module, source: str) -> None:
+    """Strictly load ImageNet (or any) weights: a weights file / checkpoint, or a timm name such as
+    ``resnet50.tv_in1k`` (downloaded by timm, so it needs the network or a filled HF cache)."""
+    if Path(source).exists():
+        from mdp_hub.checkpoint_io import load_into
+
+        load_into(backbone, source)
+        return
+    import timm
+
+    reference = timm.create_model(source, pretrained=True, num_classes=0, global_pool="")
+    backbone.load_state_dict(reference.state_dict(), strict=True)
+
+
+def build_model(cfg: PretrainConfig, label_space: LabelSpace, info: distributed.DistInfo):
+    """(method on the device, the module the loop calls): init, SyncBN, momentum copy, channels_last, DDP, compile."""
+    method = build_method(
+        cfg.method.name, label_space=label_space, arch=cfg.method.arch, output_stride=cfg.method.output_stride,
+        embed_dim=cfg.method.embed_dim, head_hidden_dim=cfg.method.head_hidden_dim or None,
+        **checked_method_options(cfg),
+    )
+    if cfg.init.pretrained:
+        load_pretrained_backbone(method.encoder.backbone, cfg.init.pretrained)
+    if cfg.train.sync_bn and info.distributed and info.device.type == "cuda":
+        method.encoder = nn.SyncBatchNorm.convert_sync_batchnorm(method.encoder)
+    if method.momentum_encoder is not None:
+        # Created after init and SyncBN, so it starts from the loaded weights with the same layer types. It has
+        # no trainable parameters, so DDP does not synchronise gradients for it.
+        method.momentum_encoder = create_momentum_copy(method.encoder)
+    method.to(info.device)
+    if cfg.train.channels_last:
+        method.to(memory_format=torch.channels_last)
+    model = method
+    if info.distributed:
+        # The prototype memory is kept identical by the method's own all_reduce; DDP must not overwrite it.
+        model = nn.parallel.DistributedDataParallel(
+            method, device_ids=[info.local_rank] if info.device.type == "cuda" else None, broadcast_buffers=False
+        )
+    if cfg.train.compile:
+        model = torch.compile(model)
+    return method, model
+
+
+# ---------------------------------------------------------------- run
+
+
+def default_output(cfg: PretrainConfig) -> Path:
+    return Path("runs") / cfg.name
+
+
+def write_plots(run_dir: Path, method: nn.Module, label_space: LabelSpace, logger: RunLogger) -> None:
+    if (run_dir / METRICS_NAME).exists():
+        plot_loss_curves(run_dir / METRICS_NAME, run_dir / "loss_curves.png")
+    memory = getattr(method, "memory", None)
+    if memory is not None and hasattr(memory, "prototypes") and int((memory.counts > 0).sum()) > 0:
+        plot_prototype_similarity(memory.prototypes.cpu(), memory.counts.cpu(), label_space.class_names,
+                                  run_dir / "prototype_similarity.png")
+    logger.message(f"plots written to {run_dir}")
+
+
+def export_backbone(cfg: PretrainConfig, run_dir: Path) -> Path:
+    from mdp_hub.export import export
+
+    out_dir = export(run_dir / "last.pth", run_dir / "export", tag=cfg.export.tag or cfg.name)
+    return out_dir
+
+
+def train(cfg: PretrainConfig, run_dir: Path) -> int:
+    """Run (or resume) pretraining into ``run_dir``; returns the process exit code."""
+    info = distributed.init_distributed(cfg.train.device)
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    distributed.seed_everything(cfg.train.seed, info.rank)
+    try:
+        label_space, stages = build_stages(cfg, info)
+        method, model = build_model(cfg, label_space, info)
+        epoch_lengths = [stage.steps_per_epoch for stage in stages for _ in range(stage.epochs)]
+        epoch_stage = [(stage, epoch) for stage in stages for epoch in range(stage.epochs)]
+        total_steps = sum(epoch_lengths)
+        if cfg.train.max_steps > 0:
+            total_steps = min(total_steps, cfg.train.max_steps)
+        global_batch = cfg.train.batch_size * info.world_size
+        base_lr = scaled_lr(cfg.optim.lr, global_batch, cfg.optim.lr_reference_batch)
+        warmup_steps = round(cfg.optim.warmup_epochs * stages[0].steps_per_epoch)
+        optimizer = build_optimizer(method, cfg.optim.name, base_lr, cfg.optim.weight_decay,
+                                    cfg.optim.momentum, tuple(cfg.optim.betas))
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            config_lib.save_config(cfg, run_dir / "config.yaml")
+            label_space.save(run_dir / "label_space.json")
+        distributed.barrier()
+
+        def iterate_epoch(epoch: int, skip: int):
+            stage, stage_epoch = epoch_stage[epoch]
+            return epoch_loader(
+                stage.dataset, stage.sampler, batch_size=cfg.train.batch_size, epoch=epoch, skip=skip,
+                seed=cfg.train.seed, num_workers=cfg.data.num_workers, pin_memory=info.device.type == "cuda",
+            )
+
+        extras = {
+            "kind": "pretrain",
+            "arch": cfg.method.arch,
+            "backbone_prefix": BACKBONE_PREFIX,
+            "config": config_lib.to_dict(cfg),
+            "label_space": label_space.to_dict(),
+            "data_config": {"mean": list(cfg.data.mean), "std": list(cfg.data.std),
+                            "crop_size": [cfg.data.crop_size, cfg.data.crop_size]},
+        }
+        logger = RunLogger(run_dir, enabled=info.is_main, total_steps=total_steps)
+        trainer = Trainer(
+            module=method,
+            model=model,
+            optimizer=optimizer,
+            scaler=make_grad_scaler(cfg.train.amp, info.device),
+            lr_at=lambda step: warmup_cosine(step, total_steps, warmup_steps, base_lr,
+                                             cfg.optim.min_lr_ratio * base_lr),
+            iterate_epoch=iterate_epoch,
+            config=LoopConfig(
+                total_steps=total_steps, epoch_lengths=epoch_lengths, amp=cfg.train.amp,
+                clip_grad_norm=cfg.optim.clip_grad_norm, channels_last=cfg.train.channels_last,
+                log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every,
+                snapshot_every=cfg.train.snapshot_every, keep_snapshots=cfg.train.keep_snapshots,
+            ),
+            run_dir=run_dir,
+            dist_info=info,
+            checkpoint_extras=lambda: extras,
+            after_step=lambda step: method.momentum_update(
+                momentum_schedule(step, total_steps, cfg.method.momentum, cfg.method.momentum_final)
+            ),
+            logger=logger,
+        )
+        start = trainer.resume(expected={key: extras[key] for key in ("kind", "arch", "label_space")})
+        logger.message(
+            f"{cfg.name}: {cfg.method.name} on {', '.join(label_space.dataset_names)} ({label_space.num_classes} "
+            f"classes), {cfg.method.arch} OS{cfg.method.output_stride}, {info.world_size} process(es) x batch "
+            f"{cfg.train.batch_size}, lr {base_lr:.4g}, steps {start}->{total_steps}"
+            + (f" (resumed from {trainer.checkpoints.last_path})" if start else "")
+            + f"; run folder {run_dir}"
+        )
+        try:
+            trainer.run()
+        finally:
+            logger.close()
+        if info.is_main:
+            if cfg.train.plots:
+                write_plots(run_dir, method, label_space, logger)
+            if cfg.export.enabled:
+                out_dir = export_backbone(cfg, run_dir)
+                print(f"exported backbone to {out_dir}")
+                print(f'timm.create_model("local-dir:{out_dir.resolve()}", pretrained=True)')
+        return 0
+    except StopRequested as stop:
+        print(f"{stop}: restart the same command to resume", file=sys.stderr)
+        return stop.exit_code
+    except (NonFiniteLossError, CheckpointError, ConfigError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        distributed.cleanup()
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.pretrain",
+        description="MDP pretraining. No arguments: the synthetic CPU demo, ending with a timm-loadable export.",
+    )
+    parser.add_argument("--recipe", default="demo",
+                        help=f"recipe name or YAML file (default: demo); names: {', '.join(config_lib.list_recipes())}")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set optim.lr=0.01 --set method.options.tau=0.1")
+    parser.add_argument("--output", type=Path, default=None, help="run folder (default: runs/<recipe name>)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = config_lib.load_config(args.recipe, args.overrides)
+        checked_method_options(cfg)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(config_lib.to_dict(cfg), sort_keys=False))
+        return 0
+    return train(cfg, args.output or default_output(cfg))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
