@@ -1,13 +1,16 @@
 """PrototypeSegmenter: export/load round trip of prototypes and names, restriction to one dataset, overlays
 written by ``mdp-hub segment`` as valid PNGs, and clear errors for bad input."""
 
+from pathlib import Path
+
+import huggingface_hub
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mdp_hub import PrototypeSegmenter, PrototypesNotFoundError
+from mdp_hub import PrototypeSegmenter, PrototypesNotFoundError, install_export
 from mdp_hub.cli import main
 from mdp_hub.export import export
 from mdp_hub.segmenter import NotAnImageError, class_colour, dataset_class_ids, open_image
@@ -144,3 +147,16 @@ def test_bad_image_and_export_without_prototypes_get_clear_errors(tiny, tmp_path
     assert f"{bare_export}: backbone-only export" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="no such export folder or checkpoint file"):
         PrototypeSegmenter.from_pretrained(tmp_path / "missing.pth")
+
+
+def test_loads_from_an_offline_hub_repo_and_torch_hub(tiny, tmp_path, monkeypatch):
+    _, batch, _, folder, segmenter = tiny
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    install_export(folder, "someone/mdp_resnet18.tiny", cache_dir=tmp_path / "cache")
+    from_hub = PrototypeSegmenter.from_pretrained("someone/mdp_resnet18.tiny", cache_dir=tmp_path / "cache")
+    assert from_hub.class_names == segmenter.class_names
+    assert torch.equal(from_hub.predict(batch).labels, segmenter.predict(batch).labels)
+    from_torch_hub = torch.hub.load(str(Path(__file__).parents[1]), "mdp_prototype_segmenter", source="local",
+                                    weights=str(folder), restrict_to="voc")
+    assert from_torch_hub.restrict_to == "voc_aug"
+    assert torch.equal(from_torch_hub.predict(batch).labels, segmenter.predict(batch, restrict_to="voc").labels)
