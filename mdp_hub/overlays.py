@@ -74,10 +74,14 @@ def segment_files(segmenter: PrototypeSegmenter, images: Sequence[str | os.PathL
     clashing = sorted({stem for stem in stems if stems.count(stem) > 1})
     if clashing:
         raise ValueError(f"several images would write the same overlay: {', '.join(s + '.png' for s in clashing)}")
+    out_dir = Path(out_dir)
+    inputs = {path.resolve() for path in paths}
+    overwritten = [str(p) for p in paths if (out_dir / f"{p.stem}.png").resolve() in inputs]
+    if overwritten:
+        raise ValueError(f"--out {out_dir}: the overlays would overwrite the input images {', '.join(overwritten)}")
     for path in paths:
         open_image(path, decode=False)
     dataset = None if restrict_to is None else segmenter.resolve_dataset(restrict_to)
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for path in paths:

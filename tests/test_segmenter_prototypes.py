@@ -133,6 +133,9 @@ def test_bad_image_and_export_without_prototypes_get_clear_errors(tiny, tmp_path
     assert main(["segment", str(good), str(not_image), "--model", str(folder), "--out", str(tmp_path / "o")]) == 2
     assert f"{not_image}: not a readable image" in capsys.readouterr().err
     assert not (tmp_path / "o" / "good.png").exists()  # every file is checked before any overlay is written
+    before = good.read_bytes()
+    assert main(["segment", str(good), "--model", str(folder), "--out", str(tmp_path)]) == 2
+    assert "would overwrite the input images" in capsys.readouterr().err and good.read_bytes() == before
 
     content = torch.load(checkpoint, weights_only=True)
     content["model"] = {k: v for k, v in content["model"].items() if not k.startswith(("memory.", "encoder.head."))}
