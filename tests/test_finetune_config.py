@@ -21,7 +21,7 @@ def test_dataset_recipes_follow_mmseg(recipe):
     assert config.data.train.startswith(spec_prefix)
     assert (config.optim.lr, config.optim.momentum, config.optim.weight_decay) == (0.01, 0.9, 5e-4)
     assert (config.optim.power, config.optim.min_lr) == (0.9, 1e-4)
-    assert config.model.head == "deeplabv3" and config.model.arch == "resnet50" and not config.model.aux_head
+    assert config.model.head == "deeplabv3" and config.model.arch is None and not config.model.aux_head
     assert config.model.aspp_dilations == [1, 12, 24, 36] and config.model.head_channels == 512
     assert config.eval.mode == "whole" and not config.eval.flip
 
