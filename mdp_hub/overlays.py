@@ -44,7 +44,7 @@ def render_overlay(image: Image.Image, result: PrototypeSegmentation, alpha: flo
 
     rows = present_classes(result)
     font = ImageFont.load_default()
-    texts = [f"{name}  {100 * share:.1f}%" for _, name, share in rows]
+    texts = [f"{name}  {100 * share:.1f}%" if share >= 0.0005 else f"{name}  <0.1%" for _, name, share in rows]
     measure = ImageDraw.Draw(blend)
     text_width = max((measure.textlength(text, font=font) for text in texts), default=0)
     legend_width = int(MARGIN * 3 + SWATCH + text_width)
