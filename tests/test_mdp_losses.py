@@ -12,6 +12,7 @@ from training.mdp.losses import (
     pixel_to_pixel_loss,
     pixel_to_prototype_nce,
     pixel_to_region_loss,
+    prototype_log_probs,
     prototype_logits,
     sparse_coding_loss,
     topk_other_classes,
@@ -27,7 +28,8 @@ def nll(target_logit, all_logits):
 def test_prototype_nce_matches_hand_computation():
     logits = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
     labels = torch.tensor([0, 1])
-    loss = pixel_to_prototype_nce(logits, labels, torch.tensor([True, True, True]))
+    mask = torch.tensor([True, True, True])
+    loss = pixel_to_prototype_nce(prototype_log_probs(logits, mask), labels, mask)
     expected = (nll(1.0, [1, 0, 0]) + nll(2.0, [0, 2, 0])) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
@@ -35,7 +37,8 @@ def test_prototype_nce_matches_hand_computation():
 def test_prototype_nce_masks_uninitialised_classes_and_skips_their_and_ignored_pixels():
     logits = torch.tensor([[1.0, 0.0, 5.0], [0.0, 2.0, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, 4.0]])
     labels = torch.tensor([0, 1, -1, 2])  # pixel 2 ignored, pixel 3 has an uninitialised class
-    loss = pixel_to_prototype_nce(logits, labels, torch.tensor([True, True, False]))
+    mask = torch.tensor([True, True, False])
+    loss = pixel_to_prototype_nce(prototype_log_probs(logits, mask), labels, mask)
     expected = (nll(1.0, [1, 0]) + nll(2.0, [0, 2])) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
@@ -44,7 +47,8 @@ def test_prototype_nce_two_label_mixed_pixels():
     logits = torch.tensor([[1.0, 0.5, 0.0], [0.0, 2.0, 1.0]])
     labels_a, labels_b = torch.tensor([0, 1]), torch.tensor([1, -1])
     weight_b = torch.tensor([0.25, 0.5])  # pixel 1: partner side ignored -> own label only, renormalised
-    loss = pixel_to_prototype_nce(logits, labels_a, torch.ones(3, dtype=torch.bool), labels_b, weight_b)
+    mask = torch.ones(3, dtype=torch.bool)
+    loss = pixel_to_prototype_nce(prototype_log_probs(logits, mask), labels_a, mask, labels_b, weight_b)
     pixel0 = 0.75 * nll(1.0, [1, 0.5, 0]) + 0.25 * nll(0.5, [1, 0.5, 0])
     pixel1 = nll(2.0, [0, 2, 1])
     assert loss.item() == pytest.approx((pixel0 + pixel1) / 2, rel=1e-6)
@@ -53,17 +57,18 @@ def test_prototype_nce_two_label_mixed_pixels():
 def test_prototype_nce_csc1_drops_excluded_classes_from_denominator():
     logits = torch.tensor([[1.0, 0.5, 0.0]])
     excluded = torch.tensor([[False, True, False]])
-    loss = pixel_to_prototype_nce(logits, torch.tensor([0]), torch.ones(3, dtype=torch.bool),
-                                  exclude_from_denominator=excluded)
+    mask = torch.ones(3, dtype=torch.bool)
+    loss = pixel_to_prototype_nce(prototype_log_probs(logits, mask, excluded), torch.tensor([0]), mask)
     assert loss.item() == pytest.approx(nll(1.0, [1, 0]), rel=1e-6)
 
 
 def test_losses_are_zero_and_backward_is_finite_without_labelled_pixels():
     logits = torch.randn(4, 3, requires_grad=True)
     labels = torch.full((4,), -1)
+    none = torch.zeros(3, dtype=torch.bool)
     for loss in (
-        pixel_to_prototype_nce(logits, labels, torch.zeros(3, dtype=torch.bool)),
-        sparse_coding_loss(logits, labels, torch.zeros(3, dtype=torch.bool), k=1),
+        pixel_to_prototype_nce(prototype_log_probs(logits, none), labels, none),
+        sparse_coding_loss(prototype_log_probs(logits, none), labels, none, k=1),
         pixel_cross_entropy(logits, labels),
     ):
         loss.backward()
@@ -91,7 +96,8 @@ def test_topk_other_classes_excludes_label_and_uninitialised():
 def test_csc2_value_and_stop_gradient_code():
     values = [2.0, 1.0, 0.5, 0.0]
     logits = torch.tensor([values], requires_grad=True)
-    loss = sparse_coding_loss(logits, torch.tensor([0]), torch.ones(4, dtype=torch.bool), k=2)
+    mask = torch.ones(4, dtype=torch.bool)
+    loss = sparse_coding_loss(prototype_log_probs(logits, mask), torch.tensor([0]), mask, k=2)
     lse = math.log(sum(math.exp(v) for v in values))
     code = [math.exp(1.0) / (math.exp(1.0) + math.exp(0.5)), math.exp(0.5) / (math.exp(1.0) + math.exp(0.5))]
     expected = -(code[0] * (1.0 - lse) + code[1] * (0.5 - lse))
@@ -107,8 +113,9 @@ def test_csc2_value_and_stop_gradient_code():
 def test_csc2_code_temperature_ratio_sharpens_code():
     logits = torch.tensor([[2.0, 1.0, 0.5, 0.0]])
     mask = torch.ones(4, dtype=torch.bool)
-    broad = sparse_coding_loss(logits, torch.tensor([0]), mask, k=2, code_temperature_ratio=10.0)
-    sharp = sparse_coding_loss(logits, torch.tensor([0]), mask, k=2, code_temperature_ratio=0.01)
+    log_probs = prototype_log_probs(logits, mask)
+    broad = sparse_coding_loss(log_probs, torch.tensor([0]), mask, k=2, code_temperature_ratio=10.0)
+    sharp = sparse_coding_loss(log_probs, torch.tensor([0]), mask, k=2, code_temperature_ratio=0.01)
     lse = math.log(sum(math.exp(v) for v in [2.0, 1.0, 0.5, 0.0]))
     assert sharp.item() == pytest.approx(-(1.0 - lse), rel=1e-4)  # all weight on the nearest neighbour
     assert broad.item() > sharp.item()

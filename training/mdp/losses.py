@@ -67,28 +67,36 @@ def csc1_exclusion(
     return excluded
 
 
-def pixel_to_prototype_nce(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    class_mask: torch.Tensor,
-    labels_b: torch.Tensor | None = None,
-    weight_b: torch.Tensor | None = None,
-    exclude_from_denominator: torch.Tensor | None = None,
-    ignore_index: int = -1,
+def prototype_log_probs(
+    logits: torch.Tensor, class_mask: torch.Tensor, exclude_from_denominator: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Pixel-to-prototype InfoNCE: -log softmax over all initialised classes at the pixel's label.
+    """Log-softmax over the initialised classes: [P, C] logits -> [P, C], -inf for masked classes.
 
-    logits: [P, C] float32 = cos(q_i, mu_c) / tau. labels: [P] global ids. class_mask: [C] bool, False for
-    uninitialised prototypes: they leave the denominator and their pixels are skipped.
-    labels_b, weight_b ([P] each, optional): a second label with weight ``weight_b`` in [0, 1] (the partner's
-    share of a mixed pixel); the pixel loss is (1-w) l(y_a) + w l(y_b), renormalised over the labelled sides.
-    exclude_from_denominator: [P, C] bool, classes dropped from a pixel's denominator (CSC1).
-    Returns a scalar.
+    class_mask: [C] bool, False for uninitialised prototypes. exclude_from_denominator: optional [P, C] bool,
+    classes dropped from a pixel's denominator (CSC1). Computed once per step and shared by the losses below.
     """
     denominator_mask = class_mask[None, :].expand_as(logits)
     if exclude_from_denominator is not None:
         denominator_mask = denominator_mask & ~exclude_from_denominator
-    log_probs = F.log_softmax(logits.masked_fill(~denominator_mask, float("-inf")), dim=1)
+    return F.log_softmax(logits.float().masked_fill(~denominator_mask, float("-inf")), dim=1)
+
+
+def pixel_to_prototype_nce(
+    log_probs: torch.Tensor,
+    labels: torch.Tensor,
+    class_mask: torch.Tensor,
+    labels_b: torch.Tensor | None = None,
+    weight_b: torch.Tensor | None = None,
+    ignore_index: int = -1,
+) -> torch.Tensor:
+    """Pixel-to-prototype InfoNCE: -log softmax over all initialised classes at the pixel's label.
+
+    log_probs: [P, C] from ``prototype_log_probs`` (logits = cos(q_i, mu_c) / tau). labels: [P] global ids.
+    class_mask: [C] bool; pixels whose label has no prototype yet are skipped, as are ``ignore_index`` ones.
+    labels_b, weight_b ([P] each, optional): a second label with weight ``weight_b`` in [0, 1] (the partner's
+    share of a mixed pixel); the pixel loss is (1-w) l(y_a) + w l(y_b), renormalised over the labelled sides.
+    Returns a scalar.
+    """
 
     def side(side_labels: torch.Tensor, side_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         valid = (side_labels != ignore_index) & class_mask[side_labels.clamp(min=0)]
@@ -96,7 +104,7 @@ def pixel_to_prototype_nce(
         return -_gather_log_prob(log_probs, side_labels, valid) * weight, weight
 
     if labels_b is None:
-        loss_a, pixel_weight = side(labels, torch.ones_like(logits[:, 0]))
+        loss_a, pixel_weight = side(labels, torch.ones_like(log_probs[:, 0]))
         return _masked_mean(loss_a, (pixel_weight > 0).to(loss_a.dtype))
     if weight_b is None:
         raise ValueError("labels_b needs weight_b (the partner's share of each pixel)")
@@ -108,7 +116,7 @@ def pixel_to_prototype_nce(
 
 
 def sparse_coding_loss(
-    logits: torch.Tensor,
+    log_probs: torch.Tensor,
     labels: torch.Tensor,
     class_mask: torch.Tensor,
     k: int = 5,
@@ -117,15 +125,15 @@ def sparse_coding_loss(
 ) -> torch.Tensor:
     """CSC2 pixel-to-class sparse coding: pull each pixel towards its top-k most similar non-label prototypes.
 
-    L = mean_i [ -sum_{c in T_i} a_ic log p_ic ], p = softmax over initialised classes of ``logits`` [P, C],
-    T_i = top-k initialised classes other than y_i, a_i = stop-gradient softmax over T_i of
-    logits / code_temperature_ratio (i.e. similarities at temperature tau * ratio). labels [P]; pixels with
-    ``ignore_index`` or an uninitialised label are skipped. Returns a scalar.
+    L = mean_i [ -sum_{c in T_i} a_ic log p_ic ], log p = ``log_probs`` [P, C] from ``prototype_log_probs``
+    (without CSC1 exclusion), T_i = top-k initialised classes other than y_i, a_i = stop-gradient softmax
+    over T_i of logits / code_temperature_ratio, i.e. similarities at temperature tau * ratio (log_probs
+    differ from logits by a per-pixel constant, which neither top-k nor that softmax sees). labels [P];
+    pixels with ``ignore_index`` or an uninitialised label are skipped. Returns a scalar.
     """
     valid = (labels != ignore_index) & class_mask[labels.clamp(min=0)]
-    log_probs = F.log_softmax(logits.masked_fill(~class_mask[None, :], float("-inf")), dim=1)
-    top_index, top_valid = topk_other_classes(logits, labels, class_mask, k)
-    code_logits = logits.detach().gather(1, top_index) / code_temperature_ratio
+    top_index, top_valid = topk_other_classes(log_probs, labels, class_mask, k)
+    code_logits = log_probs.detach().gather(1, top_index) / code_temperature_ratio
     code = torch.softmax(code_logits.masked_fill(~top_valid, float("-inf")), dim=1)
     code = torch.nan_to_num(code) * top_valid
     picked = log_probs.gather(1, top_index).masked_fill(~top_valid, 0.0)

@@ -29,11 +29,12 @@ from .losses import (
     pixel_to_pixel_loss,
     pixel_to_prototype_nce,
     pixel_to_region_loss,
+    prototype_log_probs,
     prototype_logits,
     sparse_coding_loss,
 )
 from .memory import ClassPrototypeMemory, KeyQueue, RegionMemoryBank
-from .mixing import NO_MIX, cross_dataset_mix, resize_labels
+from .mixing import NO_MIX, MixedBatch, cross_dataset_mix, resize_labels, unmixed_batch
 from .model import Encoder, build_encoder, create_momentum_copy, ema_update_
 from .pseudo_label import pseudo_labels_from_embeddings
 from ..data.label_space import IGNORE_INDEX
@@ -172,23 +173,36 @@ class MDP(PretrainMethod):
         self.check_batch(batch)
         with torch.no_grad():
             keys = self.momentum_encoder(batch["image_k"])
-        size = tuple(keys.shape[-2:])
-        labels, ground_truth = self._labels_with_pseudo_labels(batch, keys)
+        view = self.query_view(batch, keys)
+        return self.objective(self.encoder(view.image), keys, view)
 
-        images, labels_b, partner_weight = batch["image"], None, None
-        out = {}
+    def query_view(self, batch: dict, keys: torch.Tensor) -> MixedBatch:
+        """The query encoder's input: pseudo-labels for unlabeled items, then cross-dataset mixing.
+
+        ``labels_a`` (and ``labels_b`` when mixed) of the result are the training labels, ``ground_truth``
+        [B, H, W] the labels that may update prototypes (pseudo-labelled items are ignore there).
+        """
+        labels, ground_truth = self._labels_with_pseudo_labels(batch, keys)
         if self.mixing:
-            mixed = cross_dataset_mix(
-                images, labels, batch["dataset_id"], self.num_classes,
+            view = cross_dataset_mix(
+                batch["image"], labels, batch["dataset_id"], self.num_classes,
                 self.p_mix, self.pixel_mix, self.region_fraction, IGNORE_INDEX,
             )
-            images = mixed.image
-            labels_b = resize_labels(mixed.labels_b, size).reshape(-1)
-            partner_weight = resize_labels(mixed.partner_weight, size).reshape(-1)
-            out["mixed_fraction"] = (mixed.mode != NO_MIX).float().mean()
+        else:
+            view = unmixed_batch(batch["image"], labels)
+        view.ground_truth = ground_truth
+        return view
 
-        query = self.encoder(images)
-        labels_a = resize_labels(labels, size).reshape(-1)
+    def objective(self, query: torch.Tensor, keys: torch.Tensor, view: MixedBatch) -> dict[str, torch.Tensor]:
+        """Losses of the query embeddings [B, D, h, w], then the prototype update from the keys [B, D, h, w]."""
+        size = tuple(query.shape[-2:])
+        labels_a = resize_labels(view.labels_a, size).reshape(-1)
+        labels_b = partner_weight = None
+        out = {}
+        if self.mixing:
+            labels_b = resize_labels(view.labels_b, size).reshape(-1)
+            partner_weight = resize_labels(view.partner_weight, size).reshape(-1)
+            out["mixed_fraction"] = (view.mode != NO_MIX).float().mean()
         hard_labels = labels_a if labels_b is None else torch.where(partner_weight > 0.5, labels_b, labels_a)
         class_mask = self.memory.initialised
         logits = prototype_logits(_flatten_pixels(query), self.memory.normalised(), self.tau)
@@ -197,26 +211,24 @@ class MDP(PretrainMethod):
         if self.sparse_coding == "csc1":
             kept = [side for side in (labels_a, labels_b) if side is not None]
             excluded = csc1_exclusion(logits, hard_labels, class_mask, self.sc_topk, kept)
-        loss_proto = pixel_to_prototype_nce(
-            logits, labels_a, class_mask, labels_b, partner_weight, excluded, IGNORE_INDEX
-        )
+        log_probs = prototype_log_probs(logits, class_mask, excluded)
+        loss_proto = pixel_to_prototype_nce(log_probs, labels_a, class_mask, labels_b, partner_weight, IGNORE_INDEX)
         loss = loss_proto
         out["loss_proto"] = loss_proto
         if self.sparse_coding == "csc2":
             loss_sc = sparse_coding_loss(
-                logits, hard_labels, class_mask, self.sc_topk, self.sc_temperature_ratio, IGNORE_INDEX
+                log_probs, hard_labels, class_mask, self.sc_topk, self.sc_temperature_ratio, IGNORE_INDEX
             )
             loss = loss + self.sc_weight * loss_sc
             out["loss_sc"] = loss_sc
 
         with torch.no_grad():
-            labelled = (hard_labels != IGNORE_INDEX).float()
-            predicted = logits.masked_fill(~class_mask[None, :], float("-inf")).argmax(dim=1)
-            correct = (predicted == hard_labels).float() * labelled
-            out["prototype_accuracy"] = correct.sum() / labelled.sum().clamp(min=1.0)
+            labelled = (hard_labels != IGNORE_INDEX) & class_mask[hard_labels.clamp(min=0)]
+            correct = (log_probs.argmax(dim=1) == hard_labels) & labelled
+            out["prototype_accuracy"] = correct.float().sum() / labelled.float().sum().clamp(min=1.0)
             out["prototypes_initialised"] = class_mask.float().mean()
         # The memory changes only after the loss is built, from clean momentum embeddings.
-        self.memory.update(keys, resize_labels(ground_truth, size), IGNORE_INDEX)
+        self.memory.update(keys, resize_labels(view.ground_truth, size), IGNORE_INDEX)
         out["loss"] = loss
         return out
 

@@ -30,6 +30,7 @@ class MixedBatch:
     partner_weight: torch.Tensor
     partner: torch.Tensor
     mode: torch.Tensor
+    ground_truth: torch.Tensor | None = None  # labels allowed to update memories (no pseudo-labels), if known
 
     def hard_labels(self) -> torch.Tensor:
         """[B, H, W] the label of the larger share of each pixel (exact for box and ClassMix pixels)."""
@@ -131,6 +132,14 @@ def cross_dataset_mix(
 
     image = torch.lerp(images, images[partner], alpha[:, None])
     return MixedBatch(image, labels, partner_labels, alpha, partner, mode)
+
+
+def unmixed_batch(images: torch.Tensor, labels: torch.Tensor) -> MixedBatch:
+    """The identity mix: every image is its own partner with weight 0."""
+    batch, _, height, width = images.shape
+    own = torch.arange(batch, device=images.device)
+    no_weight = images.new_zeros(batch, height, width)
+    return MixedBatch(images, labels, labels, no_weight, own, torch.full_like(own, NO_MIX))
 
 
 def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
