@@ -15,21 +15,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
-    """In-place sum over ranks; a no-op on a single process."""
-    if _distributed():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
+from ..engine.distributed import all_reduce_sum_, is_initialized
 
 
 def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate ``tensor`` ([N, ...], same shape on every rank) over ranks along dim 0, rank order."""
-    if not _distributed():
+    if not is_initialized():
         return tensor
     gathered = tensor.new_empty((dist.get_world_size() * tensor.shape[0], *tensor.shape[1:]))
     dist.all_gather_into_tensor(gathered, tensor.contiguous())
