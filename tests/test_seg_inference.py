@@ -74,3 +74,12 @@ def test_bad_mode_is_an_error():
         predict_logits(Pointwise(), torch.zeros(1, 3, 4, 4), mode="tiles")
     with pytest.raises(ValueError, match="crop_size and stride"):
         predict_logits(Pointwise(), torch.zeros(1, 3, 4, 4), mode="slide")
+
+
+def test_keep_ratio_test_resize_matches_mmseg_rescale():
+    from training.evaluate import keep_ratio_size
+    assert keep_ratio_size(375, 500, [2048, 512]) == (512, 683)     # VOC image scaled up to short side 512
+    assert keep_ratio_size(1024, 2048, [2048, 512]) == (512, 1024)  # long image bounded by the short side
+    assert keep_ratio_size(1024, 2048, [2048, 1024]) == (1024, 2048)  # Cityscapes stays native
+    assert keep_ratio_size(300, 4000, [2048, 512]) == (154, 2048)   # very wide image bounded by the long side
+    assert keep_ratio_size(37, 41, []) == (37, 41)

@@ -36,7 +36,7 @@ RESULTS_MD = "results.md"
 HUB_METRICS_JSON = "hub_metrics.json"
 
 
-def test_size(height: int, width: int, test_scale: list[int]) -> tuple[int, int]:
+def keep_ratio_size(height: int, width: int, test_scale: list[int]) -> tuple[int, int]:
     """MMSeg's keep-ratio ``Resize(scale=(long, short))``: the largest size whose long side is <= ``long`` and
     short side <= ``short`` (images are scaled up as well as down); empty ``test_scale`` keeps the size."""
     if not test_scale:
@@ -64,7 +64,7 @@ def evaluate_dataset(model: torch.nn.Module, dataset, eval_config: EvalConfig, *
         image, target = item["image"].to(device), item["mask"].to(device)
         height, width = target.shape[-2:]
         resized = image
-        size = test_size(image.shape[-2], image.shape[-1], eval_config.test_scale)
+        size = keep_ratio_size(image.shape[-2], image.shape[-1], eval_config.test_scale)
         if size != tuple(image.shape[-2:]):
             resized = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
         with autocast(amp, device):
