@@ -48,12 +48,16 @@ def test_short_demo_loss_falls_and_exports_a_timm_loadable_backbone(synthetic_ro
     run = tmp_path / "demo"
     # The demo recipe itself; only sizes shrink. 24 images, so every image is seen several times.
     code = main(["--output", str(run), *tiny_overrides(
-        synthetic_root, **{"train.max_steps": 24, "train.log_every": 4, "train.plots": True,
-                           "export.enabled": True, "train.checkpoint_every": 12})])
+        synthetic_root, **{"train.max_steps": 20, "train.log_every": 4, "train.plots": True,
+                           "export.enabled": True, "train.checkpoint_every": 10})])
     assert code == 0
-    losses = [record["loss"] for record in read_metrics(run / "metrics.jsonl")]
-    assert len(losses) == 6
-    assert losses[-1] < losses[0] - 0.3, f"loss did not fall: {losses}"
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in records] == [4, 8, 12, 16, 20]
+    # Step 1 has no prototypes yet (a pixel of a class without a prototype has no loss), so the first window
+    # is not comparable; from the second window on, the loss must fall.
+    settled = [r["loss"] for r in records[1:]]
+    assert records[0]["prototypes_initialised"] < records[-1]["prototypes_initialised"]
+    assert settled[-1] < settled[0] - 0.15, f"loss did not fall: {settled}"
     for name in ("config.yaml", "label_space.json", "last.pth", "loss_curves.png", "prototype_similarity.png"):
         assert (run / name).is_file(), name
 

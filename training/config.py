@@ -12,6 +12,7 @@ as a plain dict in every checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import yaml
+
+from training.data.transforms import PhotometricConfig
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -43,6 +46,7 @@ class DataConfig:
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    photometric: PhotometricConfig = field(default_factory=PhotometricConfig)  # MoCo-v2 jitter per view
     unlabeled: list[str] = field(default_factory=list)  # folders of unlabeled images (pseudo-labelled, MDP only)
     unify_map: str = ""  # JSON class-name unification map (ablation); empty = plain concatenation (the paper)
     sampling: str = "proportional"  # proportional (the paper) | balanced
@@ -169,6 +173,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
         return {_coerce(k, key_tp, f"{where} key"): _coerce(v, value_tp, f"{where}.{k}") for k, v in value.items()}
+    if origin is tuple:
+        item_types = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(item_types):
+            raise ConfigError(f"{where}: expected a list of {len(item_types)} values, got {value!r}")
+        return tuple(_coerce(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, item_types)))
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
@@ -211,7 +220,10 @@ def _build(cls: type, values: dict, where: str) -> Any:
             f"valid keys of {section} are: {', '.join(sorted(names))}"
         )
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:  # a dataclass's own validation (__post_init__)
+        raise ConfigError(f"{where or cls.__name__}: {error}") from None
 
 
 def from_dict(values: dict, cls: type = PretrainConfig) -> Any:
@@ -221,7 +233,7 @@ def from_dict(values: dict, cls: type = PretrainConfig) -> Any:
 
 def to_dict(config: Any) -> dict:
     """The config as plain Python types (safe for YAML, JSON and ``torch.load(weights_only=True)``)."""
-    return dataclasses.asdict(config)
+    return json.loads(json.dumps(dataclasses.asdict(config)))  # tuples -> lists, so YAML stays plain
 
 
 # ---------------------------------------------------------------- recipes and overrides

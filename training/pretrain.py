@@ -151,7 +151,7 @@ def build_stages(cfg: PretrainConfig, info: distributed.DistInfo) -> tuple[Label
     """The label space over every dataset of the run and, per stage, a sharded sampler over its datasets."""
     data = cfg.data
     common = dict(crop_size=data.crop_size, mean=data.mean, std=data.std, scale_range=tuple(data.scale_range),
-                  base_size=data.base_size or None)
+                  base_size=data.base_size or None, photometric=data.photometric)
     dataset, label_space = build_pretrain_dataset(
         resolve_dataset_specs(cfg), skip_bad_samples=data.skip_bad_samples, unify_map=resolve_unify_map(data.unify_map),
         **common,
