@@ -177,6 +177,7 @@ def _wait_for_checkpoint(path: Path, proc: subprocess.Popen, timeout: float = 20
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_sigterm_writes_checkpoint_then_exits(tmp_path):
     cmd = [sys.executable, __file__, "--run-dir", str(tmp_path), "--steps", "100000", "--slow", "0.02",
            "--checkpoint-every", "0"]
@@ -190,6 +191,7 @@ def test_sigterm_writes_checkpoint_then_exits(tmp_path):
     assert f"stopped by SIGTERM after step {state['step']}" in err
 
 
+@pytest.mark.slow
 def test_two_process_gloo_ddp_matches_one_process_on_the_concatenated_batch(tmp_path):
     """DDP averages gradients over ranks: 2 x batch 2 must give the weights of 1 x batch 4 (same samples).
 

@@ -44,6 +44,7 @@ def tiny_overrides(synthetic_root: Path, **extra) -> list[str]:
     return [f"--set={key}={value}" for key, value in values.items()]
 
 
+@pytest.mark.slow
 def test_short_demo_loss_falls_and_exports_a_timm_loadable_backbone(synthetic_root, tmp_path, capsys):
     run = tmp_path / "demo"
     # The demo recipe itself; only sizes shrink. 24 images, so every image is seen several times.
@@ -97,6 +98,7 @@ def test_resume_from_a_checkpoint_gives_the_identical_next_losses(synthetic_root
         assert torch.equal(final_a[key], final_b[key]), key
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_restart_continues_from_the_last_checkpoint(synthetic_root, tmp_path):
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "training.pretrain", "--output", str(run),

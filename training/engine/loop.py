@@ -204,7 +204,9 @@ class Trainer:
         self._terms_seen += 1
 
     def _log(self, timer: StepTimer) -> None:
-        averages = (self._term_sums / max(1, self._terms_seen)).tolist()
+        # Averaged over ranks as well, so the logged loss is the global batch's (one small all_reduce per log).
+        sums = distributed.all_reduce_sum_(self._term_sums.clone()) / self.dist.world_size
+        averages = (sums / max(1, self._terms_seen)).tolist()
         self._term_sums.zero_()
         self._terms_seen = 0
         metrics = dict(zip(self._term_names, averages))
