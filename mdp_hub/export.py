@@ -14,8 +14,11 @@ before ``export`` returns.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,7 @@ WEIGHTS_FILENAME = "model.safetensors"
 CARD_FILENAME = "README.md"
 EXPORT_FILES = (WEIGHTS_FILENAME, CONFIG_FILENAME, CARD_FILENAME, PROTOTYPES_FILENAME)
 EXPORT_FORMAT_VERSION = 1
+STAGING_PREFIX = ".export-staging-"
 _TAG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _MODEL_NAMES = {arch: name for name, arch in catalog.ARCHITECTURES.items()}
 
@@ -99,43 +103,48 @@ def export(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_out_dir(out_dir)
-    weights_path = out_dir / WEIGHTS_FILENAME
-    save_file(tensors, str(weights_path), metadata={"format": "pt"})
-    sha256 = _sha256(weights_path)
-    prototypes_path = out_dir / PROTOTYPES_FILENAME
-    if prototypes is not None:
-        save_file({k: _as_stored(v) for k, v in prototypes.items()}, str(prototypes_path), metadata={"format": "pt"})
-    elif prototypes_path.exists():
-        prototypes_path.unlink()  # left by an earlier export of another checkpoint into this folder
+    # Everything is written and verified in a hidden staging folder first and only then renamed into place, so a
+    # full disk or a crash never leaves a half-written model.safetensors next to a config.json that vouches for it.
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
+    try:
+        weights_path = staging / WEIGHTS_FILENAME
+        save_file(tensors, str(weights_path), metadata={"format": "pt"})
+        sha256 = _sha256(weights_path)
+        if prototypes is not None:
+            save_file({k: _as_stored(v) for k, v in prototypes.items()}, str(staging / PROTOTYPES_FILENAME),
+                      metadata={"format": "pt"})
 
-    model.pretrained_cfg["notes"] = (*model.pretrained_cfg["notes"], f"sha256 of {WEIGHTS_FILENAME}: {sha256}")
-    mdp_section = {
-        "format_version": EXPORT_FORMAT_VERSION,
-        "model_name": model_name,
-        "tag": tag,
-        "recipe": _recipe_dict(tag),
-        "weights_sha256": sha256,
-        "source": _source_dict(content, training),
-        "metrics": [result.to_dict() for result in results],
-        "label_space": label_space,
-        "prototypes_file": PROTOTYPES_FILENAME if prototypes is not None else None,
-        "training_config": content.get("config") if training else None,
-    }
-    save_config_for_hf(model, str(out_dir / CONFIG_FILENAME), model_config={"mdp": mdp_section},
-                       data_config={"input_size": input_size, "mean": mean, "std": std, "crop_pct": 1.0,
-                                    "interpolation": "bilinear"})
-    org = org or catalog.hub_org()
-    card = CardInfo(
-        model_name=model_name, arch=arch, tag=tag,
-        repo_id=f"{org}/{model_name}.{tag}" if tag else f"{org}/{model_name}",
-        sha256=sha256, params_m=sum(t.numel() for t in tensors.values() if t.is_floating_point()) / 1e6,
-        input_size=input_size, mean=mean, std=std,
-        training_text=_training_text(content, training, label_space),
-        results=results,
-        num_prototype_classes=None if prototypes is None else int(prototypes["prototypes"].shape[0]),
-    )
-    (out_dir / CARD_FILENAME).write_text(render_card(card), encoding="utf-8")
-    verify_export(out_dir, tensors, prototypes)
+        model.pretrained_cfg["notes"] = (*model.pretrained_cfg["notes"], f"sha256 of {WEIGHTS_FILENAME}: {sha256}")
+        mdp_section = {
+            "format_version": EXPORT_FORMAT_VERSION,
+            "model_name": model_name,
+            "tag": tag,
+            "recipe": _recipe_dict(tag),
+            "weights_sha256": sha256,
+            "source": _source_dict(content, training),
+            "metrics": [result.to_dict() for result in results],
+            "label_space": label_space,
+            "prototypes_file": PROTOTYPES_FILENAME if prototypes is not None else None,
+            "training_config": content.get("config") if training else None,
+        }
+        save_config_for_hf(model, str(staging / CONFIG_FILENAME), model_config={"mdp": mdp_section},
+                           data_config={"input_size": input_size, "mean": mean, "std": std, "crop_pct": 1.0,
+                                        "interpolation": "bilinear"})
+        org = org or catalog.hub_org()
+        card = CardInfo(
+            model_name=model_name, arch=arch, tag=tag,
+            repo_id=f"{org}/{model_name}.{tag}" if tag else f"{org}/{model_name}",
+            sha256=sha256, params_m=sum(t.numel() for t in tensors.values() if t.is_floating_point()) / 1e6,
+            input_size=input_size, mean=mean, std=std,
+            training_text=_training_text(content, training, label_space),
+            results=results,
+            num_prototype_classes=None if prototypes is None else int(prototypes["prototypes"].shape[0]),
+        )
+        (staging / CARD_FILENAME).write_text(render_card(card), encoding="utf-8")
+        verify_export(staging, tensors, prototypes)
+        _publish_staged(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out_dir
 
 
@@ -211,8 +220,62 @@ def _as_stored(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.contiguous()
 
 
+def _publish_staged(staging: Path, out_dir: Path) -> None:
+    """Move the verified files of ``staging`` into ``out_dir``; the weights go last, after the config naming
+    their sha256, so an interruption leaves at worst old weights that the new checksum refuses."""
+    stale_prototypes = out_dir / PROTOTYPES_FILENAME
+    if stale_prototypes.exists() and not (staging / PROTOTYPES_FILENAME).exists():
+        stale_prototypes.unlink()  # left by an earlier export of another checkpoint into this folder
+    for name in (PROTOTYPES_FILENAME, CONFIG_FILENAME, CARD_FILENAME, WEIGHTS_FILENAME):
+        if (staging / name).exists():
+            _fsync_file(staging / name)
+            os.replace(staging / name, out_dir / name)
+    _fsync_file(out_dir)
+
+
+def _fsync_file(path: Path) -> None:
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def recorded_sha256(folder: Path) -> str | None:
+    """The sha256 of ``model.safetensors`` recorded in ``folder/config.json`` (``mdp.weights_sha256``), or None
+    when the folder has no config or the config records none (not an mdp-hub export)."""
+    config_path = Path(folder) / CONFIG_FILENAME
+    if not config_path.is_file():
+        return None
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{config_path}: not valid JSON ({err})") from None
+    mdp = config.get("mdp") if isinstance(config, dict) else None
+    return mdp.get("weights_sha256") if isinstance(mdp, dict) else None
+
+
+def verify_weights_checksum(weights_path: str | os.PathLike) -> None:
+    """Refuse ``weights_path`` when its sha256 differs from the one its folder's ``config.json`` records.
+
+    Weights without a recorded checksum next to them (a plain file, a vanilla timm repo) pass unchecked.
+    """
+    weights_path = Path(weights_path)
+    expected = recorded_sha256(weights_path.parent)
+    if expected is None or not weights_path.is_file():
+        return
+    actual = _sha256(weights_path)
+    if actual != expected:
+        raise CheckpointError(
+            f"{weights_path}: sha256 {actual} differs from {expected} recorded in "
+            f"{weights_path.parent / CONFIG_FILENAME} (mdp.weights_sha256): the weights were modified or corrupted "
+            "after export; refusing to load them. Re-download or re-export the folder"
+        )
+
+
 def _check_out_dir(out_dir: Path) -> None:
-    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in EXPORT_FILES)
+    foreign = sorted(p.name for p in out_dir.iterdir()
+                     if p.name not in EXPORT_FILES and not p.name.startswith(STAGING_PREFIX))
     if foreign:
         raise FileExistsError(f"{out_dir}: not empty and not an earlier export (found {', '.join(foreign[:5])}); "
                               "choose a new output folder")

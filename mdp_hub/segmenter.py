@@ -44,6 +44,7 @@ from .checkpoint_io import (
     verify_state_dict,
 )
 from .errors import CheckpointError, PrototypesNotFoundError
+from .export import verify_weights_checksum
 from .prototypes import CONFIG_FILENAME, HEAD_PREFIX, PROTOTYPES_KEY, extract_prototypes, load_prototypes
 
 WEIGHTS_FILENAME = "model.safetensors"
@@ -204,6 +205,7 @@ class PrototypeSegmenter(nn.Module):
         if "architecture" not in config or "mean" not in cfg or "std" not in cfg:
             raise CheckpointError(f"{folder / CONFIG_FILENAME}: needs 'architecture' and pretrained_cfg mean/std")
         method = (mdp.get("training_config") or {}).get("method") or {}
+        verify_weights_checksum(folder / WEIGHTS_FILENAME)  # timm's local-dir: route does not check it
         backbone = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True, num_classes=0,
                                      global_pool="", output_stride=output_stride or _stride_of(method))
         head = build_projection_head(head_state, backbone.num_features, source=str(folder))

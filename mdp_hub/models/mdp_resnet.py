@@ -15,6 +15,7 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
+from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError
 from safetensors import SafetensorError
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
@@ -23,6 +24,7 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from .. import catalog
 from ..checkpoint_io import state_dict_mismatch, strip_wrapper_prefixes
 from ..errors import CheckpointError, WeightsNotAvailableError
+from ..export import WEIGHTS_FILENAME, verify_weights_checksum
 
 __all__ = ["default_cfgs"]  # register_model appends the model names
 
@@ -105,11 +107,31 @@ def _weights_not_available(cfg: dict[str, Any], err: BaseException) -> WeightsNo
     )
 
 
+def verify_pretrained_checksum(cfg: dict[str, Any], cache_dir: str | None = None) -> None:
+    """Refuse weights whose sha256 differs from the one their export's ``config.json`` records.
+
+    ``cfg["file"]`` is checked against the ``config.json`` next to it; Hub weights against the cached
+    ``config.json`` of the same snapshot. Files without a recorded checksum (plain weights) pass.
+    """
+    if cfg.get("file"):
+        verify_weights_checksum(cfg["file"])
+    elif cfg.get("hf_hub_id"):
+        repo_id, _, revision = cfg["hf_hub_id"].partition("@")
+        cached = try_to_load_from_cache(repo_id, WEIGHTS_FILENAME, cache_dir=cache_dir, revision=revision or None)
+        if isinstance(cached, str):
+            verify_weights_checksum(cached)
+
+
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> ResNet:
     try:
-        return build_model_with_cfg(
+        model = build_model_with_cfg(
             ResNet, variant, pretrained, pretrained_filter_fn=strict_backbone_filter, **dict(_BLOCKS[variant], **kwargs)
         )
+        if pretrained:
+            verify_pretrained_checksum(resolve_pretrained_cfg(
+                variant, pretrained_cfg=kwargs.get("pretrained_cfg"),
+                pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay")).to_dict(), kwargs.get("cache_dir"))
+        return model
     except (OSError, EntryNotFoundError, SafetensorError,  # OSError covers HTTP, offline and connection errors
             pickle.UnpicklingError, RuntimeError) as err:
         if not pretrained or isinstance(err, (CheckpointError, WeightsNotAvailableError)):
