@@ -77,20 +77,25 @@ def synthetic_batch(label_space: LabelSpace, batch: int, crop: int, device: torc
     }
 
 
-def make_variants(args, label_space) -> dict[str, nn.Module]:
+def make_variants(args, label_space, names: tuple[str, ...] | None = None) -> dict[str, nn.Module]:
+    """The benchmarked variants by display name; ``names`` picks a subset (default: all, in this order)."""
     common = dict(label_space=label_space, arch=args.arch, output_stride=args.output_stride, embed_dim=args.embed_dim)
-    return {
-        "lower bound": LowerBound(args.arch, args.output_stride, args.embed_dim),
-        "MDP full (mixup + CSC2)": build_method("mdp", **common),
-        "MDP, ClassMix + CSC2": build_method("mdp", pixel_mix="classmix", **common),
-        "MDP, no mixing": build_method("mdp", mixing=False, **common),
-        "MDP, no CSC": build_method("mdp", sparse_coding=None, **common),
-        "MDP, no mixing, no CSC": build_method("mdp", mixing=False, sparse_coding=None, **common),
-        "MoCo v2 (queue 65536)": build_method("moco_v2", **common),
-        "pixel-to-pixel": build_method("pixel_to_pixel", **common),
-        "region bank": build_method("region_bank", **common),
-        "supervised CE": build_method("supervised_ce", **common),
+    builders = {
+        "lower bound": lambda: LowerBound(args.arch, args.output_stride, args.embed_dim),
+        "MDP full (mixup + CSC2)": lambda: build_method("mdp", **common),
+        "MDP, ClassMix + CSC2": lambda: build_method("mdp", pixel_mix="classmix", **common),
+        "MDP, no mixing": lambda: build_method("mdp", mixing=False, **common),
+        "MDP, no CSC": lambda: build_method("mdp", sparse_coding=None, **common),
+        "MDP, no mixing, no CSC": lambda: build_method("mdp", mixing=False, sparse_coding=None, **common),
+        "MoCo v2 (queue 65536)": lambda: build_method("moco_v2", **common),
+        "pixel-to-pixel": lambda: build_method("pixel_to_pixel", **common),
+        "region bank": lambda: build_method("region_bank", **common),
+        "supervised CE": lambda: build_method("supervised_ce", **common),
     }
+    unknown = sorted(set(names or ()) - set(builders))
+    if unknown:
+        raise ValueError(f"unknown benchmark variants {unknown}; known: {list(builders)}")
+    return {name: builders[name]() for name in (names or builders)}
 
 
 class Trainer:
@@ -182,20 +187,24 @@ def count_step_flops(trainer: Trainer, batch: dict) -> int:
     return counter.get_total_flops()
 
 
-def projection_flops_per_image(args, label_space) -> tuple[float, float]:
-    """GFLOPs per image of a full MDP step with ResNet-50 OS8 at 512^2, from counts at 64^2 and 128^2.
+def projection_flops_per_image(
+    args, label_space, arch: str = "resnet50", crops: tuple[int, int] = (64, 128)
+) -> tuple[float, float]:
+    """GFLOPs per image of a full MDP step with ``arch`` OS8 at 512^2, from counts at two small crops.
 
     Every FLOP of the step (convolutions, head, pixel-to-prototype logits) is proportional to the number of
-    pixels, so the 128^2 count times 16 is the 512^2 count; the 64^2 count checks that proportionality.
+    pixels, so the count at the larger crop times (512 / crop)^2 is the 512^2 count; the smaller crop checks
+    that proportionality. Returns (GFLOPs per image at 512^2, count ratio large / small crop).
     """
     cpu = torch.device("cpu")
     per_crop = {}
-    for crop in (64, 128):
+    for crop in crops:
         torch.manual_seed(0)
-        method = build_method("mdp", label_space=label_space, arch="resnet50", output_stride=8, embed_dim=args.embed_dim)
+        method = build_method("mdp", label_space=label_space, arch=arch, output_stride=8, embed_dim=args.embed_dim)
         trainer = Trainer(method, argparse.Namespace(**{**vars(args), "channels_last": False, "amp": "none"}), cpu)
         per_crop[crop] = count_step_flops(trainer, synthetic_batch(label_space, 2, crop, cpu)) / 2
-    return per_crop[128] * 16 / 1e9, per_crop[128] / per_crop[64]
+    small, large = crops
+    return per_crop[large] * (512 / large) ** 2 / 1e9, per_crop[large] / per_crop[small]
 
 
 def memory_report(variants: dict[str, nn.Module], embed_dim: int, num_classes: int) -> list[str]:

@@ -1,0 +1,68 @@
+"""`python -m benchmarks`: the smoke preset writes one report with every section, and the memory table's sizes."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.__main__ import PIXELS_PER_CLASS, PRESETS, memory_scaling_rows
+
+REPO = Path(__file__).resolve().parents[1]
+SECTIONS = (
+    "## 1. Training step",
+    "### Targets",
+    "### MDP parts switched off, isolated",
+    "### Where the time of an MDP step goes",
+    "## 2. Memory",
+    "### Peak memory per training-step variant",
+    "### Prototype store vs pixel queue as classes and bank size grow",
+    "## 3. Data pipeline",
+    "## 4. Hub loading",
+    "## 5. On paper: FLOPs per training image and GPU hours of the paper's recipe",
+)
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_every_section(tmp_path):
+    out = tmp_path / "docs" / "BENCHMARKS.md"
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--preset", "smoke", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr
+    report = out.read_text()
+    positions = [report.find(section) for section in SECTIONS]
+    assert -1 not in positions, [s for s, p in zip(SECTIONS, positions) if p == -1]
+    assert positions == sorted(positions), "sections out of order"
+    for variant in PRESETS["smoke"].variants:
+        assert report.count(f"| {variant} |") == 2, f"{variant}: expected one timing row and one memory row"
+    for pipeline in ("bare", "geometry", "finetune", "pretrain"):
+        assert f"| {pipeline} |" in report
+    assert "| mdp_resnet50 |" in report and "| 8x H100 SXM" in report
+    assert report.count("Machine:") == 4 and report.count("load average") >= 4
+    assert not re.search(r"\b(nan|inf)\b", report), "non-finite number in the report"
+    plot = out.with_name("BENCHMARKS_memory.png")
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "](BENCHMARKS_memory.png)" in report
+
+
+def test_memory_scaling_counts_the_real_buffers():
+    dim = 16
+    for row in memory_scaling_rows(dim):
+        classes = row["classes"]
+        # prototypes [C, D] fp32 + counts [C] int64
+        assert row["prototypes"] == classes * (dim * 4 + 8)
+        for per_class in PIXELS_PER_CLASS:
+            # embeddings [N + 1, D] fp32 + labels [N + 1] int64 + pointer [1] int64, N = C x pixels per class
+            entries = classes * per_class + 1
+            assert row[f"pixel queue {per_class}"] == entries * (dim * 4 + 8) + 8
+        assert row["moco queue"] == 65537 * dim * 4 + 8
+
+
+def test_unknown_preset_is_refused():
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--preset", "huge"], cwd=REPO, capture_output=True, text=True
+    )
+    assert completed.returncode == 2 and "huge" in completed.stderr
