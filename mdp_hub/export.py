@@ -221,12 +221,13 @@ def _as_stored(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _publish_staged(staging: Path, out_dir: Path) -> None:
-    """Move the verified files of ``staging`` into ``out_dir``; the weights go last, after the config naming
-    their sha256, so an interruption leaves at worst old weights that the new checksum refuses."""
+    """Move the verified files of ``staging`` into ``out_dir``. The weights go first and ``config.json`` (which
+    records their sha256) last: an interruption in between leaves new weights under the old checksum, which every
+    mdp_hub load refuses, and a first export without a config.json is no loadable export at all."""
     stale_prototypes = out_dir / PROTOTYPES_FILENAME
     if stale_prototypes.exists() and not (staging / PROTOTYPES_FILENAME).exists():
         stale_prototypes.unlink()  # left by an earlier export of another checkpoint into this folder
-    for name in (PROTOTYPES_FILENAME, CONFIG_FILENAME, CARD_FILENAME, WEIGHTS_FILENAME):
+    for name in (WEIGHTS_FILENAME, PROTOTYPES_FILENAME, CARD_FILENAME, CONFIG_FILENAME):
         if (staging / name).exists():
             _fsync_file(staging / name)
             os.replace(staging / name, out_dir / name)

@@ -78,7 +78,7 @@ def save_atomic(obj: Any, path: Path) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _temporary_path(path, os.getpid())
     try:
         with open(tmp, "wb") as handle:
             torch.save(obj, handle)
@@ -93,6 +93,23 @@ def save_atomic(obj: Any, path: Path) -> None:
         os.fsync(directory)  # make the rename itself durable
     finally:
         os.close(directory)
+
+
+def _temporary_path(path: Path, pid: int) -> Path:
+    return path.with_name(f".{path.name}.tmp-{pid}")
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete the temporary files of writers that died before their ``os.replace`` (SIGKILL, power loss).
+
+    They are never taken for checkpoints (their names do not match), but each one holds a checkpoint's worth of
+    disk. Only for folders with one writer (the main process of one run), since a live writer's file looks the same.
+    """
+    own_suffix = f".tmp-{os.getpid()}"
+    stale = [p for p in Path(directory).glob(".*.pth.tmp-*") if not p.name.endswith(own_suffix)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def load_checkpoint(path: Path, *, kind: Optional[str] = None, map_location: Any = "cpu") -> dict:
@@ -152,6 +169,7 @@ class CheckpointManager:
         return [path for _, path in sorted(found)]
 
     def save(self, state: dict, *, snapshot: bool = False) -> Path:
+        remove_stale_temporaries(self.run_dir)
         save_atomic(state, self.last_path)
         if snapshot and self.keep_snapshots > 0:
             save_atomic(state, self.run_dir / f"checkpoint_{state['step']:08d}.pth")

@@ -1,0 +1,211 @@
+"""Disk full and unwritable output: checkpoints and exports fail with the OS error and leave the previous good file
+(or nothing), never a half-written file that a later resume or load would take for a good one.
+
+A full disk is simulated by letting the real writer put half of its bytes on disk and then raise
+``OSError(ENOSPC)``; an unwritable folder by ``OSError(EROFS)`` from the call that creates the file (the suite runs
+as root, for whom a chmod'ed folder stays writable). Counted figures: ``CHECKPOINT_FAULTS`` and ``EXPORT_FAULTS``,
+each tried on a fresh folder and over a previous good result.
+"""
+from __future__ import annotations
+
+import errno
+import importlib
+import io
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save as safetensors_bytes
+
+import training.engine.checkpoint as checkpoint_module
+from mdp_hub import CheckpointError
+from mdp_hub.export import export, verify_weights_checksum
+from training.engine.checkpoint import load_checkpoint
+
+from prototype_checkpoints import build_method_with_prototypes, save_checkpoint
+from test_engine_loop import build_trainer
+
+TAG = "voc_ade20k_200ep"
+# mdp_hub re-exports the function export() under the submodule's name, so fetch the module itself
+export_module = importlib.import_module("mdp_hub.export")
+
+
+def _disk_full() -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _fail_on_call(number: int, real, failing):
+    """A stand-in for ``real`` whose ``number``-th call runs ``failing`` instead."""
+    calls = {"n": 0}
+
+    def call(*args, **kwargs):
+        calls["n"] += 1
+        return failing(*args, **kwargs) if calls["n"] == number else real(*args, **kwargs)
+
+    return call
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _arm_torch_save_disk_full(monkeypatch) -> None:
+    real_save = torch.save
+
+    def save_half_then_fail(obj, handle, *args, **kwargs):
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        handle.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        raise _disk_full()
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", save_half_then_fail)
+
+
+def _arm_read_only_run_folder(monkeypatch) -> None:
+    def refuse(path, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(checkpoint_module, "open", refuse, raising=False)
+
+
+CHECKPOINT_FAULTS = {
+    "disk full half-way through torch.save": (_arm_torch_save_disk_full, errno.ENOSPC),
+    "read-only run folder": (_arm_read_only_run_folder, errno.EROFS),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(CHECKPOINT_FAULTS))
+def test_failed_checkpoint_keeps_the_last_good_one_and_the_run_resumes_bit_exact(fault, tmp_path, monkeypatch):
+    arm, code = CHECKPOINT_FAULTS[fault]
+    straight = build_trainer(tmp_path / "straight", total_steps=6, checkpoint_every=2, log_every=2)
+    straight.run()
+    straight.logger.close()
+
+    run = tmp_path / "run"
+    first = build_trainer(run, total_steps=6, checkpoint_every=2, log_every=2)
+    first.config.total_steps = 2
+    first.run()
+    first.logger.close()
+    good = (run / "last.pth").read_bytes()
+    checkpoint_files = sorted(p.name for p in run.iterdir() if p.suffix == ".pth")
+
+    failing = build_trainer(run, total_steps=6, checkpoint_every=2, log_every=2)
+    failing.resume()
+    with monkeypatch.context() as patch:
+        arm(patch)
+        with pytest.raises(OSError) as caught:
+            failing.run()  # fails at the step-4 checkpoint
+    failing.logger.close()
+    assert caught.value.errno == code
+    assert (run / "last.pth").read_bytes() == good, "the last good checkpoint was touched"
+    assert sorted(p.name for p in run.iterdir() if p.suffix == ".pth" or ".tmp-" in p.name) == checkpoint_files
+
+    restarted = build_trainer(run, total_steps=6, checkpoint_every=2, log_every=2)  # the disk has space again
+    assert restarted.resume() == 2
+    restarted.run()
+    restarted.logger.close()
+    final, reference = load_checkpoint(run / "last.pth"), load_checkpoint(tmp_path / "straight" / "last.pth")
+    for key, value in reference["model"].items():
+        assert torch.equal(final["model"][key], value), key
+
+
+# ---------------------------------------------------------------- exports
+
+
+def _save_file_half_then_fail(tensors, filename, metadata=None):
+    data = safetensors_bytes(tensors, metadata=metadata)
+    Path(filename).write_bytes(data[: len(data) // 2])
+    raise _disk_full()
+
+
+def _config_half_then_fail(model, config_path, **kwargs):
+    Path(config_path).write_text('{"architecture": "res')
+    raise _disk_full()
+
+
+def _arm_save_file(number):
+    return lambda patch: patch.setattr(export_module, "save_file",
+                                       _fail_on_call(number, export_module.save_file, _save_file_half_then_fail))
+
+
+def _arm_config(patch):
+    patch.setattr(export_module, "save_config_for_hf", _config_half_then_fail)
+
+
+def _arm_card(patch):
+    real_write_text = Path.write_text
+
+    def write_text(self, text, *args, **kwargs):
+        if self.name != export_module.CARD_FILENAME:
+            return real_write_text(self, text, *args, **kwargs)
+        real_write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise _disk_full()
+
+    patch.setattr(Path, "write_text", write_text)
+
+
+def _arm_read_only_folder(patch):
+    def refuse(*args, dir=None, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dir))
+
+    patch.setattr(export_module.tempfile, "mkdtemp", refuse)
+
+
+def _arm_rename(patch):
+    def refuse(src, dst):
+        raise OSError(errno.EIO, os.strerror(errno.EIO), str(dst))
+
+    patch.setattr(export_module.os, "replace", _fail_on_call(2, os.replace, refuse))
+
+
+EXPORT_FAULTS = {
+    "disk full writing model.safetensors": (_arm_save_file(1), errno.ENOSPC),
+    "disk full writing mdp_prototypes.safetensors": (_arm_save_file(2), errno.ENOSPC),
+    "disk full writing config.json": (_arm_config, errno.ENOSPC),
+    "disk full writing README.md": (_arm_card, errno.ENOSPC),
+    "read-only output folder": (_arm_read_only_folder, errno.EROFS),
+    "I/O error between the renames into place": (_arm_rename, errno.EIO),
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Two pretraining checkpoints with different weights: the earlier export and the one that fails."""
+    folder = tmp_path_factory.mktemp("ckpts")
+    for seed in (0, 1):
+        method, _ = build_method_with_prototypes(seed=seed)
+        save_checkpoint(method, folder / f"seed{seed}.pth")
+    return folder / "seed0.pth", folder / "seed1.pth"
+
+
+@pytest.mark.parametrize("over_previous", [False, True], ids=["fresh folder", "over a previous export"])
+@pytest.mark.parametrize("fault", sorted(EXPORT_FAULTS))
+def test_failed_export_leaves_nothing_that_loads_as_good(fault, over_previous, checkpoints, tmp_path, monkeypatch):
+    arm, code = EXPORT_FAULTS[fault]
+    out = tmp_path / "export"
+    if over_previous:
+        export(checkpoints[0], out, tag=TAG)
+    before = _folder_bytes(out) if out.exists() else {}
+    with monkeypatch.context() as patch:
+        arm(patch)
+        with pytest.raises(OSError) as caught:
+            export(checkpoints[1], out, tag=TAG)
+    assert caught.value.errno == code
+    after = _folder_bytes(out) if out.exists() else {}
+    assert not [name for name in after if name.startswith(export_module.STAGING_PREFIX)], "staging left behind"
+    if after == before:
+        return  # nothing changed: the previous export (or no export) is what a user finds
+    # Only the interrupted renames get here: new weights under the previous config's checksum, refused on load;
+    # or, in a fresh folder, weights without a config.json, which is no export.
+    assert fault == "I/O error between the renames into place"
+    if over_previous:
+        with pytest.raises(CheckpointError, match="differs from .* recorded in"):
+            verify_weights_checksum(out / "model.safetensors")
+    else:
+        assert "config.json" not in after
+    export(checkpoints[1], out, tag=TAG)  # once the fault is gone, the export completes and verifies
+    verify_weights_checksum(out / "model.safetensors")
