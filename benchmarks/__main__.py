@@ -42,6 +42,7 @@ from benchmarks.train_step import (
     count_step_flops,
     isolated_mdp_extra,
     make_variants,
+    memory_report,
     paper_label_space,
     projection_flops_per_image,
     synthetic_batch,
@@ -91,7 +92,7 @@ PRESETS = {
     # Seconds-long run that only checks the command end to end (tests); its numbers mean nothing.
     "smoke": Settings("resnet18", crop=32, batch=2, warmup=0, repeats=1, extra_repeats=1,
                       data_images=2, data_repeats=1, hub_repeats=1,
-                      variants=("lower bound", "MDP full (mixup + CSC2)", "MoCo v2 (queue 65536)"),
+                      variants=("lower bound", "MDP full (mixup + CSC2)", "MoCo v2 (queue 65536)", "region bank"),
                       projection_arch="resnet18", projection_crops=(16, 32)),
 }
 
@@ -303,6 +304,10 @@ def train_step_section(settings: Settings, device: torch.device) -> tuple[list[s
         "|---|---|---|---|",
         *(f"| {name} | {peak[name] / 1e6:.1f} | {peak[name] / max(peak['lower bound'], 1):.2f}x | "
           f"{state_bytes(trainer) / 1e6:.1f} |" for name, trainer in trainers.items()),
+        "",
+        "### Memory the methods keep, at the paper's label space",
+        "",
+        *memory_report(variants, settings.embed_dim, label_space.num_classes),
     ]
     results = {"flops_per_image": {k: v / settings.batch for k, v in flops.items()}, "args": args,
                "label_space": label_space}

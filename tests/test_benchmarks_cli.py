@@ -17,6 +17,7 @@ SECTIONS = (
     "### Where the time of an MDP step goes",
     "## 2. Memory",
     "### Peak memory per training-step variant",
+    "### Memory the methods keep, at the paper's label space",
     "### Prototype store vs pixel queue as classes and bank size grow",
     "## 3. Data pipeline",
     "## 4. Hub loading",
