@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DistributedSampler
 
 from training.config import save_config, to_dict
 from training.data.datasets import build_segmentation_dataset
@@ -27,6 +27,7 @@ from training.data.label_space import LabelSpace
 from training.data.transforms import PhotometricConfig
 from training.engine import distributed
 from training.engine.checkpoint import LAST_NAME, CheckpointManager, load_checkpoint
+from training.engine.data import epoch_loader
 from training.engine.logger import RunLogger
 from training.engine.loop import LoopConfig, Trainer
 from training.engine.numerics import make_grad_scaler
@@ -58,6 +59,7 @@ class InfiniteBatches:
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        self.seed = seed
         self.sampler = DistributedSampler(dataset, num_replicas=distributed.get_world_size(),
                                           rank=distributed.get_rank(), shuffle=True, seed=seed)
         self.steps_per_pass = len(self.sampler) // batch_size
@@ -69,10 +71,11 @@ class InfiniteBatches:
         """Batches from step ``skip`` on (the loop's single epoch is the whole run, so ``epoch`` is always 0)."""
         data_pass, offset = divmod(skip, self.steps_per_pass)
         while True:
-            self.sampler.set_epoch(data_pass)
-            indices = list(self.sampler)[offset * self.batch_size:self.steps_per_pass * self.batch_size]
-            yield from DataLoader(self.dataset, batch_size=self.batch_size, sampler=indices, drop_last=True,
-                                  num_workers=self.num_workers, pin_memory=self.pin_memory)
+            # epoch_loader seeds the DataLoader from (seed, pass), not from the global RNG, so starting in the
+            # middle of a pass (resume) leaves the augmentation draws of the restored RNG state untouched.
+            yield from epoch_loader(self.dataset, self.sampler, batch_size=self.batch_size, epoch=data_pass,
+                                    skip=offset, seed=self.seed, num_workers=self.num_workers,
+                                    pin_memory=self.pin_memory)
             data_pass, offset = data_pass + 1, 0
 
 
