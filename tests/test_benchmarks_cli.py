@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.__main__ import PIXELS_PER_CLASS, PRESETS, memory_scaling_rows
+from benchmarks.__main__ import PIXELS_PER_CLASS, PRESETS, main, memory_scaling_rows
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = (
@@ -38,7 +38,7 @@ def test_smoke_run_writes_every_section(tmp_path):
     assert -1 not in positions, [s for s, p in zip(SECTIONS, positions) if p == -1]
     assert positions == sorted(positions), "sections out of order"
     for variant in PRESETS["smoke"].variants:
-        assert report.count(f"| {variant} |") == 2, f"{variant}: expected one timing row and one memory row"
+        assert report.count(f"| {variant} |") >= 2, f"{variant}: expected a timing row and a peak-memory row"
     for pipeline in ("bare", "geometry", "finetune", "pretrain"):
         assert f"| {pipeline} |" in report
     assert "| mdp_resnet50 |" in report and "| 8x H100 SXM" in report
@@ -62,8 +62,7 @@ def test_memory_scaling_counts_the_real_buffers():
         assert row["moco queue"] == 65537 * dim * 4 + 8
 
 
-def test_unknown_preset_is_refused():
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--preset", "huge"], cwd=REPO, capture_output=True, text=True
-    )
-    assert completed.returncode == 2 and "huge" in completed.stderr
+def test_unknown_preset_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--preset", "huge"])
+    assert exit_info.value.code == 2 and "huge" in capsys.readouterr().err
