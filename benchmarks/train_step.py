@@ -1,4 +1,4 @@
-"""Training-step cost of MDP against its lower bound, MoCo v2 and the baselines; writes a markdown report.
+"""Training-step cost of MDP against its lower bound, MoCo v2 and the baselines; prints a markdown section.
 
     python benchmarks/train_step.py                       # CPU, resnet18, 128^2 crops, batch 8
     python benchmarks/train_step.py --arch resnet50 --crop 512 --batch 8 --device cuda --amp bf16
@@ -244,7 +244,9 @@ def main(argv=None) -> None:
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--skip-projection", action="store_true", help="skip the ResNet-50 512^2 FLOP count")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS_train_step.md")
+    # The project's report is docs/BENCHMARKS.md, written by `python -m benchmarks`; this script alone prints
+    # its section and writes a file only when asked, so it never leaves a second, diverging report in docs/.
+    parser.add_argument("--out", type=Path, default=None, help="also write the markdown report to this file")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -356,10 +358,11 @@ def main(argv=None) -> None:
         "mixing and memory kernels cost launch latency rather than FLOPs, so the GPU ratio must be measured "
         "there with this same script.",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    print(f"\nwrote {args.out}", file=sys.stderr)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")
+        print(f"\nwrote {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":
