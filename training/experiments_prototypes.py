@@ -1,6 +1,6 @@
 """Zero-fine-tuning mIoU of the prototype segmenter on the synthetic benchmark's pretraining validation splits.
 
-    python -m training.experiments_prototypes --model runs/demo/export [--output docs/RESULTS_prototypes.md]
+    python -m training.experiments_prototypes --model runs/demo/export [--output FILE.md]
 
 For every validation split of a pretraining dataset (synthetic VOC aug, ADE20K, COCO-Stuff 164k) the MDP model
 segments each whole image at its native size by nearest class prototype, with no trained decoder, and one
@@ -103,7 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="export folder with prototypes or MDP pretraining checkpoint")
     parser.add_argument("--synthetic-root", default=None, help="synthetic benchmark folder (default: the shared cache)")
     parser.add_argument("--max-images", type=int, default=None, help="images per split (default: all)")
-    parser.add_argument("--output", type=Path, default=Path("docs/RESULTS_prototypes.md"))
+    parser.add_argument("--output", type=Path, default=Path("prototype_results.md"),
+                        help="markdown report (a .json beside it); docs/RESULTS.md holds the recorded run")
     parser.add_argument("--note", action="append", default=[], help="extra line for the report (what was trained)")
     return parser.parse_args(argv)
 
