@@ -47,6 +47,17 @@ def test_heads_output_stride_8_and_aux(head):
     assert any(k.startswith("decode_head.") for k in keys) and any(k.startswith("auxiliary_head.") for k in keys)
 
 
+def test_output_stride_16_changes_strides_not_weights():
+    os8 = build_segmentation_model(small_config(), num_classes=5, arch=ARCH)
+    os16 = build_segmentation_model(small_config(output_stride=16), num_classes=5, arch=ARCH)
+    image = torch.randn(2, 3, 64, 64)
+    assert [f.shape[-1] for f in os16.backbone(image)] == [4, 4]
+    assert os16(image)["out"].shape == (2, 5, 64, 64)
+    assert {k: v.shape for k, v in os8.state_dict().items()} == {k: v.shape for k, v in os16.state_dict().items()}
+    with pytest.raises(ValueError, match="output_stride must be 8 or 16, got 32"):
+        build_segmentation_model(small_config(output_stride=32), num_classes=5, arch=ARCH)
+
+
 def test_aspp_matches_mmseg_layout():
     model = build_segmentation_model(SegModelConfig(), num_classes=3, arch=ARCH)
     head = model.decode_head

@@ -38,6 +38,7 @@ class SegModelConfig:
 
     arch: str | None = None
     head: str = "deeplabv3"
+    output_stride: int = 8  # 8 (MMSeg's D8 configs, the paper) or 16 (D16: ~2x cheaper, coarser)
     head_channels: int = 512
     aspp_dilations: list[int] = field(default_factory=lambda: [1, 12, 24, 36])
     aux_head: bool = False
@@ -122,15 +123,19 @@ class SegmentationModel(nn.Module):
         return out
 
 
-def create_backbone(arch: str) -> nn.Module:
-    """timm ``features_only`` backbone of ``arch`` at output stride 8, returning its last two stages (C4, C5)."""
-    return timm.create_model(arch, pretrained=False, features_only=True, output_stride=8, out_indices=(-2, -1))
+def create_backbone(arch: str, output_stride: int = 8) -> nn.Module:
+    """timm ``features_only`` backbone of ``arch`` at ``output_stride`` (dilated), returning its last two stages
+    (C4, C5)."""
+    if output_stride not in (8, 16):
+        raise ValueError(f"model.output_stride must be 8 or 16, got {output_stride!r}")
+    return timm.create_model(arch, pretrained=False, features_only=True, output_stride=output_stride,
+                             out_indices=(-2, -1))
 
 
 def build_segmentation_model(config: SegModelConfig, num_classes: int, arch: str) -> SegmentationModel:
     if config.head not in HEADS:
         raise ValueError(f"model.head={config.head!r} is not one of {HEADS}")
-    backbone = create_backbone(arch)
+    backbone = create_backbone(arch, config.output_stride)
     c4_channels, c5_channels = backbone.feature_info.channels()
     if config.head == "deeplabv3":
         decode_head = ASPPHead(c5_channels, num_classes, config.head_channels, tuple(config.aspp_dilations),
