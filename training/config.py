@@ -47,11 +47,17 @@ class DataConfig:
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     photometric: PhotometricConfig = field(default_factory=PhotometricConfig)  # MoCo-v2 jitter per view
+    # where that jitter runs: device = batched on the training device (workers send one uint8 crop), worker = PIL
+    photometric_on: str = "device"
     unlabeled: list[str] = field(default_factory=list)  # folders of unlabeled images (pseudo-labelled, MDP only)
     unify_map: str = ""  # JSON class-name unification map (ablation); empty = plain concatenation (the paper)
     sampling: str = "proportional"  # proportional (the paper) | balanced
     skip_bad_samples: bool = False
     num_workers: int = 8
+
+    def __post_init__(self):
+        if self.photometric_on not in ("device", "worker"):
+            raise ValueError(f"photometric_on {self.photometric_on!r}: expected 'device' or 'worker'")
 
 
 @dataclass

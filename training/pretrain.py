@@ -28,6 +28,7 @@ from training.data import (
     build_unlabeled_dataset,
     ensure_synthetic,
 )
+from training.data.device_augment import BatchPhotometric, DeviceViews
 from training.data.label_space import IGNORE_INDEX
 from training.engine import distributed
 from training.engine.checkpoint import CheckpointError
@@ -151,7 +152,7 @@ def build_stages(cfg: PretrainConfig, info: distributed.DistInfo) -> tuple[Label
     """The label space over every dataset of the run and, per stage, a sharded sampler over its datasets."""
     data = cfg.data
     common = dict(crop_size=data.crop_size, mean=data.mean, std=data.std, scale_range=tuple(data.scale_range),
-                  base_size=data.base_size or None, photometric=data.photometric)
+                  base_size=data.base_size or None, photometric=data.photometric, photometric_on=data.photometric_on)
     dataset, label_space = build_pretrain_dataset(
         resolve_dataset_specs(cfg), skip_bad_samples=data.skip_bad_samples, unify_map=resolve_unify_map(data.unify_map),
         **common,
@@ -291,6 +292,9 @@ def train(cfg: PretrainConfig, run_dir: Path) -> int:
     try:
         label_space, stages = build_stages(cfg, info)
         method, model = build_model(cfg, label_space, info)
+        if cfg.data.photometric_on == "device":  # workers send one uint8 crop; both views are made here, batched
+            model = DeviceViews(model, BatchPhotometric(cfg.data.photometric, cfg.data.mean, cfg.data.std),
+                                channels_last=cfg.train.channels_last)
         epoch_lengths = [stage.steps_per_epoch for stage in stages for _ in range(stage.epochs)]
         epoch_stage = [(stage, epoch) for stage in stages for epoch in range(stage.epochs)]
         total_steps = sum(epoch_lengths)

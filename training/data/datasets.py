@@ -3,6 +3,9 @@
 Items (see docs/DATA.md): pretraining ``{"image", "image_k", "mask" (global ids), "dataset_id", "index"}``;
 fine-tuning ``{"image", "mask" (local ids), "dataset_id", "index"}``, plus ``"name"`` in eval mode (whole image);
 unlabelled ``{"image", "image_k", "index"}``. Every mask is int64 with ``IGNORE_INDEX = -1``.
+With ``photometric_on="device"`` (pretraining default) a training item instead carries one uint8 crop ``image``
+``[3, H, W]`` and its real size ``image_size`` int64 ``[2]``, no ``image_k``: the trainer makes both jittered,
+normalised views on its device (training.data.device_augment.DeviceViews).
 """
 
 from __future__ import annotations
@@ -22,6 +25,14 @@ from training.data.specs import DatasetSpec
 from training.data.transforms import EvalTransform, JointTrainTransform, PhotometricConfig
 
 log = logging.getLogger(__name__)
+
+PHOTOMETRIC_HOMES = ("worker", "device")
+
+
+def check_photometric_on(value: str) -> str:
+    if value not in PHOTOMETRIC_HOMES:
+        raise ValueError(f"photometric_on {value!r}: expected one of {', '.join(PHOTOMETRIC_HOMES)}")
+    return value
 
 
 def open_readers(specs: Sequence[str | DatasetSpec], *, train: bool, skip_bad_samples: bool
@@ -62,12 +73,13 @@ class SegmentationSamples(Dataset):
 
     def __init__(self, readers: Sequence[SegmentationReader], tables: Sequence[torch.Tensor], *, train: bool,
                  transform, two_views: bool = False, skip_bad_samples: bool = False,
-                 dropped_at_startup: Sequence[BadSampleError] = ()):
+                 dropped_at_startup: Sequence[BadSampleError] = (), photometric_on: str = "worker"):
         self.readers = list(readers)
         self.tables = list(tables)
         self.train = train
         self.transform = transform
         self.two_views = two_views
+        self.photometric_on = check_photometric_on(photometric_on)
         self.skip_bad_samples = skip_bad_samples
         self.dataset_names = [reader.dataset_name for reader in self.readers]
         self.dataset_sizes = [len(reader) for reader in self.readers]
@@ -109,6 +121,10 @@ class SegmentationSamples(Dataset):
             item.update(image=self.transform(image), mask=lookup(table, torch.from_numpy(mask)),
                         name=self.readers[dataset_id].samples[index - int(self._starts[dataset_id])].name)
             return item
+        if self.photometric_on == "device":
+            image, mask_t, size = self.transform.padded_crop(image, mask)
+            item.update(image=image, image_size=size, mask=lookup(table, mask_t))
+            return item
         image, mask_t = self.transform.geometric(image, mask)
         views = self.transform.views(image, 2 if self.two_views else 1)
         item["image"] = views[0]
@@ -137,8 +153,11 @@ class SegmentationSamples(Dataset):
 def build_pretrain_dataset(specs: Sequence[str | DatasetSpec], *, crop_size, mean, std,
                            scale_range=(0.5, 2.0), cat_max_ratio=0.75, two_views=True, skip_bad_samples=False,
                            unify_map: str | Path | Mapping[str, str] | None = None, base_size: int | None = None,
-                           photometric: PhotometricConfig | None = None) -> tuple[SegmentationSamples, LabelSpace]:
+                           photometric: PhotometricConfig | None = None, photometric_on: str = "worker"
+                           ) -> tuple[SegmentationSamples, LabelSpace]:
     """Concatenate several datasets into one label space (in ``specs`` order) for pretraining.
+
+    ``photometric_on="device"``: items carry one uint8 crop; the trainer's DeviceViews makes the views.
 
     ``unify_map``: optional path to (or dict of) a class-name unification map for the ablation.
     """
@@ -152,7 +171,8 @@ def build_pretrain_dataset(specs: Sequence[str | DatasetSpec], *, crop_size, mea
                                     cat_max_ratio=cat_max_ratio, base_size=base_size, photometric=photometric)
     tables = [label_space.global_lookup_table(i) for i in range(len(readers))]
     dataset = SegmentationSamples(readers, tables, train=True, transform=transform, two_views=two_views,
-                                  skip_bad_samples=skip_bad_samples, dropped_at_startup=dropped)
+                                  skip_bad_samples=skip_bad_samples, dropped_at_startup=dropped,
+                                  photometric_on=photometric_on)
     return dataset, label_space
 
 
@@ -205,7 +225,8 @@ def build_segmentation_dataset(spec: str | DatasetSpec, *, train: bool, crop_siz
 class UnlabeledImages(Dataset):
     """Every image under a folder (recursively), two views with shared geometry: ``{"image", "image_k", "index"}``."""
 
-    def __init__(self, folder: str | Path, transform: JointTrainTransform):
+    def __init__(self, folder: str | Path, transform: JointTrainTransform, photometric_on: str = "worker"):
+        self.photometric_on = check_photometric_on(photometric_on)
         self.folder = Path(folder).expanduser()
         if not self.folder.is_dir():
             raise DatasetLayoutError(f"{self.folder}: image folder not found")
@@ -218,15 +239,18 @@ class UnlabeledImages(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> dict:
+        if self.photometric_on == "device":
+            image, _, size = self.transform.padded_crop(load_image(self.files[index]), None)
+            return {"image": image, "image_size": size, "index": torch.tensor(index)}
         image, _ = self.transform.geometric(load_image(self.files[index]), None)
         query, key = self.transform.views(image, 2)
         return {"image": query, "image_k": key, "index": torch.tensor(index)}
 
 
 def build_unlabeled_dataset(folder: str | Path, *, crop_size, mean, std, scale_range=(0.5, 2.0),
-                            base_size: int | None = None, photometric: PhotometricConfig | None = None
-                            ) -> UnlabeledImages:
+                            base_size: int | None = None, photometric: PhotometricConfig | None = None,
+                            photometric_on: str = "worker") -> UnlabeledImages:
     """Images to be pseudo-labelled (the COCO-without-labels experiment)."""
     transform = JointTrainTransform(crop_size=crop_size, mean=mean, std=std, scale_range=scale_range,
                                     cat_max_ratio=1.0, base_size=base_size, photometric=photometric)
-    return UnlabeledImages(folder, transform)
+    return UnlabeledImages(folder, transform, photometric_on)

@@ -1,22 +1,23 @@
-"""Joint image + mask augmentation (torchvision.transforms.v2).
+"""Joint image + mask augmentation.
 
-Geometry (rescale, crop with a max-single-class ratio, flip, pad) is drawn once per sample and applied to the
-image and the mask; photometric jitter touches only the image, independently for each view, so the query and
-momentum views share geometry. Masks are resized with nearest neighbour only and padded with 255 (ignore).
+Geometry (rescale, crop with a max-single-class ratio, flip, pad) is drawn once per sample (``CropBox``) and
+applied to the image and the mask; photometric jitter touches only the image, independently for each view, so the
+query and momentum views share geometry. Only the crop is resampled: bilinear antialiased for the image, exact
+nearest-neighbour index maps for the mask (label values never mix); masks are padded with 255.
 
-Photometric jitter runs on PIL images (torchvision's PIL kernels, PIL's Gaussian blur as in MoCo v2): at 512x512
-the tensor kernels cost several times more (hue conversion, a dense 2-D blur kernel); see docs/DATA.md.
+Photometric jitter has two homes. Worker side (``views``, fine-tuning and ``data.photometric_on: worker``) runs
+on PIL images (torchvision's PIL kernels, PIL's Gaussian blur as in MoCo v2). Device side (pretraining default)
+is training.data.device_augment: workers return one uint8 crop (``padded_crop``) and the trainer makes both views
+batched on its device. See docs/DATA.md for the measured costs.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
-from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
@@ -89,18 +90,67 @@ def check_mean_std(mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 def crop_ratio_ok(mask_region: np.ndarray, cat_max_ratio: float) -> bool:
-    """MMSeg's rule: at least two labelled classes and none above ``cat_max_ratio`` of the labelled pixels."""
-    counts = np.bincount(mask_region.ravel(), minlength=256)[:LOCAL_IGNORE]
+    """MMSeg's rule: at least two labelled classes and none above ``cat_max_ratio`` of the labelled pixels.
+
+    ``mask_region``: uint8 local ids (255 = ignore), any shape.
+    """
+    # PIL's histogram of an 8-bit image is ~3x cheaper than np.bincount at 512x512.
+    region = np.ascontiguousarray(mask_region, dtype=np.uint8).reshape(1, -1)
+    counts = np.asarray(Image.fromarray(region).histogram()[:LOCAL_IGNORE])
     counts = counts[counts > 0]
     return len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """One draw of the geometry: the source region ``[top, top + src_h) x [left, left + src_w)`` (integer pixels)
+    resized to the crop ``height x width``, then an optional horizontal flip. It is the crop of the image rescaled
+    by ``height / src_h`` (``width / src_w``) at that position."""
+
+    top: int
+    left: int
+    src_h: int
+    src_w: int
+    height: int
+    width: int
+    flip: bool
+
+    def nearest_rows_cols(self) -> tuple[np.ndarray, np.ndarray]:
+        """Source row / column of every output pixel under nearest-neighbour resizing of the region (pixel centres,
+        the convention of bilinear with ``align_corners=False``; exact integer arithmetic); columns reversed when
+        flipped."""
+        rows = self.top + (2 * np.arange(self.height) + 1) * self.src_h // (2 * self.height)
+        cols = self.left + (2 * np.arange(self.width) + 1) * self.src_w // (2 * self.width)
+        return rows, (cols[::-1] if self.flip else cols)
+
+
+def crop_mask(mask: np.ndarray, box: CropBox) -> np.ndarray:
+    """uint8 ``[H, W]`` -> the box's nearest-neighbour crop uint8 ``[box.height, box.width]`` (exact label values;
+    two 1-D gathers, only the crop's pixels are touched)."""
+    rows, cols = box.nearest_rows_cols()
+    return mask.take(rows, axis=0).take(cols, axis=1)
+
+
+def crop_image(image: torch.Tensor, box: CropBox) -> torch.Tensor:
+    """uint8 ``[3, H, W]`` -> the box's bilinear antialiased crop uint8 ``[3, box.height, box.width]``.
+
+    Only the source region is resampled. torch's uint8 antialiased kernel is used because on this machine it is
+    ~2x faster than PIL's ``Image.resize(box=...)`` for the same crop (docs/DATA.md).
+    """
+    region = image.as_subclass(torch.Tensor)[:, box.top:box.top + box.src_h, box.left:box.left + box.src_w]
+    out = torch.nn.functional.interpolate(region[None], size=(box.height, box.width), mode="bilinear",
+                                          align_corners=False, antialias=True)[0]
+    return out.flip(-1) if box.flip else out
 
 
 class JointTrainTransform:
     """Random rescale -> crop (max-single-class ratio) -> flip -> per-view photometric -> normalise -> pad.
 
-    To keep decode + augment cheap the crop box is chosen in rescaled coordinates and mapped back, so only the
-    cropped region is ever resized. ``base_size`` = short side before the random ratio (MMSeg: 512); ``None``
-    keeps each image's own size.
+    The crop box is drawn in the rescaled frame and mapped to source coordinates, so only the crop is ever
+    resampled: bilinear antialiased for the image, exact nearest-neighbour index maps for the mask. With
+    ``photometric_on="device"`` (pretraining) the photometric views are made later on the training device
+    (training.data.device_augment) and workers return one uint8 crop (``padded_crop``). ``base_size`` = short
+    side before the random ratio (MMSeg: 512); ``None`` keeps each image's own size.
     """
 
     def __init__(self, *, crop_size, mean, std, scale_range=(0.5, 2.0), cat_max_ratio=0.75, base_size=None,
@@ -114,37 +164,57 @@ class JointTrainTransform:
         self.base_size = base_size
         self.hflip_p = hflip_p
         photometric = photometric or PhotometricConfig()
+        self.photometric_config = photometric
         self.photometric = photometric.build() if photometric.enabled else None
         self.normalize = Normalize(self.mean, self.std)
 
-    def _geometry(self, height: int, width: int, mask: np.ndarray | None) -> tuple[int, int, int, int, int, int]:
-        """Source box (top, left, height, width) and its output size (height, width) after rescaling."""
+    def draw(self, height: int, width: int, mask: np.ndarray | None) -> tuple[CropBox, np.ndarray | None]:
+        """Random geometry for a ``height x width`` image and, if ``mask`` (uint8 ``[H, W]``) is given, its crop.
+
+        The ratio ~ U(scale_range) rescales the image (times ``base_size / short side``); the crop position is
+        drawn in that rescaled frame and mapped back to a whole-pixel source region, so the sample's effective
+        scale is ``crop / region`` (within one source pixel of the drawn one). Up to ``CAT_MAX_RATIO_RETRIES``
+        positions are tried until the cropped mask passes ``crop_ratio_ok`` (MMSeg's RandomCrop); else the last.
+        """
         ratio = float(torch.empty(1).uniform_(*self.scale_range))
         scale = ratio * (self.base_size / min(height, width) if self.base_size else 1.0)
-        out_h, out_w = max(1, round(height * scale)), max(1, round(width * scale))
-        crop_h, crop_w = min(self.crop_size[0], out_h), min(self.crop_size[1], out_w)
-        for _ in range(CAT_MAX_RATIO_RETRIES):
-            top = int(torch.randint(0, out_h - crop_h + 1, ()))
-            left = int(torch.randint(0, out_w - crop_w + 1, ()))
-            src_top, src_left = math.floor(top / scale), math.floor(left / scale)
-            src_h = max(1, min(height - src_top, math.ceil(crop_h / scale)))
-            src_w = max(1, min(width - src_left, math.ceil(crop_w / scale)))
-            if mask is None or self.cat_max_ratio >= 1.0 or crop_ratio_ok(
-                    mask[src_top:src_top + src_h, src_left:src_left + src_w], self.cat_max_ratio):
+        scaled_h, scaled_w = max(1, round(height * scale)), max(1, round(width * scale))
+        crop_h, crop_w = min(self.crop_size[0], scaled_h), min(self.crop_size[1], scaled_w)
+        # Source pixels under the crop; the whole image when the rescaled image is no larger than the crop.
+        src_h = height if crop_h == scaled_h else max(1, min(height, round(crop_h * height / scaled_h)))
+        src_w = width if crop_w == scaled_w else max(1, min(width, round(crop_w * width / scaled_w)))
+        flip = bool(torch.rand(()) < self.hflip_p)
+        check = mask is not None and self.cat_max_ratio < 1.0
+        for _ in range(CAT_MAX_RATIO_RETRIES if check else 1):
+            top = int(torch.randint(0, scaled_h - crop_h + 1, ())) * (height - src_h) // max(1, scaled_h - crop_h)
+            left = int(torch.randint(0, scaled_w - crop_w + 1, ())) * (width - src_w) // max(1, scaled_w - crop_w)
+            box = CropBox(top, left, src_h, src_w, crop_h, crop_w, flip)
+            cropped = None if mask is None else crop_mask(mask, box)
+            if not check or crop_ratio_ok(cropped, self.cat_max_ratio):
                 break
-        return src_top, src_left, src_h, src_w, crop_h, crop_w
+        return box, cropped
 
     def geometric(self, image: torch.Tensor, mask: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """uint8 ``[3, H, W]`` and uint8 ``[H, W]`` (or None for unlabelled images) -> cropped uint8 image
         ``[3, h, w]`` and mask ``[h, w]``, ``h, w`` <= crop size (padding comes after normalisation)."""
-        top, left, src_h, src_w, out_h, out_w = self._geometry(image.shape[-2], image.shape[-1], mask)
-        flip = bool(torch.rand(()) < self.hflip_p)
-        image_t = F.resized_crop(tv_tensors.Image(image), top, left, src_h, src_w, [out_h, out_w], antialias=True)
-        image_t = F.horizontal_flip(image_t) if flip else image_t
-        if mask is None:
-            return image_t, None
-        mask_t = F.resized_crop(tv_tensors.Mask(torch.from_numpy(mask)), top, left, src_h, src_w, [out_h, out_w])
-        return image_t, (F.horizontal_flip(mask_t) if flip else mask_t)
+        box, cropped = self.draw(image.shape[-2], image.shape[-1], mask)
+        return crop_image(image, box), (None if cropped is None else torch.from_numpy(cropped))
+
+    def padded_crop(self, image: torch.Tensor, mask: np.ndarray | None
+                    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """The worker side of ``photometric_on="device"``: uint8 ``[3, H, W]`` image padded to the crop size by
+        repeating its last row/column (so device-side blur and contrast see no artificial black border), the
+        mask padded with 255 ``[H, W]`` (or None), and the crop's real size int64 ``[2]`` (height, width)."""
+        crop, cropped = self.geometric(image, mask)
+        size = torch.tensor(crop.shape[-2:], dtype=torch.int64)
+        pad_h, pad_w = self.crop_size[0] - crop.shape[-2], self.crop_size[1] - crop.shape[-1]
+        if pad_h or pad_w:
+            rows = torch.arange(self.crop_size[0]).clamp_(max=crop.shape[-2] - 1)
+            cols = torch.arange(self.crop_size[1]).clamp_(max=crop.shape[-1] - 1)
+            crop = crop.index_select(1, rows).index_select(2, cols)
+            if cropped is not None:
+                cropped = pad_to(cropped, self.crop_size, LOCAL_IGNORE)
+        return crop.contiguous(), cropped, size
 
     def views(self, image: torch.Tensor, count: int) -> list[torch.Tensor]:
         """``count`` photometric views of one uint8 crop, each normalised and zero-padded (= mean colour) to the

@@ -1,0 +1,113 @@
+"""Batched device-side MoCo-v2 views: shapes, dtype, identity at p=0, grayscale, per-sample independence,
+seeded determinism, padding, and the trainer wrapper on a uint8 batch from the data layer."""
+
+import pytest
+import torch
+
+from training.data.device_augment import BatchPhotometric, DeviceViews, gaussian_blur, hsv_to_rgb, rgb_to_hsv
+from training.data.transforms import NO_PHOTOMETRIC, JointTrainTransform, Normalize, PhotometricConfig
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+ONLY_COLOUR = PhotometricConfig(color_jitter_p=1.0, grayscale_p=0.0, blur_p=0.0)
+
+
+def crops(batch=4, size=24, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator)
+
+
+def test_shapes_dtype_and_identity_at_p0():
+    images = crops()
+    query, key = BatchPhotometric(NO_PHOTOMETRIC, MEAN, STD)(images)
+    assert query.shape == key.shape == images.shape and query.dtype == key.dtype == torch.float32
+    expected = torch.stack([Normalize(MEAN, STD)(image) for image in images])
+    assert torch.allclose(query, expected, atol=1e-5) and torch.equal(query, key)
+    # Enabled config whose probabilities are all zero: jitter() must return its input untouched.
+    off = BatchPhotometric(PhotometricConfig(color_jitter_p=0.0, grayscale_p=0.0, blur_p=0.0), MEAN, STD)
+    x = images.float() / 255
+    assert torch.equal(off.jitter(x), x)
+
+
+def test_grayscale_p1_gives_equal_channels():
+    augment = BatchPhotometric(PhotometricConfig(color_jitter_p=0.0, grayscale_p=1.0, blur_p=0.0), MEAN, STD)
+    out = augment.jitter(crops().float() / 255)
+    assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 1], out[:, 2])
+
+
+def test_hsv_round_trip_and_zero_hue_shift():
+    x = crops(batch=2, size=16).float() / 255
+    assert torch.allclose(hsv_to_rgb(rgb_to_hsv(x)), x, atol=1e-5)
+    import torchvision.transforms.v2.functional as F
+
+    shifted = hsv_to_rgb(torch.cat((torch.remainder(rgb_to_hsv(x)[:, :1] + 0.25, 1.0), rgb_to_hsv(x)[:, 1:]), 1))
+    assert torch.allclose(shifted, F.adjust_hue(x, 0.25), atol=1e-4)  # same hue rotation as torchvision
+
+
+def test_per_sample_independence_and_views_differ():
+    # The same crop repeated: any difference between samples comes from independent per-sample draws.
+    images = crops(batch=1).repeat(6, 1, 1, 1)
+    query, key = BatchPhotometric(ONLY_COLOUR, MEAN, STD)(images, generator=torch.Generator().manual_seed(3))
+    assert len({tuple(q.flatten()[:50].tolist()) for q in query}) == 6
+    assert not torch.equal(query, key)
+
+
+def test_seeded_determinism():
+    augment = BatchPhotometric(PhotometricConfig(), MEAN, STD)
+    images = crops()
+    first = augment(images, generator=torch.Generator().manual_seed(7))
+    second = augment(images, generator=torch.Generator().manual_seed(7))
+    other = augment(images, generator=torch.Generator().manual_seed(8))
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+
+
+def test_blur_matches_a_per_sample_reference():
+    x = crops(batch=3, size=20).float() / 255
+    sigma = torch.tensor([0.5, 1.0, 2.0])
+    batched = gaussian_blur(x, sigma, 2.0)
+    for i in range(3):  # reference: one sample at a time with its own kernel
+        assert torch.allclose(batched[i:i + 1], gaussian_blur(x[i:i + 1], sigma[i:i + 1], 2.0), atol=1e-6)
+    assert batched[2].std() < batched[0].std() < x.std()  # larger sigma, smoother
+    flat = torch.full((1, 3, 20, 20), 0.3)
+    assert torch.allclose(gaussian_blur(flat, torch.tensor([1.5]), 2.0), flat, atol=1e-6)  # kernels sum to 1
+
+
+def test_padding_is_zero_after_normalisation():
+    images = crops(batch=2, size=16)
+    sizes = torch.tensor([[10, 12], [16, 16]])
+    query, key = BatchPhotometric(PhotometricConfig(), MEAN, STD)(images, sizes)
+    for view in (query, key):
+        assert (view[0, :, 10:] == 0).all() and (view[0, :, :, 12:] == 0).all()
+        assert (view[0, :, :10, :12] != 0).any() and (view[1] != 0).any()
+    with pytest.raises(ValueError, match=r"crop sizes must be int64 \[B, 2\]"):
+        BatchPhotometric(PhotometricConfig(), MEAN, STD)(images, torch.tensor([10, 12]))
+    with pytest.raises(ValueError, match="expects uint8"):
+        BatchPhotometric(PhotometricConfig(), MEAN, STD)(images.float())
+
+
+def test_worker_crop_then_device_views_share_geometry():
+    """padded_crop (worker) -> DeviceViews (trainer): two float views of the same crop, masks untouched."""
+    torch.manual_seed(0)
+    transform = JointTrainTransform(crop_size=(20, 24), mean=MEAN, std=STD, scale_range=(0.5, 0.5),
+                                    photometric=NO_PHOTOMETRIC)
+    image = torch.randint(0, 256, (3, 24, 30), dtype=torch.uint8)
+    mask = (torch.arange(30) // 10).repeat(24, 1).to(torch.uint8).numpy()
+    crop, crop_mask, size = transform.padded_crop(image, mask)
+    assert crop.dtype == torch.uint8 and crop.shape == (3, 20, 24) and size.tolist() == [12, 15]
+    assert (crop_mask[12:] == 255).all() and (crop_mask[:, 15:] == 255).all() and crop_mask[:12, :15].max() < 3
+    assert torch.equal(crop[:, 12:], crop[:, 11:12].expand(3, 8, 24))  # edge-repeated, not black
+
+    seen = {}
+
+    def model(batch):
+        seen.update(batch)
+        return {"loss": batch["image"].sum()}
+
+    wrapper = DeviceViews(model, BatchPhotometric(PhotometricConfig(), MEAN, STD))
+    wrapper({"image": crop[None], "image_size": size[None], "mask": crop_mask[None].long()})
+    assert seen["image"].dtype == seen["image_k"].dtype == torch.float32
+    assert seen["image"].shape == seen["image_k"].shape == (1, 3, 20, 24) and "image_size" not in seen
+    assert (seen["image"][0, :, 12:] == 0).all() and (seen["image_k"][0, :, :, 15:] == 0).all()
+    float_batch = {"image": torch.zeros(1, 3, 4, 4), "image_k": torch.ones(1, 3, 4, 4)}
+    wrapper(float_batch)  # views made by workers pass through untouched
+    assert torch.equal(seen["image_k"], float_batch["image_k"])
