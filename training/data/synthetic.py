@@ -454,6 +454,34 @@ def write_cityscapes(root: Path, seed: int, sizes: dict[str, int]) -> Path:
     return city_root
 
 
+def _local_class_name(dataset: str, raw: int) -> str | None:
+    """Class name of a raw label value written by the generator for ``dataset``; None for background/ignore."""
+    if dataset == "voc_aug":
+        return None if raw == BACKGROUND else classes.VOC_CLASSES[raw]
+    if dataset == "ade20k":
+        return None if raw == 0 else classes.ADE20K_CLASSES[raw - 1]
+    if dataset == "coco_stuff164k":
+        return classes.COCO_STUFF_CLASSES[int(coco_stuff_raw_table()[raw])]
+    raise ValueError(f"no pretraining dataset {dataset!r} in the synthetic benchmark")
+
+
+def unify_map(datasets: tuple[str, ...] = ("voc_aug", "ade20k", "coco_stuff164k")) -> dict[str, str]:
+    """The label-unification map of the synthetic pretraining datasets: ``{"<dataset>/<class>": "<dataset>/<class>"}``.
+
+    Two classes are merged when the generator renders them from the same concept (what a careful human merge of
+    synonyms would do with full knowledge): every class is mapped to the concept's class in the first of
+    ``datasets`` that renders it. VOC's "background" and ADE20K's "other" are catch-alls, never merged.
+    """
+    members: dict[str, list[str]] = {}
+    for name in datasets:
+        spec = DATASETS[name]
+        for concept, raw in {**spec.top, **spec.middle, **spec.bottom, **spec.things}.items():
+            local = _local_class_name(name, raw)
+            if local is not None and f"{name}/{local}" not in members.setdefault(concept, []):
+                members[concept].append(f"{name}/{local}")
+    return {source: labels[0] for labels in members.values() for source in labels[1:]}
+
+
 def resolve_sizes(sizes: dict[str, int] | None) -> dict[str, int]:
     """``DEFAULT_SIZES`` with overrides; unknown keys and empty splits are errors."""
     unknown = set(sizes or {}) - set(DEFAULT_SIZES)
