@@ -111,3 +111,12 @@ def test_worker_crop_then_device_views_share_geometry():
     float_batch = {"image": torch.zeros(1, 3, 4, 4), "image_k": torch.ones(1, 3, 4, 4)}
     wrapper(float_batch)  # views made by workers pass through untouched
     assert torch.equal(seen["image_k"], float_batch["image_k"])
+
+
+def test_config_switch_is_strict():
+    from training import config as config_lib
+
+    assert config_lib.load_config("demo", []).data.photometric_on == "device"
+    assert config_lib.load_config("demo", ["data.photometric_on=worker"]).data.photometric_on == "worker"
+    with pytest.raises(config_lib.ConfigError, match="photometric_on 'gpu'.*'device' or 'worker'"):
+        config_lib.load_config("demo", ["data.photometric_on=gpu"])
