@@ -440,7 +440,7 @@ def data_pipeline_section(settings: Settings, h100_images_per_s: dict[float, flo
         f"Machine: {machine_line(torch.device('cpu'))}; the benchmark runs in a subprocess with 1 torch thread, "
         "as a DataLoader worker does.",
         f"Settings: {report['images']} synthetic {report['image_size_wh'][0]}x{report['image_size_wh'][1]} JPEGs "
-        f"with ADE20K-layout label PNGs, {report['crop']}x{report['crop']} crops, best of {settings.data_repeats} "
+        f"with ADE20K-layout label PNGs, {report['crop']}x{report['crop']} crops, median of {settings.data_repeats} "
         f"passes; {elapsed:.0f} s; load average {load_before:.2f} before, {load_after:.2f} after.",
         "",
         "| pipeline | images/s per worker | cost vs bare decode+crop | target <= "
@@ -453,18 +453,23 @@ def data_pipeline_section(settings: Settings, h100_images_per_s: dict[float, flo
         workers = " | ".join(str(math.ceil(rate / value)) for rate in rates.values())
         lines.append(f"| {name} | {value:.1f} | {cost:.2f}x | {met} | {workers} |")
     ms = {name: 1000 / value for name, value in per_worker.items()}
+    device = report.get("device_views", {})
     lines += [
         "",
-        f"Where the pretraining pipeline's {ms['pretrain']:.1f} ms per image goes: bare decode + crop "
-        f"{ms['bare']:.1f} ms, our geometry (rescale, label checks, crop, flip, normalise, pad) "
-        f"+{ms['geometry'] - ms['bare']:.1f} ms, two photometrically jittered views +{ms['pretrain'] - ms['geometry']:.1f} ms.",
+        f"Where the pretraining worker's {ms['pretrain']:.1f} ms per image goes: bare decode + crop "
+        f"{ms['bare']:.1f} ms, our geometry, label checks, padding and global ids +{ms['pretrain'] - ms['bare']:.1f} ms. "
+        "The two MoCo-v2 views are made on the training device (`data.photometric_on: device`, the default): "
+        f"{device.get('ms_per_image_cpu_1_thread', float('nan')):.0f} ms per image on this CPU with one thread "
+        f"(batch {device.get('batch', 0)}), not measured on a GPU. The old worker-side path "
+        f"(pretrain_worker_jitter) costs {ms.get('pretrain_worker_jitter', float('nan')):.1f} ms per image.",
         "",
         "bare = PIL decode of image + mask and a random crop; geometry = our decode, label checks, 0.5-2 rescale, "
         "cat_max_ratio crop, flip, normalise, pad, global ids; finetune = geometry + MMSeg colour jitter; "
-        "pretrain = geometry + two views with MoCo-v2 jitter (what MDP trains on). The rescale and the second "
-        "jittered view are real work the bare loop does not do, so they are where a miss comes from. "
-        "Workers per GPU = step rate / images/s per worker, rounded up; at H100 rates the loader, not the GPU, "
-        "sets the pace unless decoding moves to the GPU (e.g. DALI) or the host has that many cores per GPU.",
+        "pretrain = the pretraining worker's item: geometry, one uint8 crop, global ids (views on the device); "
+        "pretrain_worker_jitter = geometry + two PIL MoCo-v2 views in the worker (`data.photometric_on: worker`). "
+        "The rescale and the label checks are real work the bare loop does not do, so they are where a miss comes "
+        "from. Workers per GPU = step rate / images/s per worker, rounded up; at H100 rates the loader, not the "
+        "GPU, sets the pace unless decoding moves to the GPU (e.g. DALI) or the host has that many cores per GPU.",
     ]
     return lines
 
