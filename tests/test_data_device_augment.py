@@ -116,7 +116,8 @@ def test_worker_crop_then_device_views_share_geometry():
 def test_config_switch_is_strict():
     from training import config as config_lib
 
-    assert config_lib.load_config("demo", []).data.photometric_on == "device"
+    assert config_lib.load_config("demo", []).data.photometric_on == "auto"
+    assert config_lib.load_config("demo", ["data.photometric_on=device"]).data.photometric_on == "device"
     assert config_lib.load_config("demo", ["data.photometric_on=worker"]).data.photometric_on == "worker"
-    with pytest.raises(config_lib.ConfigError, match="photometric_on 'gpu'.*'device' or 'worker'"):
+    with pytest.raises(config_lib.ConfigError, match="photometric_on 'gpu'.*'auto', 'device' or 'worker'"):
         config_lib.load_config("demo", ["data.photometric_on=gpu"])

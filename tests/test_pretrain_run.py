@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+import yaml
 
 from training.data import ensure_synthetic
 from training.engine.checkpoint import load_checkpoint
@@ -74,12 +75,17 @@ def test_short_demo_loss_falls_and_exports_a_timm_loadable_backbone(synthetic_ro
         assert torch.equal(exported[key], value), key
 
 
-def test_resume_from_a_checkpoint_gives_the_identical_next_losses(synthetic_root, tmp_path):
-    """Run 4 steps with a snapshot at step 2; restart a copy from that snapshot: steps 3-4 match exactly."""
+@pytest.mark.parametrize("photometric_on, resolved", [("auto", "worker"), ("device", "device")])
+def test_resume_from_a_checkpoint_gives_the_identical_next_losses(synthetic_root, tmp_path, photometric_on,
+                                                                   resolved):
+    """Run 4 steps with a snapshot at step 2; restart a copy from that snapshot: steps 3-4 match exactly, with the
+    views made in the workers (``auto`` on the CPU) or batched on the device."""
     overrides = tiny_overrides(synthetic_root, **{"train.max_steps": 4, "train.checkpoint_every": 2,
-                                                  "train.snapshot_every": 2, "train.keep_snapshots": 2})
+                                                  "train.snapshot_every": 2, "train.keep_snapshots": 2,
+                                                  "data.photometric_on": photometric_on})
     straight = tmp_path / "straight"
     assert main(["--output", str(straight), *overrides]) == 0
+    assert yaml.safe_load((straight / "config.yaml").read_text())["data"]["photometric_on"] == resolved
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copy(straight / "checkpoint_00000002.pth", resumed / "last.pth")

@@ -48,7 +48,8 @@ class DataConfig:
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     photometric: PhotometricConfig = field(default_factory=PhotometricConfig)  # MoCo-v2 jitter per view
     # where that jitter runs: device = batched on the training device (workers send one uint8 crop), worker = PIL
-    photometric_on: str = "device"
+    # in the data workers, auto = device on CUDA, worker on CPU (where the workers run in parallel with the step)
+    photometric_on: str = "auto"
     unlabeled: list[str] = field(default_factory=list)  # folders of unlabeled images (pseudo-labelled, MDP only)
     unify_map: str = ""  # JSON class-name unification map (ablation); empty = plain concatenation (the paper)
     sampling: str = "proportional"  # proportional (the paper) | balanced
@@ -56,8 +57,8 @@ class DataConfig:
     num_workers: int = 8
 
     def __post_init__(self):
-        if self.photometric_on not in ("device", "worker"):
-            raise ValueError(f"photometric_on {self.photometric_on!r}: expected 'device' or 'worker'")
+        if self.photometric_on not in ("auto", "device", "worker"):
+            raise ValueError(f"photometric_on {self.photometric_on!r}: expected 'auto', 'device' or 'worker'")
 
 
 @dataclass

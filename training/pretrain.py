@@ -289,6 +289,8 @@ def train(cfg: PretrainConfig, run_dir: Path) -> int:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     distributed.seed_everything(cfg.train.seed, info.rank)
+    if cfg.data.photometric_on == "auto":  # resolved before the config is saved, so the run records what ran
+        cfg.data.photometric_on = "device" if info.device.type == "cuda" else "worker"
     try:
         label_space, stages = build_stages(cfg, info)
         method, model = build_model(cfg, label_space, info)
