@@ -103,7 +103,7 @@ class Budget:
     """How much compute each run gets; the same for every method."""
 
     pretrain_epochs: int = 2
-    finetune_iterations: int = 150
+    finetune_iterations: int = 120
     synthetic_root: str = ""  # "" = the data layer's cache folder
     synthetic_sizes: dict = field(default_factory=dict)  # images per split (tests), {} = the benchmark's defaults
     pretrain_batch: int = 8
