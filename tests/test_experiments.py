@@ -98,3 +98,17 @@ def test_quick_study_runs_real_jobs_resumes_and_writes_the_page(tmp_path, capsys
     assert capsys.readouterr().out.count("(already finished)") == 5
     again = json.loads(results.with_suffix(".json").read_text())["paper_tables"]["table"]
     assert again == first and results.read_text().count(SECTION_BEGIN) == 1
+
+
+def test_orderings_compare_paired_seeds_not_pooled_spreads():
+    """A seed effect shared by both rows (here +-10) must not hide a consistent +2 difference."""
+    methods = {m.key: m for m in METHODS}
+    records = [_record(key, target, seed, base + shift)
+               for seed, base in enumerate((50.0, 60.0, 70.0)) for target in experiments.TARGETS
+               for key, shift in (("mdp_csc", 2.0), ("scratch", 0.0))]
+    table = summarise(records, [methods["scratch"], methods["mdp_csc"]])
+    assert table["scratch"]["voc_aug"]["std"] == pytest.approx(10.0)
+    (voc, city) = check_orderings(table)
+    assert voc["verdict"] == city["verdict"] == "holds"
+    assert voc["difference"] == pytest.approx(2.0) and voc["noise"] == pytest.approx(0.0)
+    assert voc["paired_seeds"] == [0, 1, 2]
