@@ -134,7 +134,11 @@ class Job:
 
     def done(self) -> Optional[dict]:
         path = self.run_dir / DONE_NAME
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        record = json.loads(path.read_text())
+        record.setdefault("finished_at", path.stat().st_mtime)  # records written before the field existed
+        return record
 
 
 def _yaml_dict(values: dict) -> str:
@@ -199,7 +203,7 @@ def run_job(job: Job, log: "Progress") -> dict:
     seconds = time.perf_counter() - started
     if code != 0:
         raise RuntimeError(f"{job.name} failed with exit code {code}; see {job.run_dir / 'job.log'}")
-    record = {"job": job.name, "seconds": round(seconds, 1)}
+    record = {"job": job.name, "seconds": round(seconds, 1), "finished_at": time.time()}
     if job.kind == "finetune":
         results = json.loads((job.run_dir / "eval" / "results.json").read_text())
         record.update(mIoU=results["mIoU"], mAcc=results["mAcc"], aAcc=results["aAcc"], step=results["step"])
@@ -280,6 +284,20 @@ def summarise(records: list[dict], methods: list[Method]) -> dict:
     return table
 
 
+def paired_difference(a: dict, b: dict) -> Optional[tuple[float, float, list[int]]]:
+    """(mean of a - b over common seeds, its noise, the seeds) for two cells of ``summarise``; None if no common
+    seed. Noise: sample std of the per-seed differences, or with one common seed the larger std of the cells."""
+    common = sorted(set(a["seeds"]) & set(b["seeds"]))
+    if not common:
+        return None
+    differences = [a["values"][a["seeds"].index(seed)] - b["values"][b["seeds"].index(seed)] for seed in common]
+    if len(common) > 1:
+        noise = statistics.stdev(differences)
+    else:
+        noise = max((s for s in (a["std"], b["std"]) if s == s), default=0.0)
+    return statistics.fmean(differences), noise, common
+
+
 def check_orderings(table: dict) -> list[dict]:
     """Each paper ordering on each target: holds / reversed / within noise.
 
@@ -292,17 +310,10 @@ def check_orderings(table: dict) -> list[dict]:
         if better not in table or worse not in table:
             continue
         for target in TARGETS:
-            a, b = table[better][target], table[worse][target]
-            common = sorted(set(a["seeds"]) & set(b["seeds"]))
-            if not common:
+            paired = paired_difference(table[better][target], table[worse][target])
+            if paired is None:
                 continue
-            differences = [a["values"][a["seeds"].index(seed)] - b["values"][b["seeds"].index(seed)]
-                           for seed in common]
-            difference = statistics.fmean(differences)
-            if len(common) > 1:
-                noise = statistics.stdev(differences)
-            else:
-                noise = max((s for s in (a["std"], b["std"]) if s == s), default=0.0)
+            difference, noise, common = paired
             verdict = "holds" if difference > noise else "reversed" if difference < -noise else "within noise"
             checks.append({"better": better, "worse": worse, "target": target, "difference": difference,
                            "noise": noise, "paired_seeds": common, "verdict": verdict, "claim": claim})
@@ -322,16 +333,24 @@ def render_section(table: dict, checks: list[dict], methods: list[Method], info:
              f"({info['jobs_run']} jobs, {info['compute_minutes']:.0f} min of job time on {info['lanes']} lanes, "
              f"{info['wall_minutes']:.0f} min wall clock, {info['date']}). Every method: {info['setup']}. "
              "mIoU (%) on the val split after fine-tuning, mean ± sample std over seeds "
-             f"{', '.join(map(str, info['seeds']))}. The paper's numbers (ResNet-50, real datasets, 100-200 epochs; "
+             f"{', '.join(map(str, info['seeds']))}; \"vs scratch\": mean ± std of the per-seed difference to "
+             "training from scratch with the same seed. The paper's numbers (ResNet-50, real datasets, 100-200 epochs; "
              "`../shared/docs/MDP_METHOD.md` section 9) are there to show the ordering the paper claims, not to be "
              "matched.", "",
-             "| pretraining | fine-tune voc_aug (seen) | fine-tune cityscapes (held out) | paper VOC | paper Cityscapes "
-             "| paper setting |",
-             "|---|---:|---:|---:|---:|---|"]
+             "| pretraining | fine-tune voc_aug (seen) | vs scratch | fine-tune cityscapes (held out) | vs scratch "
+             "| paper VOC | paper Cityscapes | paper setting |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+
+    def versus_scratch(key: str, target: str) -> str:
+        paired = None if key == "scratch" or "scratch" not in table else paired_difference(
+            table[key][target], table["scratch"][target])
+        return "–" if paired is None else f"{paired[0]:+.2f} ± {paired[1]:.2f}"
+
     for method in methods:
         row = table[method.key]
         paper = [f"{method.paper[t]:.2f}" if t in method.paper else "–" for t in TARGETS]
-        lines.append(f"| {method.label} | {_fmt(row['voc_aug'])} | {_fmt(row['cityscapes'])} | {paper[0]} | "
+        lines.append(f"| {method.label} | {_fmt(row['voc_aug'])} | {versus_scratch(method.key, 'voc_aug')} | "
+                     f"{_fmt(row['cityscapes'])} | {versus_scratch(method.key, 'cityscapes')} | {paper[0]} | "
                      f"{paper[1]} | {method.paper_note} |")
     lines += ["", f"![mIoU per pretraining method]({plot_name})", "",
               "### The paper's orderings, checked", "",
@@ -407,6 +426,12 @@ def write_report(records: list[dict], methods: list[Method], results_md: Path, i
     return table
 
 
+def study_wall_minutes(records: list[dict]) -> float:
+    """First job start to last job end, over the whole study (also when this invocation only re-reports)."""
+    spans = [(r["finished_at"] - r["seconds"], r["finished_at"]) for r in records if "finished_at" in r]
+    return (max(end for _, end in spans) - min(start for start, _ in spans)) / 60 if spans else 0.0
+
+
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.experiments", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -444,14 +469,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     methods = [method for method in METHODS if method.key in args.methods]
     output = args.output.resolve()
-    started = time.perf_counter()
     records = run_study(methods, args.seeds, output, budget, args.jobs)
     failures = [r for r in records if "error" in r]
     info = {
         "date": time.strftime("%Y-%m-%d"), "seeds": args.seeds, "lanes": args.jobs, "budget": asdict(budget),
         "jobs_run": len(records), "failures": len(failures),
         "compute_minutes": sum(r.get("seconds", 0.0) for r in records) / 60,
-        "wall_minutes": (time.perf_counter() - started) / 60,
+        "wall_minutes": study_wall_minutes(records),
         "setup": (f"resnet18, {budget.crop} px crops, batch {budget.pretrain_batch}, {budget.pretrain_epochs} "
                   f"pretraining epochs over the three synthetic pretraining datasets (demo recipe: OS16, SGD, "
                   f"cosine); then DeepLabV3 at OS16, {budget.finetune_iterations} iterations at batch "
@@ -460,7 +484,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     table = write_report(records, methods, args.results, info)
     for method in methods:
         print(f"{method.key:16s} " + "  ".join(f"{target} {_fmt(table[method.key][target])}" for target in TARGETS))
-    print(f"wrote {args.results} ({info['wall_minutes']:.1f} min)")
+    print(f"wrote {args.results} (study: {info['wall_minutes']:.1f} min wall clock)")
     if failures:
         print(f"{len(failures)} job(s) failed: " + "; ".join(r["error"] for r in failures), file=sys.stderr)
         return 1
