@@ -2,7 +2,7 @@
 
 A reader lists the (image, mask) files of one split and decodes a mask into **local ids** ``0..K-1`` with
 **255 = ignore**, checking every value: nothing outside the dataset's label range is silently relabelled.
-Label PNGs are read with PIL so palette PNGs give their indices, never colours.
+Files are decoded by training.data.decode: palette PNGs give their indices, never colours.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 
 from training.data import classes
+from training.data.counting import value_counts
+from training.data.decode import load_image, read_label_png
 from training.data.errors import BadSampleError, DatasetLayoutError
 from training.data.label_space import LOCAL_IGNORE
 from training.data.specs import DatasetSpec, parse_spec
@@ -47,44 +49,29 @@ def identity_table(num_classes: int) -> np.ndarray:
     return lookup_table({**{i: i for i in range(num_classes)}, LOCAL_IGNORE: LOCAL_IGNORE})
 
 
-def load_image(path: Path) -> torch.Tensor:
-    """Decode an image file to uint8 RGB ``[3, H, W]`` (grayscale and RGBA files are converted)."""
-    try:
-        with Image.open(path) as image:
-            pixels = np.array(image.convert("RGB"))  # convert() decodes fully: truncation raises here
-    except FileNotFoundError as error:
-        raise BadSampleError(path, "image file not found") from error
-    except (OSError, ValueError, SyntaxError) as error:
-        raise BadSampleError(path, f"image is truncated or corrupt ({error})") from error
-    return torch.from_numpy(pixels).permute(2, 0, 1)
-
-
-def read_label_png(path: Path) -> np.ndarray:
-    """Pixel values of a single-channel (palette or grayscale) label image, ``[H, W]`` integer array."""
-    try:
-        with Image.open(path) as label:
-            if label.mode not in ("P", "L", "I", "I;16"):
-                raise BadSampleError(
-                    path, f"label image has mode {label.mode!r}; expected a single-channel palette ('P') or "
-                    "grayscale ('L') PNG of class indices (colour-coded masks cannot be decoded safely)")
-            return np.asarray(label)
-    except FileNotFoundError as error:
-        raise BadSampleError(path, "mask file not found") from error
-    except OSError as error:
-        raise BadSampleError(path, f"mask is truncated or corrupt ({error})") from error
-
-
 def apply_table(raw: np.ndarray, table: np.ndarray, path: Path, valid_hint: str) -> np.ndarray:
-    """Map raw label values through ``table``; any value outside the encoding raises naming the file."""
-    if raw.size and (raw.min() < 0 or raw.max() >= table.size):
-        bad = np.unique(raw[(raw < 0) | (raw >= table.size)])
-        raise BadSampleError(path, f"label values {bad[:10].tolist()} outside the dataset's range ({valid_hint})")
-    # A histogram of the raw values finds invalid ones without a full-size boolean pass.
-    present = np.bincount(raw.ravel(), minlength=table.size) > 0
+    """Map raw label values through ``table`` to local ids uint8 ``[H, W]``; any value outside the encoding
+    raises naming the file. 8-bit masks are checked from their value counts and mapped with a byte lookup table
+    (skipped when the encoding is already local ids)."""
+    if raw.dtype == np.uint8 and table.size == 256:
+        present = value_counts(raw) > 0
+    else:
+        if raw.size and (raw.min() < 0 or raw.max() >= table.size):
+            bad = np.unique(raw[(raw < 0) | (raw >= table.size)])
+            raise BadSampleError(path, f"label values {bad[:10].tolist()} outside the dataset's range ({valid_hint})")
+        present = np.bincount(raw.ravel(), minlength=table.size) > 0
     bad = np.flatnonzero(present & (table == INVALID))
     if bad.size:
         raise BadSampleError(path, f"label values {bad[:10].tolist()} outside the dataset's range ({valid_hint})")
-    return table.astype(np.uint8)[raw]
+    if raw.dtype != np.uint8:
+        return table.astype(np.uint8)[raw]
+    values = np.flatnonzero(present)
+    if np.array_equal(table[values], values):  # already local ids
+        return raw
+    lut = table.astype(np.uint8).tolist()
+    height, width = raw.shape
+    mapped = Image.frombuffer("L", (width, height), np.ascontiguousarray(raw), "raw", "L", 0, 1).point(lut)
+    return np.array(mapped)  # a writable copy (np.asarray of a PIL image is read-only)
 
 
 class SegmentationReader:

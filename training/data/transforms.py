@@ -21,6 +21,7 @@ from PIL import Image, ImageFilter
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from training.data.counting import value_counts
 from training.data.label_space import LOCAL_IGNORE
 
 CAT_MAX_RATIO_RETRIES = 10  # MMSeg's RandomCrop
@@ -94,9 +95,7 @@ def crop_ratio_ok(mask_region: np.ndarray, cat_max_ratio: float) -> bool:
 
     ``mask_region``: uint8 local ids (255 = ignore), any shape.
     """
-    # PIL's histogram of an 8-bit image is ~3x cheaper than np.bincount at 512x512.
-    region = np.ascontiguousarray(mask_region, dtype=np.uint8).reshape(1, -1)
-    counts = np.asarray(Image.fromarray(region).histogram()[:LOCAL_IGNORE])
+    counts = value_counts(mask_region)[:LOCAL_IGNORE]
     counts = counts[counts > 0]
     return len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio
 
@@ -132,15 +131,18 @@ def crop_mask(mask: np.ndarray, box: CropBox) -> np.ndarray:
 
 
 def crop_image(image: torch.Tensor, box: CropBox) -> torch.Tensor:
-    """uint8 ``[3, H, W]`` -> the box's bilinear antialiased crop uint8 ``[3, box.height, box.width]``.
+    """uint8 ``[3, H, W]`` -> the box's bilinear antialiased crop uint8 ``[3, box.height, box.width]``
+    (channels-last memory).
 
-    Only the source region is resampled. torch's uint8 antialiased kernel is used because on this machine it is
-    ~2x faster than PIL's ``Image.resize(box=...)`` for the same crop (docs/DATA.md).
+    Only the source region is resampled, flipped first and copied channels-last: torch's uint8 resize is ~2x
+    faster in that layout than channels-first, and ~4x faster than PIL's ``Image.resize(box=...)`` (docs/DATA.md).
     """
-    region = image.as_subclass(torch.Tensor)[:, box.top:box.top + box.src_h, box.left:box.left + box.src_w]
-    out = torch.nn.functional.interpolate(region[None], size=(box.height, box.width), mode="bilinear",
-                                          align_corners=False, antialias=True)[0]
-    return out.flip(-1) if box.flip else out
+    region = image.as_subclass(torch.Tensor)[None, :, box.top:box.top + box.src_h, box.left:box.left + box.src_w]
+    if box.flip:
+        region = region.flip(-1)
+    region = region.contiguous(memory_format=torch.channels_last)
+    return torch.nn.functional.interpolate(region, size=(box.height, box.width), mode="bilinear",
+                                           align_corners=False, antialias=True)[0]
 
 
 class JointTrainTransform:
@@ -209,12 +211,15 @@ class JointTrainTransform:
         size = torch.tensor(crop.shape[-2:], dtype=torch.int64)
         pad_h, pad_w = self.crop_size[0] - crop.shape[-2], self.crop_size[1] - crop.shape[-1]
         if pad_h or pad_w:
-            rows = torch.arange(self.crop_size[0]).clamp_(max=crop.shape[-2] - 1)
-            cols = torch.arange(self.crop_size[1]).clamp_(max=crop.shape[-1] - 1)
-            crop = crop.index_select(1, rows).index_select(2, cols)
+            height, width = crop.shape[-2:]
+            padded = torch.empty((1, 3, *self.crop_size), dtype=crop.dtype, memory_format=torch.channels_last)[0]
+            padded[:, :height, :width] = crop
+            padded[:, height:, :width] = crop[:, height - 1:, :]
+            padded[:, :, width:] = padded[:, :, width - 1:width]
+            crop = padded
             if cropped is not None:
                 cropped = pad_to(cropped, self.crop_size, LOCAL_IGNORE)
-        return crop.contiguous(), cropped, size
+        return crop, cropped, size  # channels-last, like every crop; collate copies it into the batch anyway
 
     def views(self, image: torch.Tensor, count: int) -> list[torch.Tensor]:
         """``count`` photometric views of one uint8 crop, each normalised and zero-padded (= mean colour) to the
