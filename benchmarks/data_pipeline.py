@@ -3,16 +3,18 @@
 Writes COCO-sized (640x480) synthetic images with ADE20K-layout label PNGs, then measures images/s of one
 worker (one thread, like a DataLoader worker) at 512x512 crops for:
   bare      PIL decode of image + mask, a random 512x512 crop, to tensors (the floor any loader pays)
-  geometry  our pipeline without photometric jitter: decode, label checks, rescale 0.5-2 (short side 512 x r),
-            cat_max_ratio crop, flip, normalise, pad, global ids
-  finetune  geometry + MMSeg-like colour jitter on one view
-  pretrain  the pretraining worker's item with the default data.photometric_on=device: geometry, one uint8 crop
-            padded to 512x512, global ids (the two MoCo-v2 views are made on the training device)
-  pretrain_worker_jitter  the old worker-side path (photometric_on=worker): geometry + two PIL MoCo-v2 views
-            (colour p=0.8, grayscale 0.2, blur 0.5), normalised
-and, separately, the device-side cost of the two MoCo-v2 views per image (BatchPhotometric on this CPU, one
-thread, batches of --device-batch), and how many workers feed one GPU at a given training step rate.
-Every rate is the median over --repeats passes (the machine may be shared).
+  pretrain  the pretraining worker's item with data.photometric_on=device (the default on a GPU): decode, label
+            checks, rescale 0.5-2 (short side 512 x r), cat_max_ratio crop, flip, pad; one uint8 crop and a uint8
+            local-id mask (views and global ids are made on the training device)
+  finetune  the fine-tuning worker's item with data.photometric_on=device (the default on a GPU): the same work
+  pretrain_worker_jitter  photometric_on=worker (the default on a CPU): + two PIL MoCo-v2 views (colour p=0.8,
+            grayscale 0.2, blur 0.5), normalised, int64 global ids
+  finetune_worker_jitter  photometric_on=worker: + MMSeg colour jitter, normalised, int64 local ids
+and, separately, the device-side cost per image of the views (BatchPhotometric on this CPU, one thread, batches of
+--device-batch), the bytes each item sends to the training process, and how many workers feed one GPU at a given
+training step rate. The pipelines are timed in interleaved passes (bare, pretrain, ... then again), so drift of a
+shared machine hits all of them alike; each rate is the median over --repeats passes and each cost the median of
+the per-pass ratios to bare.
 
     python benchmarks/data_pipeline.py [--images 40] [--repeats 5] [--gpu-images-per-s 7] [--out report.json]
 """
@@ -32,13 +34,13 @@ from PIL import Image
 
 from training.data import build_pretrain_dataset, build_segmentation_dataset
 from training.data.synthetic import DATASETS, render
+from training.data.decode import fast_decoding
 from training.data.device_augment import BatchPhotometric
-from training.data.transforms import NO_PHOTOMETRIC, PhotometricConfig
+from training.data.transforms import PhotometricConfig
+from training.finetune import MMSEG_PHOTOMETRIC
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CROP = 512
-MMSEG_LIKE = PhotometricConfig(brightness=32 / 255, contrast=0.5, saturation=0.5, hue=18 / 360,
-                               color_jitter_p=0.5, grayscale_p=0.0, blur_p=0.0)
 
 
 def write_files(root: Path, count: int) -> Path:
@@ -64,24 +66,31 @@ def bare_item(image_path: Path, mask_path: Path, rng: np.random.Generator) -> tu
     return torch.from_numpy(crop).permute(2, 0, 1), torch.from_numpy(mask[top:top + CROP, left:left + CROP])
 
 
-def rate(step, count: int, repeats: int) -> float:
-    """Median over ``repeats`` passes of images per second of ``step(i)`` over ``count`` items."""
-    times = []
+def interleaved_seconds(steps: dict, count: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds per pass over ``count`` items of every ``steps[name](i)``, passes interleaved across names."""
+    seconds = {name: [] for name in steps}
     for _ in range(repeats):
-        start = time.perf_counter()
-        for i in range(count):
-            step(i)
-        times.append(time.perf_counter() - start)
-    return count / float(np.median(times))
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for i in range(count):
+                step(i)
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
 
 
-def device_views_rate(batch: int, repeats: int) -> float:
-    """Images per second of BatchPhotometric making two MoCo-v2 views of ``batch`` 512x512 uint8 crops here."""
-    augment = BatchPhotometric(PhotometricConfig(), MEAN, STD)
+def item_bytes(item: dict) -> int:
+    """Bytes of the tensors one item sends from a worker to the training process."""
+    return sum(value.numel() * value.element_size() for value in item.values() if isinstance(value, torch.Tensor))
+
+
+def device_views_rate(config: PhotometricConfig, views: int, batch: int, repeats: int) -> float:
+    """Images per second of BatchPhotometric making ``views`` views of ``batch`` 512x512 uint8 crops here."""
+    augment = BatchPhotometric(config, MEAN, STD)
     images = torch.randint(0, 256, (batch, 3, CROP, CROP), dtype=torch.uint8)
     sizes = torch.full((batch, 2), CROP, dtype=torch.int64)
-    augment(images, sizes)  # warm-up
-    return rate(lambda i: augment(images, sizes), 1, repeats) * batch
+    augment(images, sizes, views=views)  # warm-up
+    seconds = interleaved_seconds({"views": lambda i: augment(images, sizes, views=views)}, 1, repeats)["views"]
+    return batch / float(np.median(seconds))
 
 
 def main() -> None:
@@ -101,36 +110,50 @@ def main() -> None:
         ade = write_files(Path(tmp), args.images)
         spec = f"ade20k:{ade}:training"
         common = dict(crop_size=CROP, mean=MEAN, std=STD, base_size=512)
-        geometry = build_segmentation_dataset(spec, train=True, photometric=NO_PHOTOMETRIC, **common)
-        finetune = build_segmentation_dataset(spec, train=True, photometric=MMSEG_LIKE, **common)
-        pretrain, _ = build_pretrain_dataset([spec], photometric_on="device", **common)
-        pretrain_worker, _ = build_pretrain_dataset([spec], two_views=True, photometric_on="worker", **common)
-        samples = geometry.reader.samples
-        rng = np.random.default_rng(0)
-        results = {
-            "bare": rate(lambda i: bare_item(samples[i].image, samples[i].mask, rng), len(samples), args.repeats),
-            "geometry": rate(lambda i: geometry[i], len(samples), args.repeats),
-            "finetune": rate(lambda i: finetune[i], len(samples), args.repeats),
-            "pretrain": rate(lambda i: pretrain[i], len(samples), args.repeats),
-            "pretrain_worker_jitter": rate(lambda i: pretrain_worker[i], len(samples), args.repeats),
+        pipelines = {
+            "pretrain": build_pretrain_dataset([spec], photometric_on="device", **common)[0],
+            "finetune": build_segmentation_dataset(spec, train=True, photometric=MMSEG_PHOTOMETRIC,
+                                                   photometric_on="device", **common),
+            "pretrain_worker_jitter": build_pretrain_dataset([spec], two_views=True, photometric_on="worker",
+                                                             **common)[0],
+            "finetune_worker_jitter": build_segmentation_dataset(spec, train=True, photometric=MMSEG_PHOTOMETRIC,
+                                                                 photometric_on="worker", **common),
         }
-    device_rate = device_views_rate(args.device_batch, args.repeats)
+        samples = pipelines["finetune"].reader.samples
+        rng = np.random.default_rng(0)
+        steps = {"bare": lambda i: bare_item(samples[i].image, samples[i].mask, rng)}
+        steps.update({name: dataset.__getitem__ for name, dataset in pipelines.items()})
+        for step in steps.values():  # warm-up: page cache, allocator, lazy imports
+            step(0)
+        seconds = interleaved_seconds(steps, len(samples), args.repeats)
+        sent = {name: item_bytes(dataset[0]) for name, dataset in pipelines.items()}
+    results = {name: len(samples) / float(np.median(values)) for name, values in seconds.items()}
+    ratios = {name: np.asarray(values) / np.asarray(seconds["bare"]) for name, values in seconds.items()}
+    cost = {name: float(np.median(values)) for name, values in ratios.items()}
+    moco = device_views_rate(PhotometricConfig(), 2, args.device_batch, args.repeats)
+    mmseg = device_views_rate(MMSEG_PHOTOMETRIC, 1, args.device_batch, args.repeats)
     report = {
         "images": args.images, "image_size_wh": [640, 480], "crop": CROP, "threads": 1,
+        "decoder": "torchcodec" if fast_decoding() else "PIL",
         "images_per_s": {k: round(v, 1) for k, v in results.items()},
-        "cost_vs_bare": {k: round(results["bare"] / v, 2) for k, v in results.items()},
+        "cost_vs_bare": {k: round(v, 2) for k, v in cost.items()},
+        "cost_vs_bare_range": {k: [round(float(v.min()), 2), round(float(v.max()), 2)] for k, v in ratios.items()},
+        "repeats": args.repeats,
+        "bytes_per_item": sent,
         "gpu_images_per_s": args.gpu_images_per_s,
         "workers_per_gpu": {k: int(np.ceil(args.gpu_images_per_s / v)) for k, v in results.items()},
-        "device_views": {"batch": args.device_batch, "images_per_s_cpu_1_thread": round(device_rate, 1),
-                         "ms_per_image_cpu_1_thread": round(1000 / device_rate, 2)},
+        "device_views": {"batch": args.device_batch,
+                         "ms_per_image_cpu_1_thread": {"pretrain_moco_v2_two_views": round(1000 / moco, 2),
+                                                       "finetune_mmseg_one_view": round(1000 / mmseg, 2)}},
     }
-    print("| pipeline | images/s per worker | cost vs bare | workers per GPU at "
-          f"{args.gpu_images_per_s:g} img/s |\n|---|---|---|---|")
+    print("| pipeline | images/s per worker | cost vs bare | MB sent per item | workers per GPU at "
+          f"{args.gpu_images_per_s:g} img/s |\n|---|---|---|---|---|")
     for key in results:
-        print(f"| {key} | {report['images_per_s'][key]} | {report['cost_vs_bare'][key]}x | "
+        megabytes = sent.get(key, 0) / 1e6
+        print(f"| {key} | {report['images_per_s'][key]} | {report['cost_vs_bare'][key]}x | {megabytes:.2f} | "
               f"{report['workers_per_gpu'][key]} |")
-    print(f"\ndevice-side MoCo-v2 views (two per image, batch {args.device_batch}, this CPU, 1 thread): "
-          f"{1000 / device_rate:.2f} ms per image ({device_rate:.1f} images/s)")
+    print(f"\ndevice-side views per image (this CPU, 1 thread, batch {args.device_batch}): two MoCo-v2 views "
+          f"{1000 / moco:.1f} ms, one MMSeg view {1000 / mmseg:.1f} ms; decoder {report['decoder']}")
     if args.out:
         args.out.write_text(json.dumps(report, indent=1) + "\n")
 

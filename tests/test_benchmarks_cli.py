@@ -39,7 +39,7 @@ def test_smoke_run_writes_every_section(tmp_path):
     assert positions == sorted(positions), "sections out of order"
     for variant in PRESETS["smoke"].variants:
         assert report.count(f"| {variant} |") >= 2, f"{variant}: expected a timing row and a peak-memory row"
-    for pipeline in ("bare", "geometry", "finetune", "pretrain"):
+    for pipeline in ("bare", "pretrain", "finetune", "pretrain_worker_jitter", "finetune_worker_jitter"):
         assert f"| {pipeline} |" in report
     assert "| mdp_resnet50 |" in report and "| 8x H100 SXM" in report
     assert report.count("Machine:") == 4 and report.count("load average") >= 4

@@ -85,6 +85,25 @@ def test_padding_is_zero_after_normalisation():
         BatchPhotometric(PhotometricConfig(), MEAN, STD)(images.float())
 
 
+def test_padding_is_filled_with_edge_pixels_so_the_blur_sees_no_border():
+    from training.data.device_augment import replicate_edges
+
+    images = torch.zeros(2, 3, 6, 8, dtype=torch.uint8)
+    images[0, :, :4, :5] = torch.arange(20, dtype=torch.uint8).view(4, 5) + 1
+    images[1] = 7
+    sizes = torch.tensor([[4, 5], [6, 8]])
+    filled = replicate_edges(images, sizes)
+    assert torch.equal(filled[0, 0, :4, :5], images[0, 0, :4, :5]) and torch.equal(filled[1], images[1])
+    assert filled[0, 0, 5].tolist() == [16, 17, 18, 19, 20, 20, 20, 20]  # last real row, then its last pixel
+    assert filled[0, 0, :, 7].tolist() == [5, 10, 15, 20, 20, 20]
+    # A flat crop stays flat right up to its border under the blur: no dark band from the zero padding.
+    flat = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+    flat[:, :, :20, :20] = 200
+    blur_only = PhotometricConfig(color_jitter_p=0.0, grayscale_p=0.0, blur_p=1.0, blur_sigma=(2.0, 2.0))
+    view = BatchPhotometric(blur_only, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))(flat, torch.tensor([[20, 20]]), views=1)[0]
+    assert torch.allclose(view[0, :, :20, :20], torch.full((3, 20, 20), 200 / 255), atol=1e-4)
+
+
 def test_worker_crop_then_device_views_share_geometry():
     """padded_crop (worker) -> DeviceViews (trainer): two float views of the same crop, masks untouched."""
     torch.manual_seed(0)
@@ -95,7 +114,7 @@ def test_worker_crop_then_device_views_share_geometry():
     crop, crop_mask, size = transform.padded_crop(image, mask)
     assert crop.dtype == torch.uint8 and crop.shape == (3, 20, 24) and size.tolist() == [12, 15]
     assert (crop_mask[12:] == 255).all() and (crop_mask[:, 15:] == 255).all() and crop_mask[:12, :15].max() < 3
-    assert torch.equal(crop[:, 12:], crop[:, 11:12].expand(3, 8, 24))  # edge-repeated, not black
+    assert (crop[:, 12:] == 0).all() and (crop[:, :, 15:] == 0).all()  # the device fills it (replicate_edges)
 
     seen = {}
 
@@ -108,6 +127,22 @@ def test_worker_crop_then_device_views_share_geometry():
     assert seen["image"].dtype == seen["image_k"].dtype == torch.float32
     assert seen["image"].shape == seen["image_k"].shape == (1, 3, 20, 24) and "image_size" not in seen
     assert (seen["image"][0, :, 12:] == 0).all() and (seen["image_k"][0, :, :, 15:] == 0).all()
+    assert seen["mask"].dtype == torch.int64
+
+    # uint8 local ids (what device-mode workers send) become ids through each sample's dataset table
+    tables = torch.full((2, 256), -1, dtype=torch.int64)
+    tables[0, :3] = torch.tensor([10, 11, 12])
+    tables[1, :3] = torch.tensor([20, 21, 22])
+    masks = crop_mask.expand(2, -1, -1).contiguous()
+    batch = {"image": crop.expand(2, -1, -1, -1).contiguous(), "image_size": size.expand(2, 2).contiguous(),
+             "mask": masks, "dataset_id": torch.tensor([1, 0])}
+    DeviceViews(model, BatchPhotometric(PhotometricConfig(), MEAN, STD), label_tables=tables)(batch)
+    expected = torch.stack([tables[1][masks[0].long()], tables[0][masks[1].long()]])
+    assert seen["mask"].dtype == torch.int64 and torch.equal(seen["mask"], expected)
+    assert (seen["mask"][:, 12:] == -1).all() and set(seen["mask"][0, :12, :15].unique().tolist()) <= {20, 21, 22}
+    with pytest.raises(ValueError, match="uint8 masks .* no label_tables"):
+        wrapper(batch)
+
     float_batch = {"image": torch.zeros(1, 3, 4, 4), "image_k": torch.ones(1, 3, 4, 4)}
     wrapper(float_batch)  # views made by workers pass through untouched
     assert torch.equal(seen["image_k"], float_batch["image_k"])

@@ -229,9 +229,9 @@ def test_pretrain_dataset_global_ids_exact(tmp_path):
                    aug={"s": grid([5] * 16, 16)})
     ade = make_ade(tmp_path, {"ADE_train_00000001": grid([0, 1, 150, 13] * 4, 16)})
     coco = make_coco164k(tmp_path, {"000000000001": grid([0, 12, 181, 255] * 4, 16)})
-    dataset, space = build_pretrain_dataset(
-        [f"voc_aug:{voc}", f"ade20k:{ade}", f"coco_stuff164k:{coco}"], crop_size=16, mean=MEAN, std=STD,
-        scale_range=(1.0, 1.0), cat_max_ratio=1.0)
+    specs = [f"voc_aug:{voc}", f"ade20k:{ade}", f"coco_stuff164k:{coco}"]
+    dataset, space = build_pretrain_dataset(specs, crop_size=16, mean=MEAN, std=STD, scale_range=(1.0, 1.0),
+                                            cat_max_ratio=1.0)
     assert space.num_classes == 342 and dataset.dataset_sizes == [2, 1, 1]
     assert dataset.dataset_ids.tolist() == [0, 0, 1, 2]
     expected = {0: {0, IGNORE_INDEX, 20}, 1: {5}, 2: {IGNORE_INDEX, 21, 170, 33}, 3: {171, 182, 341, IGNORE_INDEX}}
@@ -240,3 +240,35 @@ def test_pretrain_dataset_global_ids_exact(tmp_path):
         assert item["mask"].dtype == torch.int64 and set(item["mask"].unique().tolist()) == values
         assert item["image"].shape == item["image_k"].shape == (3, 16, 16)
         assert int(item["dataset_id"]) == int(dataset.dataset_ids[index]) and int(item["index"]) == index
+    # photometric_on=device: uint8 local ids from the worker, the same global ids after the device lookup
+    from training.data.label_space import lookup_per_sample
+
+    on_device, _ = build_pretrain_dataset(specs, crop_size=16, mean=MEAN, std=STD, scale_range=(1.0, 1.0),
+                                          cat_max_ratio=1.0, photometric_on="device")
+    for index, values in expected.items():
+        item = on_device[index]
+        assert item["mask"].dtype == torch.uint8 and item["image"].dtype == torch.uint8
+        ids = lookup_per_sample(on_device.label_tables, item["dataset_id"].view(1), item["mask"][None])[0]
+        assert set(ids.unique().tolist()) == values
+
+
+@pytest.mark.parametrize("values, valid", [
+    ([0, 5, 20, 255], True), ([255, 255], True), ([0], True),  # VOC-style: 0..20 and 255
+    ([0, 21, 255], False), ([3, 254], False), ([254, 255], False), ([21], False),
+])
+def test_fast_label_checks_agree_with_counting_every_value(values, valid):
+    """The max-based proof and the value-count fallback accept and reject exactly the same masks."""
+    from training.data.readers import apply_table, identity_table, lookup_table, proven_valid
+
+    mask = np.tile(np.asarray(values, dtype=np.uint8), (3, 1))
+    table = identity_table(21)
+    assert not proven_valid(mask, table) or valid  # a proof is never wrong
+    if valid:
+        assert np.array_equal(apply_table(mask, table, Path("m.png"), "0..20 and 255"), mask)
+    else:
+        with pytest.raises(BadSampleError, match=r"m\.png: label values \[\d+"):
+            apply_table(mask, table, Path("m.png"), "0..20 and 255")
+    gaps = lookup_table({0: 0, 1: 1, 3: 2, 255: 255})  # an encoding with an unused id (2), like COCO-Stuff raw
+    with pytest.raises(BadSampleError, match=r"label values \[2\]"):
+        apply_table(np.array([[0, 2, 3]], dtype=np.uint8), gaps, Path("m.png"), "")
+    assert apply_table(np.array([[0, 3, 255]], dtype=np.uint8), gaps, Path("m.png"), "").tolist() == [[0, 2, 255]]

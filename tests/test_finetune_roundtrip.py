@@ -83,13 +83,17 @@ def test_finetune_then_evaluate_learns(tiny_dataset, tmp_path):
     assert Image.open(overlays[0]).size == (96, 32)
 
 
-def test_resume_continues_from_last_checkpoint(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("photometric_on, resolved", [("auto", "worker"), ("device", "device")])
+def test_resume_continues_from_last_checkpoint(tiny_dataset, tmp_path, photometric_on, resolved):
+    """Also with MMSeg's colour jitter made batched on the device (workers then send uint8 crops and masks)."""
     run_dir = tmp_path / "run"
-    config = load_finetune_config("finetune_voc_aug", tiny_overrides(tiny_dataset, 4))
+    switch = [f"data.photometric_on={photometric_on}"]
+    config = load_finetune_config("finetune_voc_aug", tiny_overrides(tiny_dataset, 4) + switch)
     finetune_cli.finetune(config, run_dir)
     first = torch.load(run_dir / "last.pth", weights_only=True)
     assert first["step"] == 4 and first["kind"] == "finetune" and first["backbone_prefix"] == "backbone."
-    config = load_finetune_config("finetune_voc_aug", tiny_overrides(tiny_dataset, 6))
+    assert first["config"]["data"]["photometric_on"] == resolved
+    config = load_finetune_config("finetune_voc_aug", tiny_overrides(tiny_dataset, 6) + switch)
     finetune_cli.finetune(config, run_dir)
     second = torch.load(run_dir / "last.pth", weights_only=True)
     assert second["step"] == 6

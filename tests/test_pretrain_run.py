@@ -104,6 +104,25 @@ def test_resume_from_a_checkpoint_gives_the_identical_next_losses(synthetic_root
         assert torch.equal(final_a[key], final_b[key]), key
 
 
+def test_device_views_mix_labelled_and_unlabeled_items(synthetic_root, tmp_path):
+    """Device mode with an unlabeled folder: uint8 local ids from both kinds of item collate and map on the
+    device (the unlabeled source's table ignores everything), and training steps run."""
+    from PIL import Image
+
+    folder = tmp_path / "unlabeled"
+    folder.mkdir()
+    for i in range(4):
+        Image.effect_noise((90, 70), 40 + 10 * i).convert("RGB").save(folder / f"{i}.jpg")
+    overrides = tiny_overrides(synthetic_root, **{"train.max_steps": 2, "data.photometric_on": "device",
+                                                  "data.unlabeled": json.dumps([str(folder)]),
+                                                  "data.sampling": "balanced",  # half the items unlabeled
+                                                  "train.stages": json.dumps([{"datasets": ["voc_aug"],
+                                                                               "epochs": 1}])})
+    assert main(["--output", str(tmp_path / "run"), *overrides]) == 0
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2] and all(r["loss"] == r["loss"] for r in records)
+
+
 @pytest.mark.slow
 def test_sigkill_mid_run_then_restart_continues_from_the_last_checkpoint(synthetic_root, tmp_path):
     run = tmp_path / "killed"

@@ -23,6 +23,7 @@ from torch.utils.data import DistributedSampler
 
 from training.config import save_config, to_dict
 from training.data.datasets import build_segmentation_dataset
+from training.data.device_augment import BatchPhotometric, DeviceViews
 from training.data.label_space import LabelSpace
 from training.data.transforms import PhotometricConfig
 from training.engine import distributed
@@ -80,11 +81,12 @@ class InfiniteBatches:
 
 
 def build_datasets(config: FinetuneConfig):
+    """(train set, val set); ``data.photometric_on`` must be resolved (``worker`` or ``device``)."""
     data = config.data
     train_set = build_segmentation_dataset(
         resolve_data_spec(data.train, train=True), train=True, crop_size=data.crop_size, mean=data.mean,
         std=data.std, scale_range=tuple(data.scale_range), cat_max_ratio=data.cat_max_ratio,
-        base_size=data.base_size or None, photometric=MMSEG_PHOTOMETRIC)
+        base_size=data.base_size or None, photometric=MMSEG_PHOTOMETRIC, photometric_on=data.photometric_on)
     val_set = build_segmentation_dataset(resolve_data_spec(data.val, train=False), train=False, mean=data.mean,
                                          std=data.std)
     if list(train_set.class_names) != list(val_set.class_names):
@@ -118,6 +120,8 @@ def finetune(config: FinetuneConfig, run_dir: Path) -> SegmentationMetrics:
         raise ValueError(f"train.batch_size={train_cfg.batch_size} (global) is not divisible by the "
                          f"{dist_info.world_size} processes")
     distributed.seed_everything(train_cfg.seed, dist_info.rank)
+    if config.data.photometric_on == "auto":  # resolved before the config is saved, so the run records what ran
+        config.data.photometric_on = "device" if device.type == "cuda" else "worker"
     train_set, val_set = build_datasets(config)
     label_space = LabelSpace([(train_set.reader.dataset_name, train_set.class_names)])
 
@@ -166,9 +170,16 @@ def finetune(config: FinetuneConfig, run_dir: Path) -> SegmentationMetrics:
                                 "crop_size": list(config.data.crop_size)},
                 "metrics": metrics.to_dict() if metrics is not None else None}
 
+    def compute_losses(batch: dict) -> dict[str, torch.Tensor]:
+        return segmentation_losses(wrapped(batch["image"]), batch["mask"], config)
+
+    if config.data.photometric_on == "device":  # workers send uint8 crops and local ids; jitter and ids made here
+        compute_losses = DeviceViews(compute_losses, BatchPhotometric(MMSEG_PHOTOMETRIC, config.data.mean,
+                                                                      config.data.std),
+                                     label_tables=train_set.label_tables, views=1)
     trainer = Trainer(
         module=model,
-        model=lambda batch: segmentation_losses(wrapped(batch["image"]), batch["mask"], config),
+        model=compute_losses,
         optimizer=optimizer,
         scaler=make_grad_scaler(train_cfg.amp, device),
         lr_at=lambda step: poly_lr(step, train_cfg.iterations, config.optim.lr, config.optim.min_lr,

@@ -29,7 +29,7 @@ from training.data import (
     ensure_synthetic,
 )
 from training.data.device_augment import BatchPhotometric, DeviceViews
-from training.data.label_space import IGNORE_INDEX
+from training.data.label_space import IGNORE_INDEX, LOCAL_IGNORE
 from training.engine import distributed
 from training.engine.checkpoint import CheckpointError
 from training.engine.data import epoch_loader, steps_per_epoch
@@ -78,7 +78,10 @@ class UnlabeledAsPretrain(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         item = self.dataset[index]
-        mask = torch.full(item["image"].shape[-2:], IGNORE_INDEX, dtype=torch.int64)
+        if item["image"].dtype == torch.uint8:  # photometric_on=device: uint8 local ids, as labelled items send
+            mask = torch.full(item["image"].shape[-2:], LOCAL_IGNORE, dtype=torch.uint8)
+        else:
+            mask = torch.full(item["image"].shape[-2:], IGNORE_INDEX, dtype=torch.int64)
         return {**item, "mask": mask, "dataset_id": self.dataset_ids[index], "unlabeled": torch.tensor(True)}
 
 
@@ -294,9 +297,12 @@ def train(cfg: PretrainConfig, run_dir: Path) -> int:
     try:
         label_space, stages = build_stages(cfg, info)
         method, model = build_model(cfg, label_space, info)
-        if cfg.data.photometric_on == "device":  # workers send one uint8 crop; both views are made here, batched
+        if cfg.data.photometric_on == "device":  # workers send uint8 crops and local ids; views and ids made here
+            tables = torch.stack([label_space.global_lookup_table(i) for i in range(len(label_space.datasets))])
+            if cfg.data.unlabeled:  # the unlabeled folders' source id: every pixel ignored
+                tables = torch.cat([tables, torch.full((1, tables.shape[1]), IGNORE_INDEX)])
             model = DeviceViews(model, BatchPhotometric(cfg.data.photometric, cfg.data.mean, cfg.data.std),
-                                channels_last=cfg.train.channels_last)
+                                channels_last=cfg.train.channels_last, label_tables=tables)
         epoch_lengths = [stage.steps_per_epoch for stage in stages for _ in range(stage.epochs)]
         epoch_stage = [(stage, epoch) for stage in stages for epoch in range(stage.epochs)]
         total_steps = sum(epoch_lengths)

@@ -2,10 +2,12 @@
 
 Items (see docs/DATA.md): pretraining ``{"image", "image_k", "mask" (global ids), "dataset_id", "index"}``;
 fine-tuning ``{"image", "mask" (local ids), "dataset_id", "index"}``, plus ``"name"`` in eval mode (whole image);
-unlabelled ``{"image", "image_k", "index"}``. Every mask is int64 with ``IGNORE_INDEX = -1``.
-With ``photometric_on="device"`` (pretraining default) a training item instead carries one uint8 crop ``image``
-``[3, H, W]`` and its real size ``image_size`` int64 ``[2]``, no ``image_k``: the trainer makes both jittered,
-normalised views on its device (training.data.device_augment.DeviceViews).
+unlabelled ``{"image", "image_k", "index"}``. Masks are int64 with ``IGNORE_INDEX = -1``.
+With ``photometric_on="device"`` (pretraining on a GPU) a training item instead carries one uint8 crop ``image``
+``[3, H, W]``, its real size ``image_size`` int64 ``[2]``, no ``image_k``, and its mask as uint8 local ids (255 =
+ignore and padding): the trainer makes both jittered, normalised views and looks the ids up on its device
+(training.data.device_augment.DeviceViews with ``label_tables``), so workers skip that work and send 8x fewer mask
+bytes.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch.utils.data import Dataset
 
 from training.data.errors import BadSampleError, DatasetLayoutError
 from training.data.label_space import IGNORE_INDEX, LabelSpace, load_unify_map
-from training.data.readers import IMAGE_SUFFIXES, SegmentationReader, load_image, open_reader
+from training.data.readers import IDENTITY, IMAGE_SUFFIXES, LabelMap, SegmentationReader, load_image, open_reader
 from training.data.specs import DatasetSpec
 from training.data.transforms import EvalTransform, JointTrainTransform, PhotometricConfig
 
@@ -91,6 +93,11 @@ class SegmentationSamples(Dataset):
     def __len__(self) -> int:
         return int(self._starts[-1])
 
+    @property
+    def label_tables(self) -> torch.Tensor:
+        """Every dataset's local uint8 value -> output id table, int64 ``[D, 256]`` (``lookup_per_sample``)."""
+        return torch.stack(self.tables)
+
     def locate(self, index: int) -> tuple[int, int]:
         """Concatenated index -> (dataset id, index inside that dataset)."""
         if not 0 <= index < len(self):
@@ -98,12 +105,17 @@ class SegmentationSamples(Dataset):
         dataset_id = int(np.searchsorted(self._starts, index, side="right") - 1)
         return dataset_id, index - int(self._starts[dataset_id])
 
-    def _load_with_policy(self, index: int) -> tuple[int, int, torch.Tensor, np.ndarray]:
+    def _load_with_policy(self, index: int) -> tuple[int, int, torch.Tensor, np.ndarray, LabelMap]:
+        """(index actually loaded, dataset id, image, mask, map): in training the mask holds checked raw values
+        and the map turns the crop's pixels into local ids; in evaluation it is already local ids (identity)."""
         dataset_id, local_index = self.locate(index)
         size = self.dataset_sizes[dataset_id]
+        reader = self.readers[dataset_id]
         for _ in range(size):
             try:
-                return index, dataset_id, *self.readers[dataset_id].load_pair(local_index)
+                if self.train:
+                    return index, dataset_id, *reader.load_checked_pair(local_index)
+                return index, dataset_id, *reader.load_pair(local_index), IDENTITY
             except BadSampleError as error:
                 if not self.skip_bad_samples:
                     raise
@@ -111,21 +123,21 @@ class SegmentationSamples(Dataset):
                 log.warning("skipping bad sample: %s", error)
                 local_index = (local_index + 1) % size
                 index = int(self._starts[dataset_id]) + local_index
-        raise DatasetLayoutError(f"{self.readers[dataset_id].root}: every sample of the split is bad")
+        raise DatasetLayoutError(f"{reader.root}: every sample of the split is bad")
 
     def __getitem__(self, index: int) -> dict:
-        index, dataset_id, image, mask = self._load_with_policy(index)
+        index, dataset_id, image, mask, label_map = self._load_with_policy(index)
         item = {"dataset_id": torch.tensor(dataset_id), "index": torch.tensor(index)}
         table = self.tables[dataset_id]
         if not self.train:
             item.update(image=self.transform(image), mask=lookup(table, torch.from_numpy(mask)),
                         name=self.readers[dataset_id].samples[index - int(self._starts[dataset_id])].name)
             return item
-        if self.photometric_on == "device":
-            image, mask_t, size = self.transform.padded_crop(image, mask)
-            item.update(image=image, image_size=size, mask=lookup(table, mask_t))
+        if self.photometric_on == "device":  # ids are looked up on the device too (label_tables)
+            image, mask_t, size = self.transform.padded_crop(image, mask, label_map)
+            item.update(image=image, image_size=size, mask=mask_t)
             return item
-        image, mask_t = self.transform.geometric(image, mask)
+        image, mask_t = self.transform.geometric(image, mask, label_map)
         views = self.transform.views(image, 2 if self.two_views else 1)
         item["image"] = views[0]
         if self.two_views:
@@ -205,10 +217,13 @@ class SingleDatasetSegmentation(SegmentationSamples):
 
 def build_segmentation_dataset(spec: str | DatasetSpec, *, train: bool, crop_size=None, mean, std,
                                scale_range=(0.5, 2.0), cat_max_ratio=0.75, base_size: int | None = None,
-                               photometric: PhotometricConfig | None = None, skip_bad_samples=False
-                               ) -> SingleDatasetSegmentation:
+                               photometric: PhotometricConfig | None = None, skip_bad_samples=False,
+                               photometric_on: str = "worker") -> SingleDatasetSegmentation:
     """Fine-tuning (``train=True``: rescale/crop/flip/jitter to ``crop_size``) or evaluation (``train=False``:
-    whole image, no crop, items carry ``"name"``; use batch size 1) dataset in local ids."""
+    whole image, no crop, items carry ``"name"``; use batch size 1) dataset in local ids.
+
+    ``photometric_on="device"`` (training only): items carry a uint8 crop and uint8 mask; the trainer's
+    DeviceViews (``views=1``, ``label_tables``) jitters, normalises and makes int64 ids on its device."""
     readers, dropped = open_readers([spec], train=train, skip_bad_samples=skip_bad_samples)
     if train:
         if crop_size is None:
@@ -219,7 +234,7 @@ def build_segmentation_dataset(spec: str | DatasetSpec, *, train: bool, crop_siz
         transform = EvalTransform(mean=mean, std=std)
     return SingleDatasetSegmentation(readers, [local_lookup_table(readers[0].num_classes)], train=train,
                                      transform=transform, skip_bad_samples=skip_bad_samples,
-                                     dropped_at_startup=dropped)
+                                     dropped_at_startup=dropped, photometric_on=photometric_on)
 
 
 class UnlabeledImages(Dataset):

@@ -20,6 +20,7 @@ import math
 import torch
 from torch import nn
 
+from training.data.label_space import lookup_per_sample
 from training.data.transforms import PhotometricConfig, check_mean_std
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601, torchvision's rgb_to_grayscale
@@ -84,6 +85,16 @@ def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, max_sigma: float) -
     return flat.view(n, c, h, w)
 
 
+def replicate_edges(images: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[B, C, H, W]`` whose sample ``i`` is real in ``[:sizes[i, 0], :sizes[i, 1]]`` -> the same with the rest
+    filled by repeating the last real row and column (one gather for the batch; per-sample sizes, no host sync)."""
+    b, c, h, w = images.shape
+    rows = torch.minimum(torch.arange(h, device=images.device).view(1, h), sizes[:, 0:1] - 1)  # [B, H]
+    cols = torch.minimum(torch.arange(w, device=images.device).view(1, w), sizes[:, 1:2] - 1)  # [B, W]
+    index = (rows.view(b, h, 1) * w + cols.view(b, 1, w)).view(b, 1, h * w).expand(b, c, h * w)
+    return images.reshape(b, c, h * w).gather(2, index).view(b, c, h, w)
+
+
 class BatchPhotometric(nn.Module):
     """Batched MoCo-v2 jitter and normalisation: uint8 crops ``[B, 3, H, W]`` -> ``views`` float32 views.
 
@@ -140,7 +151,10 @@ class BatchPhotometric(nn.Module):
     def forward(self, images: torch.Tensor, sizes: torch.Tensor | None = None, views: int = 2,
                 generator: torch.Generator | None = None) -> list[torch.Tensor]:
         """uint8 ``[B, 3, H, W]`` (+ real crop sizes int64 ``[B, 2]``, optional) -> ``views`` float32 tensors
-        ``[B, 3, H, W]``: jittered, normalised, zero (= mean colour) outside each crop's real size."""
+        ``[B, 3, H, W]``: jittered, normalised, zero (= mean colour) outside each crop's real size.
+
+        With ``sizes``, whatever the padding holds is replaced by the crop's last row / column first, so the blur
+        sees no artificial border (workers pad with zeros, the cheapest fill)."""
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"BatchPhotometric expects uint8 [B, 3, H, W] crops, got {images.dtype} "
                              f"{tuple(images.shape)}")
@@ -149,6 +163,7 @@ class BatchPhotometric(nn.Module):
         if sizes is not None:
             if tuple(sizes.shape) != (b, 2):
                 raise ValueError(f"crop sizes must be int64 [B, 2] = [{b}, 2], got {tuple(sizes.shape)}")
+            images = replicate_edges(images, sizes)
             rows = torch.arange(h, device=images.device).view(1, 1, h, 1) < sizes[:, 0].view(b, 1, 1, 1)
             cols = torch.arange(w, device=images.device).view(1, 1, 1, w) < sizes[:, 1].view(b, 1, 1, 1)
             valid = (rows & cols).repeat(views, 1, 1, 1)
@@ -165,25 +180,38 @@ class BatchPhotometric(nn.Module):
 
 
 class DeviceViews(nn.Module):
-    """Wraps the module the training loop calls: a batch whose ``image`` is uint8 (worker side of
-    ``photometric_on: device``) gets float ``image`` and ``image_k`` views on its device before ``model(batch)``.
+    """Wraps the callable the training loop calls: a batch whose ``image`` is uint8 (worker side of
+    ``photometric_on: device``) gets float views on its device before ``model(batch)``, ``image`` and ``image_k``
+    for pretraining (``views=2``) or ``image`` alone for fine-tuning (``views=1``); its uint8 ``mask`` (local
+    ids, 255 = ignore) becomes int64 ids through ``label_tables[dataset_id]`` (int64 ``[D, 256]``, e.g.
+    ``SegmentationSamples.label_tables``).
 
-    Batches that already carry float views pass through unchanged. Holds no state of its own.
+    Batches that already carry float views and int64 masks pass through unchanged. Holds no state of its own.
     """
 
-    def __init__(self, model: nn.Module, augment: BatchPhotometric, channels_last: bool = False):
+    def __init__(self, model, augment: BatchPhotometric, channels_last: bool = False,
+                 label_tables: torch.Tensor | None = None, views: int = 2):
         super().__init__()
+        if views not in (1, 2):
+            raise ValueError(f"DeviceViews makes 1 or 2 views, not {views}")
         self.model = model
         self.augment = augment
         self.channels_last = channels_last
+        self.label_tables = label_tables
+        self.views = views
 
     def forward(self, batch: dict):
-        images = batch["image"]
+        images, masks = batch["image"], batch.get("mask")
         if images.dtype == torch.uint8:
-            query, key = self.augment(images, batch.get("image_size"), views=2)
+            views = self.augment(images, batch.get("image_size"), views=self.views)
             if self.channels_last:
-                query = query.contiguous(memory_format=torch.channels_last)
-                key = key.contiguous(memory_format=torch.channels_last)
+                views = [view.contiguous(memory_format=torch.channels_last) for view in views]
             batch = {k: v for k, v in batch.items() if k != "image_size"}
-            batch.update(image=query, image_k=key)
+            batch.update(zip(("image", "image_k"), views))
+        if masks is not None and masks.dtype == torch.uint8:
+            if self.label_tables is None:
+                raise ValueError("DeviceViews got uint8 masks (local ids) but no label_tables to map them")
+            if self.label_tables.device != masks.device:  # moved once, on the first batch
+                self.label_tables = self.label_tables.to(masks.device)
+            batch = {**batch, "mask": lookup_per_sample(self.label_tables, batch["dataset_id"], masks)}
         return self.model(batch)

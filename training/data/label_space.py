@@ -182,6 +182,16 @@ class LabelSpace:
         return f"LabelSpace({parts}, num_classes={self.num_classes})"
 
 
+def lookup_per_sample(tables: torch.Tensor, dataset_id: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Map a batch of uint8 masks through each sample's own table, in one gather on the masks' device.
+
+    ``tables``: int64 ``[D, 256]`` (e.g. ``global_lookup_table`` of every dataset, ``255 -> -1``); ``dataset_id``:
+    int64 ``[B]``; ``masks``: uint8 ``[B, H, W]`` local ids. Returns int64 ``[B, H, W]``.
+    """
+    index = dataset_id.view(-1, 1, 1) * tables.shape[1] + masks.long()
+    return tables.reshape(-1)[index]
+
+
 def load_unify_map(path: str | os.PathLike) -> dict[str, str]:
     """Read a unification file: a JSON object ``{"<dataset>/<class>": "<dataset>/<class>", ...}``."""
     try:

@@ -49,29 +49,83 @@ def identity_table(num_classes: int) -> np.ndarray:
     return lookup_table({**{i: i for i in range(num_classes)}, LOCAL_IGNORE: LOCAL_IGNORE})
 
 
+def proven_valid(raw: np.ndarray, table: np.ndarray) -> bool:
+    """Cheap sufficient check that every value of a uint8 mask is valid under ``table`` (one or two SIMD max
+    passes).
+
+    True when the mask's largest value, or its largest value below 255 if 255 is valid, lies in the table's
+    valid prefix; False means "not proven" (e.g. an encoding with gaps), and the caller counts values.
+    """
+    invalid = np.flatnonzero(table == INVALID)
+    prefix_end = int(invalid[0]) if invalid.size else table.size
+    top = int(raw.max()) if raw.size else 0
+    if top < prefix_end:
+        return True
+    if top == LOCAL_IGNORE and table[LOCAL_IGNORE] != INVALID:
+        below_ignore = int((raw + np.uint8(1)).max()) - 1  # 255 wraps to 0: the largest value other than 255
+        return below_ignore < prefix_end
+    return False
+
+
+class LabelMap:
+    """One encoding's raw value -> local id map (``table``: int16 ``[256]``, -1 = invalid) as callables on uint8
+    masks: ``check`` raises on invalid values, ``__call__`` maps.
+
+    Encodings that shift every valid value by the same amount mod 256 (local ids: 0; ADE20K's ``0 -> 255,
+    v -> v - 1``: -1) map by one wrapping addition, in place if asked; others by PIL's byte lookup table.
+    """
+
+    def __init__(self, table: np.ndarray):
+        if table.size != 256:
+            raise ValueError(f"LabelMap needs a 256-entry table, got {table.size}")
+        self.table = table
+        valid = np.flatnonzero(table != INVALID)
+        shifts = np.unique((table[valid] - valid) % 256)
+        self.shift = int(shifts[0]) if shifts.size == 1 else None
+        self.lut = None if self.shift is not None else table.astype(np.uint8).tolist()
+
+    @property
+    def is_identity(self) -> bool:
+        return self.shift == 0
+
+    def check(self, raw: np.ndarray, path: Path, valid_hint: str) -> None:
+        """Raise ``BadSampleError`` naming ``path`` if any value of the uint8 mask is not in the encoding."""
+        if proven_valid(raw, self.table):
+            return
+        bad = np.flatnonzero((value_counts(raw) > 0) & (self.table == INVALID))
+        if bad.size:
+            raise BadSampleError(path, f"label values {bad[:10].tolist()} outside the dataset's range ({valid_hint})")
+
+    def __call__(self, raw: np.ndarray, in_place: bool = False) -> np.ndarray:
+        """Checked uint8 raw values ``[H, W]`` -> local ids uint8 ``[H, W]`` (``raw`` itself when the identity)."""
+        if self.shift is not None:
+            if self.shift == 0:
+                return raw
+            if in_place:
+                return np.add(raw, np.uint8(self.shift), out=raw)  # uint8 arithmetic wraps mod 256
+            return raw + np.uint8(self.shift)
+        height, width = raw.shape
+        mapped = Image.frombuffer("L", (width, height), np.ascontiguousarray(raw), "raw", "L", 0, 1).point(self.lut)
+        return np.array(mapped)  # a writable copy (np.asarray of a PIL image is read-only)
+
+
+IDENTITY = LabelMap(lookup_table({i: i for i in range(256)}))
+
+
 def apply_table(raw: np.ndarray, table: np.ndarray, path: Path, valid_hint: str) -> np.ndarray:
     """Map raw label values through ``table`` to local ids uint8 ``[H, W]``; any value outside the encoding
-    raises naming the file. 8-bit masks are checked from their value counts and mapped with a byte lookup table
-    (skipped when the encoding is already local ids)."""
+    raises naming the file (8-bit masks: ``LabelMap``; wider integers, e.g. from .mat files: counted)."""
     if raw.dtype == np.uint8 and table.size == 256:
-        present = value_counts(raw) > 0
-    else:
-        if raw.size and (raw.min() < 0 or raw.max() >= table.size):
-            bad = np.unique(raw[(raw < 0) | (raw >= table.size)])
-            raise BadSampleError(path, f"label values {bad[:10].tolist()} outside the dataset's range ({valid_hint})")
-        present = np.bincount(raw.ravel(), minlength=table.size) > 0
-    bad = np.flatnonzero(present & (table == INVALID))
+        label_map = LabelMap(table)
+        label_map.check(raw, path, valid_hint)
+        return label_map(raw)
+    if raw.size and (raw.min() < 0 or raw.max() >= table.size):
+        bad = np.unique(raw[(raw < 0) | (raw >= table.size)])
+        raise BadSampleError(path, f"label values {bad[:10].tolist()} outside the dataset's range ({valid_hint})")
+    bad = np.flatnonzero((np.bincount(raw.ravel(), minlength=table.size) > 0) & (table == INVALID))
     if bad.size:
         raise BadSampleError(path, f"label values {bad[:10].tolist()} outside the dataset's range ({valid_hint})")
-    if raw.dtype != np.uint8:
-        return table.astype(np.uint8)[raw]
-    values = np.flatnonzero(present)
-    if np.array_equal(table[values], values):  # already local ids
-        return raw
-    lut = table.astype(np.uint8).tolist()
-    height, width = raw.shape
-    mapped = Image.frombuffer("L", (width, height), np.ascontiguousarray(raw), "raw", "L", 0, 1).point(lut)
-    return np.array(mapped)  # a writable copy (np.asarray of a PIL image is read-only)
+    return table.astype(np.uint8)[raw]
 
 
 class SegmentationReader:
@@ -94,6 +148,7 @@ class SegmentationReader:
         if not self.samples:
             raise DatasetLayoutError(f"{self.root}: split {self.split!r} of {self.format_name} is empty")
         self.tables: dict[str, np.ndarray] = self._tables()
+        self.label_maps = {name: LabelMap(table) for name, table in self.tables.items() if table.size == 256}
 
     # ---- format-specific parts -----------------------------------------------------------------------------
     def _list_samples(self) -> list[SampleFiles]:
@@ -150,13 +205,25 @@ class SegmentationReader:
 
     def load_pair(self, index: int) -> tuple[torch.Tensor, np.ndarray]:
         """uint8 image ``[3, H, W]`` and local-id mask uint8 ``[H, W]``, checked to have the same size."""
+        image, raw, label_map = self.load_checked_pair(index)
+        return image, label_map(raw)
+
+    def load_checked_pair(self, index: int) -> tuple[torch.Tensor, np.ndarray, LabelMap]:
+        """uint8 image ``[3, H, W]``, the mask's checked raw values uint8 ``[H, W]`` and the ``LabelMap`` to local
+        ids, so a training crop maps only its own pixels. Masks wider than 8 bits come back already mapped (with
+        the identity map)."""
+        sample = self.samples[index]
         image = self.load_image(index)
-        mask = self.load_mask(index)
-        if mask.shape != tuple(image.shape[-2:]):
-            sample = self.samples[index]
-            raise BadSampleError(sample.mask, f"mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but image "
+        raw = self._raw_mask(sample)
+        if raw.shape != tuple(image.shape[-2:]):
+            raise BadSampleError(sample.mask, f"mask is {raw.shape[1]}x{raw.shape[0]} (WxH) but image "
                                  f"{sample.image.name} is {image.shape[-1]}x{image.shape[-2]}")
-        return image, mask
+        table = self.tables[sample.encoding]
+        if raw.dtype != np.uint8 or table.size != 256:
+            return image, apply_table(raw, table, sample.mask, self.valid_hint), IDENTITY
+        label_map = self.label_maps[sample.encoding]
+        label_map.check(raw, sample.mask, self.valid_hint)
+        return image, raw, label_map
 
     def _require_dir(self, path: Path, what: str) -> Path:
         if not path.is_dir():

@@ -125,8 +125,14 @@ class CropBox:
 
 def crop_mask(mask: np.ndarray, box: CropBox) -> np.ndarray:
     """uint8 ``[H, W]`` -> the box's nearest-neighbour crop uint8 ``[box.height, box.width]`` (exact label values;
-    two 1-D gathers, only the crop's pixels are touched)."""
+    two 1-D gathers, only the crop's pixels are touched).
+
+    The per-pixel column gather runs on the fewer rows: the source region's when upsampling (then whole rows are
+    repeated), the output's when downsampling."""
     rows, cols = box.nearest_rows_cols()
+    if box.src_h < box.height:
+        region = mask[box.top:box.top + box.src_h]
+        return region.take(cols, axis=1).take(rows - box.top, axis=0)
     return mask.take(rows, axis=0).take(cols, axis=1)
 
 
@@ -170,8 +176,10 @@ class JointTrainTransform:
         self.photometric = photometric.build() if photometric.enabled else None
         self.normalize = Normalize(self.mean, self.std)
 
-    def draw(self, height: int, width: int, mask: np.ndarray | None) -> tuple[CropBox, np.ndarray | None]:
-        """Random geometry for a ``height x width`` image and, if ``mask`` (uint8 ``[H, W]``) is given, its crop.
+    def draw(self, height: int, width: int, mask: np.ndarray | None, label_map=None
+             ) -> tuple[CropBox, np.ndarray | None]:
+        """Random geometry for a ``height x width`` image and, if ``mask`` (uint8 ``[H, W]``) is given, its crop in
+        local ids: ``label_map`` (training.data.readers.LabelMap) maps the raw values of the cropped pixels only.
 
         The ratio ~ U(scale_range) rescales the image (times ``base_size / short side``); the crop position is
         drawn in that rescaled frame and mapped back to a whole-pixel source region, so the sample's effective
@@ -192,30 +200,32 @@ class JointTrainTransform:
             left = int(torch.randint(0, scaled_w - crop_w + 1, ())) * (width - src_w) // max(1, scaled_w - crop_w)
             box = CropBox(top, left, src_h, src_w, crop_h, crop_w, flip)
             cropped = None if mask is None else crop_mask(mask, box)
+            if label_map is not None and cropped is not None:
+                cropped = label_map(cropped, in_place=True)  # the crop is a fresh array
             if not check or crop_ratio_ok(cropped, self.cat_max_ratio):
                 break
         return box, cropped
 
-    def geometric(self, image: torch.Tensor, mask: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """uint8 ``[3, H, W]`` and uint8 ``[H, W]`` (or None for unlabelled images) -> cropped uint8 image
-        ``[3, h, w]`` and mask ``[h, w]``, ``h, w`` <= crop size (padding comes after normalisation)."""
-        box, cropped = self.draw(image.shape[-2], image.shape[-1], mask)
+    def geometric(self, image: torch.Tensor, mask: np.ndarray | None, label_map=None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """uint8 ``[3, H, W]`` and uint8 ``[H, W]`` (or None for unlabelled images; raw values with ``label_map``)
+        -> cropped uint8 image ``[3, h, w]`` and local-id mask ``[h, w]``, ``h, w`` <= crop size (padding comes
+        after normalisation)."""
+        box, cropped = self.draw(image.shape[-2], image.shape[-1], mask, label_map)
         return crop_image(image, box), (None if cropped is None else torch.from_numpy(cropped))
 
-    def padded_crop(self, image: torch.Tensor, mask: np.ndarray | None
+    def padded_crop(self, image: torch.Tensor, mask: np.ndarray | None, label_map=None
                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """The worker side of ``photometric_on="device"``: uint8 ``[3, H, W]`` image padded to the crop size by
-        repeating its last row/column (so device-side blur and contrast see no artificial black border), the
-        mask padded with 255 ``[H, W]`` (or None), and the crop's real size int64 ``[2]`` (height, width)."""
-        crop, cropped = self.geometric(image, mask)
+        """The worker side of ``photometric_on="device"``: uint8 ``[3, H, W]`` image zero-padded to the crop size
+        (the device replaces the padding by edge pixels before jitter: BatchPhotometric), the mask padded with
+        255 ``[H, W]`` (or None), and the crop's real size int64 ``[2]`` (height, width)."""
+        crop, cropped = self.geometric(image, mask, label_map)
         size = torch.tensor(crop.shape[-2:], dtype=torch.int64)
         pad_h, pad_w = self.crop_size[0] - crop.shape[-2], self.crop_size[1] - crop.shape[-1]
         if pad_h or pad_w:
             height, width = crop.shape[-2:]
-            padded = torch.empty((1, 3, *self.crop_size), dtype=crop.dtype, memory_format=torch.channels_last)[0]
+            padded = torch.zeros((*self.crop_size, 3), dtype=crop.dtype).permute(2, 0, 1)  # channels-last
             padded[:, :height, :width] = crop
-            padded[:, height:, :width] = crop[:, height - 1:, :]
-            padded[:, :, width:] = padded[:, :, width - 1:width]
             crop = padded
             if cropped is not None:
                 cropped = pad_to(cropped, self.crop_size, LOCAL_IGNORE)

@@ -33,6 +33,9 @@ class FinetuneDataConfig:
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     num_workers: int = 4
+    # Where MMSeg's colour jitter runs: "device" = batched on the training device, workers send uint8 crops and
+    # uint8 masks (training.data.device_augment); "worker" = PIL in the data workers; "auto" = device on CUDA.
+    photometric_on: str = "auto"
 
 
 @dataclass
@@ -95,6 +98,9 @@ class FinetuneConfig:
                 raise ConfigError(f"{name}: expected [height, width] > 0, got {pair}")
         if self.eval.test_scale and (len(self.eval.test_scale) != 2 or min(self.eval.test_scale) <= 0):
             raise ConfigError(f"eval.test_scale: expected [] or [long, short] > 0, got {self.eval.test_scale}")
+        if self.data.photometric_on not in ("auto", "device", "worker"):
+            raise ConfigError(f"data.photometric_on {self.data.photometric_on!r}: expected 'auto', 'device' or "
+                              "'worker'")
         if self.train.iterations <= 0 or self.train.batch_size <= 0:
             raise ConfigError("train.iterations and train.batch_size must be positive")
 
