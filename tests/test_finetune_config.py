@@ -42,6 +42,9 @@ def test_overrides_are_typed_and_strict():
         load_finetune_config("finetune_voc_aug", ["train.iterations=many"])
     with pytest.raises(ConfigError, match="eval.mode"):
         load_finetune_config("finetune_voc_aug", ["eval.mode=tiles"])
+    assert load_finetune_config("finetune_voc_aug", []).data.photometric_on == "auto"
+    with pytest.raises(ConfigError, match="data.photometric_on 'gpu'"):
+        load_finetune_config("finetune_voc_aug", ["data.photometric_on=gpu"])
 
 
 def test_unknown_key_in_recipe_file_names_the_file(tmp_path):

@@ -13,6 +13,8 @@ errors that name the repository or file.
 from __future__ import annotations
 
 import pickle
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from huggingface_hub import try_to_load_from_cache
@@ -107,38 +109,54 @@ def _weights_not_available(cfg: dict[str, Any], err: BaseException) -> WeightsNo
     )
 
 
+def cached_weights_path(cfg: dict[str, Any], cache_dir: str | None = None) -> str | None:
+    """The local weights file ``cfg`` points at: its ``file``, or the Hub snapshot's cached weights (None if the
+    repo is not cached yet)."""
+    if cfg.get("file"):
+        return str(cfg["file"])
+    if cfg.get("hf_hub_id"):
+        repo_id, _, revision = cfg["hf_hub_id"].partition("@")
+        cached = try_to_load_from_cache(repo_id, WEIGHTS_FILENAME, cache_dir=cache_dir, revision=revision or None)
+        return cached if isinstance(cached, str) else None
+    return None
+
+
 def verify_pretrained_checksum(cfg: dict[str, Any], cache_dir: str | None = None) -> None:
     """Refuse weights whose sha256 differs from the one their export's ``config.json`` records.
 
     ``cfg["file"]`` is checked against the ``config.json`` next to it; Hub weights against the cached
     ``config.json`` of the same snapshot. Files without a recorded checksum (plain weights) pass.
     """
-    if cfg.get("file"):
-        verify_weights_checksum(cfg["file"])
-    elif cfg.get("hf_hub_id"):
-        repo_id, _, revision = cfg["hf_hub_id"].partition("@")
-        cached = try_to_load_from_cache(repo_id, WEIGHTS_FILENAME, cache_dir=cache_dir, revision=revision or None)
-        if isinstance(cached, str):
-            verify_weights_checksum(cached)
+    path = cached_weights_path(cfg, cache_dir)
+    if path is not None:
+        verify_weights_checksum(path)
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> ResNet:
+    cfg = None
+    if pretrained:
+        cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg"),
+                                     pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay")).to_dict()
     try:
-        model = build_model_with_cfg(
-            ResNet, variant, pretrained, pretrained_filter_fn=strict_backbone_filter, **dict(_BLOCKS[variant], **kwargs)
-        )
-        if pretrained:
-            verify_pretrained_checksum(resolve_pretrained_cfg(
-                variant, pretrained_cfg=kwargs.get("pretrained_cfg"),
-                pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay")).to_dict(), kwargs.get("cache_dir"))
+        # Weights already on disk are hashed on a second thread while timm builds the model (hashlib releases
+        # the GIL), so the integrity check costs no wall time on a multi-core machine; a first download is
+        # hashed after it. Either way the model is returned only after the check passed.
+        early = cached_weights_path(cfg, kwargs.get("cache_dir")) if pretrained else None
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            check = pool.submit(verify_weights_checksum, early) if early and Path(early).is_file() else None
+            model = build_model_with_cfg(
+                ResNet, variant, pretrained, pretrained_filter_fn=strict_backbone_filter,
+                **dict(_BLOCKS[variant], **kwargs)
+            )
+            if check is not None:
+                check.result()
+            elif pretrained:
+                verify_pretrained_checksum(cfg, kwargs.get("cache_dir"))
         return model
     except (OSError, EntryNotFoundError, SafetensorError,  # OSError covers HTTP, offline and connection errors
             pickle.UnpicklingError, RuntimeError) as err:
         if not pretrained or isinstance(err, (CheckpointError, WeightsNotAvailableError)):
             raise
-        cfg = resolve_pretrained_cfg(
-            variant, pretrained_cfg=kwargs.get("pretrained_cfg"), pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay")
-        ).to_dict()
         if cfg.get("file"):
             if isinstance(err, FileNotFoundError):
                 raise FileNotFoundError(f"{cfg['file']}: no such weights file (pretrained_cfg file)") from None
