@@ -3,7 +3,7 @@
 Items (see docs/DATA.md): pretraining ``{"image", "image_k", "mask" (global ids), "dataset_id", "index"}``;
 fine-tuning ``{"image", "mask" (local ids), "dataset_id", "index"}``, plus ``"name"`` in eval mode (whole image);
 unlabelled ``{"image", "image_k", "index"}``. Masks are int64 with ``IGNORE_INDEX = -1``.
-With ``photometric_on="device"`` (pretraining on a GPU) a training item instead carries one uint8 crop ``image``
+With ``photometric_on="device"`` (the default on a GPU) a training item instead carries one uint8 crop ``image``
 ``[3, H, W]``, its real size ``image_size`` int64 ``[2]``, no ``image_k``, and its mask as uint8 local ids (255 =
 ignore and padding): the trainer makes both jittered, normalised views and looks the ids up on its device
 (training.data.device_augment.DeviceViews with ``label_tables``), so workers skip that work and send 8x fewer mask
