@@ -464,19 +464,22 @@ def data_pipeline_section(settings: Settings, h100_images_per_s: dict[float, flo
         "",
         f"The default on a GPU is `data.photometric_on: device` (pretrain, finetune rows): a worker's item costs "
         f"{ms['pretrain']:.1f} ms against {ms['bare']:.1f} ms for the bare decode + crop, and sends one uint8 "
-        "crop and a uint8 local-id mask. The training device then makes the views and looks the ids up, batched: "
-        f"on this CPU with one thread {device['pretrain_moco_v2_two_views']:.0f} ms per image for two MoCo-v2 views "
-        f"and {device['finetune_mmseg_one_view']:.0f} ms for one MMSeg view (batch {report['device_views']['batch']}"
-        "; not measured on a GPU, where they are a few elementwise kernels per batch). On a CPU the default is "
+        "image and a uint8 local-id mask. Draws that enlarge the image (here "
+        f"{report['share_resized_on_device']:.0%} of the items) send the unresampled source region: the training "
+        "device resizes and flips it, makes the views and looks the ids up, batched: on this CPU with one thread "
+        f"{device['pretrain_moco_v2_two_views']:.0f} ms per image for the resize and two MoCo-v2 views "
+        f"and {device['finetune_mmseg_one_view']:.0f} ms for the resize and one MMSeg view (batch "
+        f"{report['device_views']['batch']}, half of it regions to enlarge; not measured on a GPU, where they are a "
+        "few elementwise kernels and one roi_align per batch). On a CPU the default is "
         "`worker` (the *_worker_jitter rows): the views are made with PIL in the worker, and the item costs "
         f"{ms['pretrain_worker_jitter']:.1f} ms (pretraining) or {ms['finetune_worker_jitter']:.1f} ms "
         "(fine-tuning).",
         "",
         "bare = PIL decode of image + mask, a random crop, to tensors. Ours = TorchCodec decode (PIL for other "
-        "formats), label check of every mask value, 0.5-2 rescale of the crop region only (channels-last uint8 "
-        "resize), cat_max_ratio crop with the label map applied to the crop's pixels only, flip, zero padding. The "
-        "rescale and the label checks are real work the bare loop does not do; the faster decoder pays for most "
-        "of it. Workers per GPU = step rate / images/s per worker, rounded up; at H100 rates the loader, not the "
+        "formats), label check of every mask value, 0.5-2 rescale of the crop region only when it shrinks "
+        "(channels-last uint8 resize, antialiased), cat_max_ratio crop with the label map applied to the crop's "
+        "pixels only, flip, zero padding. The shrinking rescales and the label checks are real work the bare loop "
+        "does not do; the faster decoder pays for most of it. Workers per GPU = step rate / images/s per worker, rounded up; at H100 rates the loader, not the "
         "GPU, sets the pace unless decoding moves to the GPU (TorchCodec's nvJPEG, DALI) or the host has that many "
         "cores per GPU.",
     ]

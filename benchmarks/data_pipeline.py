@@ -5,13 +5,14 @@ worker (one thread, like a DataLoader worker) at 512x512 crops for:
   bare      PIL decode of image + mask, a random 512x512 crop, to tensors (the floor any loader pays)
   pretrain  the pretraining worker's item with data.photometric_on=device (the default on a GPU): decode, label
             checks, rescale 0.5-2 (short side 512 x r), cat_max_ratio crop, flip, pad; one uint8 crop and a uint8
-            local-id mask (views and global ids are made on the training device)
+            local-id mask. Draws that shrink the image are resized here; draws that enlarge it send the source
+            region, which the training device resizes and flips (with the views and global ids)
   finetune  the fine-tuning worker's item with data.photometric_on=device (the default on a GPU): the same work
   pretrain_worker_jitter  photometric_on=worker (the default on a CPU): + two PIL MoCo-v2 views (colour p=0.8,
             grayscale 0.2, blur 0.5), normalised, int64 global ids
   finetune_worker_jitter  photometric_on=worker: + MMSeg colour jitter, normalised, int64 local ids
 and, separately, the device-side cost per image of the views (BatchPhotometric on this CPU, one thread, batches of
---device-batch), the bytes each item sends to the training process, and how many workers feed one GPU at a given
+--device-batch, half of them 384x384 source regions to enlarge, alternately flipped), the bytes each item sends to the training process, and how many workers feed one GPU at a given
 training step rate. The pipelines are timed in interleaved passes (bare, pretrain, ... then again), so drift of a
 shared machine hits all of them alike; each rate is the median over --repeats passes and each cost the median of
 the per-pass ratios to bare.
@@ -78,18 +79,27 @@ def interleaved_seconds(steps: dict, count: int, repeats: int) -> dict[str, list
     return seconds
 
 
+def left_unresampled(item: dict) -> bool:
+    """True when a device-mode item carries its source region for the device to enlarge or flip."""
+    height, width, flip = item["source_region"].tolist()
+    return bool(flip) or [height, width] != item["image_size"].tolist()
+
+
 def item_bytes(item: dict) -> int:
     """Bytes of the tensors one item sends from a worker to the training process."""
     return sum(value.numel() * value.element_size() for value in item.values() if isinstance(value, torch.Tensor))
 
 
 def device_views_rate(config: PhotometricConfig, views: int, batch: int, repeats: int) -> float:
-    """Images per second of BatchPhotometric making ``views`` views of ``batch`` 512x512 uint8 crops here."""
+    """Images per second of BatchPhotometric making ``views`` views of ``batch`` 512x512 uint8 crops here, half of
+    them still 384x384 source regions to enlarge (alternately flipped), as workers leave them."""
     augment = BatchPhotometric(config, MEAN, STD)
     images = torch.randint(0, 256, (batch, 3, CROP, CROP), dtype=torch.uint8)
     sizes = torch.full((batch, 2), CROP, dtype=torch.int64)
-    augment(images, sizes, views=views)  # warm-up
-    seconds = interleaved_seconds({"views": lambda i: augment(images, sizes, views=views)}, 1, repeats)["views"]
+    regions = torch.tensor([[384, 384, i % 4 == 0] if i % 2 == 0 else [CROP, CROP, 0] for i in range(batch)])
+    augment(images, sizes, views=views, regions=regions)  # warm-up
+    seconds = interleaved_seconds({"views": lambda i: augment(images, sizes, views=views, regions=regions)},
+                                  1, repeats)["views"]
     return batch / float(np.median(seconds))
 
 
@@ -127,6 +137,7 @@ def main() -> None:
             step(0)
         seconds = interleaved_seconds(steps, len(samples), args.repeats)
         sent = {name: item_bytes(dataset[0]) for name, dataset in pipelines.items()}
+        left_to_device = float(np.mean([left_unresampled(pipelines["pretrain"][i]) for i in range(len(samples))]))
     results = {name: len(samples) / float(np.median(values)) for name, values in seconds.items()}
     ratios = {name: np.asarray(values) / np.asarray(seconds["bare"]) for name, values in seconds.items()}
     cost = {name: float(np.median(values)) for name, values in ratios.items()}
@@ -140,6 +151,7 @@ def main() -> None:
         "cost_vs_bare_range": {k: [round(float(v.min()), 2), round(float(v.max()), 2)] for k, v in ratios.items()},
         "repeats": args.repeats,
         "bytes_per_item": sent,
+        "share_resized_on_device": round(left_to_device, 3),
         "gpu_images_per_s": args.gpu_images_per_s,
         "workers_per_gpu": {k: int(np.ceil(args.gpu_images_per_s / v)) for k, v in results.items()},
         "device_views": {"batch": args.device_batch,

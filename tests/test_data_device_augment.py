@@ -4,8 +4,9 @@ seeded determinism, padding, and the trainer wrapper on a uint8 batch from the d
 import pytest
 import torch
 
-from training.data.device_augment import BatchPhotometric, DeviceViews, gaussian_blur, hsv_to_rgb, rgb_to_hsv
-from training.data.transforms import NO_PHOTOMETRIC, JointTrainTransform, Normalize, PhotometricConfig
+from training.data.device_augment import (BatchPhotometric, DeviceViews, gaussian_blur, hsv_to_rgb, resize_regions,
+                                         rgb_to_hsv)
+from training.data.transforms import NO_PHOTOMETRIC, JointTrainTransform, Normalize, PhotometricConfig, crop_image
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 ONLY_COLOUR = PhotometricConfig(color_jitter_p=1.0, grayscale_p=0.0, blur_p=0.0)
@@ -105,14 +106,16 @@ def test_padding_is_filled_with_edge_pixels_so_the_blur_sees_no_border():
 
 
 def test_worker_crop_then_device_views_share_geometry():
-    """padded_crop (worker) -> DeviceViews (trainer): two float views of the same crop, masks untouched."""
+    """device_crop (worker) -> DeviceViews (trainer): two float views of the same crop, masks untouched."""
     torch.manual_seed(0)
     transform = JointTrainTransform(crop_size=(20, 24), mean=MEAN, std=STD, scale_range=(0.5, 0.5),
                                     photometric=NO_PHOTOMETRIC)
     image = torch.randint(0, 256, (3, 24, 30), dtype=torch.uint8)
     mask = (torch.arange(30) // 10).repeat(24, 1).to(torch.uint8).numpy()
-    crop, crop_mask, size = transform.padded_crop(image, mask)
+    item = transform.device_crop(image, mask)
+    crop, crop_mask, size = item["image"], item["mask"], item["image_size"]
     assert crop.dtype == torch.uint8 and crop.shape == (3, 20, 24) and size.tolist() == [12, 15]
+    assert item["source_region"].tolist() == [12, 15, 0]  # shrunk (antialiased) by the worker
     assert (crop_mask[12:] == 255).all() and (crop_mask[:, 15:] == 255).all() and crop_mask[:12, :15].max() < 3
     assert (crop[:, 12:] == 0).all() and (crop[:, :, 15:] == 0).all()  # the device fills it (replicate_edges)
 
@@ -156,3 +159,50 @@ def test_config_switch_is_strict():
     assert config_lib.load_config("demo", ["data.photometric_on=worker"]).data.photometric_on == "worker"
     with pytest.raises(config_lib.ConfigError, match="photometric_on 'gpu'.*'auto', 'device' or 'worker'"):
         config_lib.load_config("demo", ["data.photometric_on=gpu"])
+
+
+def test_device_finishes_the_regions_workers_leave_unresampled():
+    """Enlarging draws reach the device as source regions; resized and flipped there they match the worker's own
+    crop (torch's uint8 kernel) within one grey level, and a float bilinear resize to float precision. Shrinking
+    draws are finished by the worker. The mask is the worker's either way, so image and mask stay aligned."""
+    image = torch.randint(0, 256, (3, 30, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    mask = (torch.arange(40) // 8).repeat(30, 1).to(torch.uint8).numpy()
+    transform = JointTrainTransform(crop_size=(32, 36), mean=MEAN, std=STD, scale_range=(0.5, 2.0),
+                                    cat_max_ratio=1.0, photometric=NO_PHOTOMETRIC)
+    items, references, kinds = [], [], set()
+    for seed in range(40):
+        torch.manual_seed(seed)
+        item = transform.device_crop(image, mask)
+        torch.manual_seed(seed)
+        box, cropped = transform.draw(30, 40, mask)
+        assert torch.equal(item["mask"][:box.height, :box.width], torch.from_numpy(cropped))
+        height, width, flip = item["source_region"].tolist()
+        enlarging = box.src_h <= box.height and box.src_w <= box.width
+        kinds.add((enlarging, flip))
+        assert (height, width, flip) == ((box.src_h, box.src_w, int(box.flip)) if enlarging else
+                                         (box.height, box.width, 0))
+        items.append(item)
+        references.append(crop_image(image, box))
+    assert kinds == {(True, 0), (True, 1), (False, 0)}  # both kinds of draw, flipped or not, are covered
+    batch = {key: torch.stack([item[key] for item in items]) for key in ("image", "image_size", "source_region")}
+    finished = resize_regions(batch["image"], batch["source_region"], batch["image_size"])
+    assert finished.dtype == torch.float32 and finished.shape == (40, 3, 32, 36)
+    for index, (item, reference) in enumerate(zip(items, references)):
+        height, width = item["image_size"].tolist()
+        ours = finished[index, :, :height, :width]
+        assert (ours.round() - reference.float()).abs().max() <= 1, index
+        region_h, region_w, flip = item["source_region"].tolist()
+        region = item["image"][None, :, :region_h, :region_w].float()
+        exact = torch.nn.functional.interpolate(region, size=(height, width), mode="bilinear", align_corners=False)
+        assert torch.allclose(ours, exact[0].flip(-1) if flip else exact[0], atol=1e-3), index
+
+    # Through BatchPhotometric with no jitter: normalised finished crops, zero outside their real size.
+    views = BatchPhotometric(NO_PHOTOMETRIC, MEAN, STD)(batch["image"], batch["image_size"], views=1,
+                                                        regions=batch["source_region"])[0]
+    for index, (item, reference) in enumerate(zip(items, references)):
+        height, width = item["image_size"].tolist()
+        expected = Normalize(MEAN, STD)(reference)
+        assert (views[index, :, :height, :width] - expected).abs().max() <= 1.01 / 255 / min(STD), index
+        assert (views[index, :, height:] == 0).all() and (views[index, :, :, width:] == 0).all()
+    with pytest.raises(ValueError, match=r"source regions must be int64 \[B, 3\]"):
+        BatchPhotometric(NO_PHOTOMETRIC, MEAN, STD)(batch["image"], batch["image_size"], regions=batch["image_size"])

@@ -152,12 +152,14 @@ def test_scale_distribution_and_geometry_draws():
     assert abs(np.median(scales) - 1.25) < 0.15
 
 
-def test_padded_crop_for_device_views():
+def test_device_crop_for_device_views():
     image, mask = labelled_image(10, 12)
     transform = JointTrainTransform(crop_size=(16, 20), mean=MEAN, std=STD, scale_range=(1.0, 1.0),
                                     photometric=NO_PHOTOMETRIC, hflip_p=0.0)
-    crop, crop_mask, size = transform.padded_crop(image, mask)
+    item = transform.device_crop(image, mask)
+    crop, crop_mask, size = item["image"], item["mask"], item["image_size"]
     assert crop.dtype == torch.uint8 and crop.shape == (3, 16, 20) and size.tolist() == [10, 12]
+    assert item["source_region"].tolist() == [10, 12, 0]  # scale 1: nothing for the device to resize
     assert torch.equal(crop[:, :10, :12], image)  # scale 1, no flip: the image itself
     assert (crop_mask[10:] == 255).all() and (crop_mask[:, 12:] == 255).all()
     assert torch.equal(crop_mask[:10, :12], torch.from_numpy(mask))

@@ -3,11 +3,12 @@
 Items (see docs/DATA.md): pretraining ``{"image", "image_k", "mask" (global ids), "dataset_id", "index"}``;
 fine-tuning ``{"image", "mask" (local ids), "dataset_id", "index"}``, plus ``"name"`` in eval mode (whole image);
 unlabelled ``{"image", "image_k", "index"}``. Masks are int64 with ``IGNORE_INDEX = -1``.
-With ``photometric_on="device"`` (the default on a GPU) a training item instead carries one uint8 crop ``image``
-``[3, H, W]``, its real size ``image_size`` int64 ``[2]``, no ``image_k``, and its mask as uint8 local ids (255 =
-ignore and padding): the trainer makes both jittered, normalised views and looks the ids up on its device
-(training.data.device_augment.DeviceViews with ``label_tables``), so workers skip that work and send 8x fewer mask
-bytes.
+With ``photometric_on="device"`` (the default on a GPU) a training item instead carries one uint8 ``image``
+``[3, H, W]`` holding the crop or its unresampled source region, the crop's real size ``image_size`` int64 ``[2]``,
+``source_region`` int64 ``[3]``, no ``image_k``, and its mask as uint8 local ids (255 = ignore and padding); see
+JointTrainTransform.device_crop. The trainer resizes, makes both jittered, normalised views and looks the ids up
+on its device (training.data.device_augment.DeviceViews with ``label_tables``), so workers skip that work and send
+8x fewer mask bytes.
 """
 
 from __future__ import annotations
@@ -134,8 +135,7 @@ class SegmentationSamples(Dataset):
                         name=self.readers[dataset_id].samples[index - int(self._starts[dataset_id])].name)
             return item
         if self.photometric_on == "device":  # ids are looked up on the device too (label_tables)
-            image, mask_t, size = self.transform.padded_crop(image, mask, label_map)
-            item.update(image=image, image_size=size, mask=mask_t)
+            item.update(self.transform.device_crop(image, mask, label_map))
             return item
         image, mask_t = self.transform.geometric(image, mask, label_map)
         views = self.transform.views(image, 2 if self.two_views else 1)
@@ -255,8 +255,7 @@ class UnlabeledImages(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         if self.photometric_on == "device":
-            image, _, size = self.transform.padded_crop(load_image(self.files[index]), None)
-            return {"image": image, "image_size": size, "index": torch.tensor(index)}
+            return {**self.transform.device_crop(load_image(self.files[index]), None), "index": torch.tensor(index)}
         image, _ = self.transform.geometric(load_image(self.files[index]), None)
         query, key = self.transform.views(image, 2)
         return {"image": query, "image_k": key, "index": torch.tensor(index)}

@@ -1,7 +1,8 @@
 """MoCo-v2 photometric views made batched on the training device (``data.photometric_on: device``).
 
-Workers return one geometrically augmented uint8 crop per sample (``JointTrainTransform.padded_crop``); here the
-whole batch gets its query and key views at once: colour jitter (brightness, contrast, saturation, hue) with
+Workers return one uint8 crop per sample, or the crop's source region still to be enlarged and flipped
+(``JointTrainTransform.device_crop``); here the whole batch is resized (``resize_regions``) and gets its query and
+key views at once: colour jitter (brightness, contrast, saturation, hue) with
 probability, random grayscale, Gaussian blur with a random sigma, then normalisation with mean/std (after the
 jitter, as on the worker side) and zero padding outside each crop's real size. Every random parameter is drawn
 per sample and per view, as tensors on the device; each op is a handful of whole-batch kernels (no loop over
@@ -19,6 +20,7 @@ import math
 
 import torch
 from torch import nn
+from torchvision.ops import roi_align
 
 from training.data.label_space import lookup_per_sample
 from training.data.transforms import PhotometricConfig, check_mean_std
@@ -86,13 +88,36 @@ def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, max_sigma: float) -
 
 
 def replicate_edges(images: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[B, C, H, W]`` whose sample ``i`` is real in ``[:sizes[i, 0], :sizes[i, 1]]`` -> the same with the rest
+    """``[B, C, H, W]`` (any dtype) whose sample ``i`` is real in ``[:sizes[i, 0], :sizes[i, 1]]`` -> the same with the rest
     filled by repeating the last real row and column (one gather for the batch; per-sample sizes, no host sync)."""
     b, c, h, w = images.shape
     rows = torch.minimum(torch.arange(h, device=images.device).view(1, h), sizes[:, 0:1] - 1)  # [B, H]
     cols = torch.minimum(torch.arange(w, device=images.device).view(1, w), sizes[:, 1:2] - 1)  # [B, W]
     index = (rows.view(b, h, 1) * w + cols.view(b, 1, w)).view(b, 1, h * w).expand(b, c, h * w)
     return images.reshape(b, c, h * w).gather(2, index).view(b, c, h, w)
+
+
+def resize_regions(images: torch.Tensor, regions: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """Finish the crops workers left unresampled: uint8 ``[B, C, H, W]`` whose sample ``i`` holds a source region
+    ``[:regions[i, 0], :regions[i, 1]]`` -> float32 ``[B, C, H, W]`` (0-255 scale) whose sample ``i`` is that region
+    flipped horizontally if ``regions[i, 2]`` and bilinearly resized (``align_corners=False``) to
+    ``[:sizes[i, 0], :sizes[i, 1]]``; outside that, the values are the resize's clamped extrapolation.
+
+    One ``roi_align`` for the batch (one bilinear sample per output pixel at the pixel centre, per-sample boxes):
+    it equals ``F.interpolate(region, size, mode="bilinear", align_corners=False)`` exactly when enlarging, which
+    is the only case workers leave to the device (no antialiasing needed). A region already at its size and not
+    flipped passes through unchanged. Each region is first extended by its own edge pixels, so samples next to
+    the region's border read clamped values, as interpolate does, rather than the zero padding.
+    """
+    b, _, h, w = images.shape
+    x = replicate_edges(images, regions[:, :2]).float()
+    flip = regions[:, 2].bool()
+    x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)  # a flipped region ends at column w: its box starts there
+    region_h, region_w = regions[:, 0].float(), regions[:, 1].float()
+    left = torch.where(flip, w - region_w, torch.zeros_like(region_w))
+    boxes = torch.stack((torch.arange(b, device=x.device, dtype=torch.float32), left, torch.zeros_like(left),
+                         left + w * region_w / sizes[:, 1].float(), h * region_h / sizes[:, 0].float()), dim=1)
+    return roi_align(x, boxes, output_size=(h, w), spatial_scale=1.0, sampling_ratio=1, aligned=True)
 
 
 class BatchPhotometric(nn.Module):
@@ -149,26 +174,32 @@ class BatchPhotometric(nn.Module):
         return out
 
     def forward(self, images: torch.Tensor, sizes: torch.Tensor | None = None, views: int = 2,
-                generator: torch.Generator | None = None) -> list[torch.Tensor]:
+                generator: torch.Generator | None = None, regions: torch.Tensor | None = None
+                ) -> list[torch.Tensor]:
         """uint8 ``[B, 3, H, W]`` (+ real crop sizes int64 ``[B, 2]``, optional) -> ``views`` float32 tensors
         ``[B, 3, H, W]``: jittered, normalised, zero (= mean colour) outside each crop's real size.
 
-        With ``sizes``, whatever the padding holds is replaced by the crop's last row / column first, so the blur
-        sees no artificial border (workers pad with zeros, the cheapest fill)."""
+        ``regions`` (int64 ``[B, 3]``, needs ``sizes``): samples that still hold their source region are resized
+        and flipped first (``resize_regions``). With ``sizes``, whatever the padding holds is replaced by the crop's
+        last row / column, so the blur sees no artificial border (workers pad with zeros, the cheapest fill)."""
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"BatchPhotometric expects uint8 [B, 3, H, W] crops, got {images.dtype} "
                              f"{tuple(images.shape)}")
         b, _, h, w = images.shape
         valid = None
-        if sizes is not None:
-            if tuple(sizes.shape) != (b, 2):
-                raise ValueError(f"crop sizes must be int64 [B, 2] = [{b}, 2], got {tuple(sizes.shape)}")
-            images = replicate_edges(images, sizes)
-            rows = torch.arange(h, device=images.device).view(1, 1, h, 1) < sizes[:, 0].view(b, 1, 1, 1)
-            cols = torch.arange(w, device=images.device).view(1, 1, 1, w) < sizes[:, 1].view(b, 1, 1, 1)
-            valid = (rows & cols).repeat(views, 1, 1, 1)
-        with torch.autocast(images.device.type, enabled=False):  # jitter in fp32 even inside an AMP step
-            x = images.float().div_(255.0).repeat(views, 1, 1, 1)
+        if sizes is not None and tuple(sizes.shape) != (b, 2):
+            raise ValueError(f"crop sizes must be int64 [B, 2] = [{b}, 2], got {tuple(sizes.shape)}")
+        if regions is not None and (sizes is None or tuple(regions.shape) != (b, 3)):
+            raise ValueError(f"source regions must be int64 [B, 3] = [{b}, 3] and come with crop sizes, got "
+                             f"{tuple(regions.shape)}")
+        with torch.autocast(images.device.type, enabled=False):  # resize and jitter in fp32 even inside AMP
+            x = images if regions is None else resize_regions(images, regions, sizes)
+            if sizes is not None:
+                x = replicate_edges(x, sizes)
+                rows = torch.arange(h, device=images.device).view(1, 1, h, 1) < sizes[:, 0].view(b, 1, 1, 1)
+                cols = torch.arange(w, device=images.device).view(1, 1, 1, w) < sizes[:, 1].view(b, 1, 1, 1)
+                valid = (rows & cols).repeat(views, 1, 1, 1)
+            x = x.float().div_(255.0).repeat(views, 1, 1, 1)
             if self.config.enabled:
                 x = self.jitter(x, valid, generator)
             mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
@@ -181,7 +212,8 @@ class BatchPhotometric(nn.Module):
 
 class DeviceViews(nn.Module):
     """Wraps the callable the training loop calls: a batch whose ``image`` is uint8 (worker side of
-    ``photometric_on: device``) gets float views on its device before ``model(batch)``, ``image`` and ``image_k``
+    ``photometric_on: device``, with ``image_size`` and ``source_region``) gets its crops finished and float views
+    made on its device before ``model(batch)``, ``image`` and ``image_k``
     for pretraining (``views=2``) or ``image`` alone for fine-tuning (``views=1``); its uint8 ``mask`` (local
     ids, 255 = ignore) becomes int64 ids through ``label_tables[dataset_id]`` (int64 ``[D, 256]``, e.g.
     ``SegmentationSamples.label_tables``).
@@ -203,10 +235,11 @@ class DeviceViews(nn.Module):
     def forward(self, batch: dict):
         images, masks = batch["image"], batch.get("mask")
         if images.dtype == torch.uint8:
-            views = self.augment(images, batch.get("image_size"), views=self.views)
+            views = self.augment(images, batch.get("image_size"), views=self.views,
+                                 regions=batch.get("source_region"))
             if self.channels_last:
                 views = [view.contiguous(memory_format=torch.channels_last) for view in views]
-            batch = {k: v for k, v in batch.items() if k != "image_size"}
+            batch = {k: v for k, v in batch.items() if k not in ("image_size", "source_region")}
             batch.update(zip(("image", "image_k"), views))
         if masks is not None and masks.dtype == torch.uint8:
             if self.label_tables is None:

@@ -6,9 +6,9 @@ query and momentum views share geometry. Only the crop is resampled: bilinear an
 nearest-neighbour index maps for the mask (label values never mix); masks are padded with 255.
 
 Photometric jitter has two homes. Worker side (``views``, fine-tuning and ``data.photometric_on: worker``) runs
-on PIL images (torchvision's PIL kernels, PIL's Gaussian blur as in MoCo v2). Device side (pretraining default)
-is training.data.device_augment: workers return one uint8 crop (``padded_crop``) and the trainer makes both views
-batched on its device. See docs/DATA.md for the measured costs.
+on PIL images (torchvision's PIL kernels, PIL's Gaussian blur as in MoCo v2). Device side (the GPU default)
+is training.data.device_augment: workers return one uint8 crop, or its unresampled source region
+(``device_crop``), and the trainer resizes and makes the views batched on its device. See docs/DATA.md for the measured costs.
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ class JointTrainTransform:
     The crop box is drawn in the rescaled frame and mapped to source coordinates, so only the crop is ever
     resampled: bilinear antialiased for the image, exact nearest-neighbour index maps for the mask. With
     ``photometric_on="device"`` (pretraining) the photometric views are made later on the training device
-    (training.data.device_augment) and workers return one uint8 crop (``padded_crop``). ``base_size`` = short
+    (training.data.device_augment) and workers return one uint8 crop or source region (``device_crop``). ``base_size`` = short
     side before the random ratio (MMSeg: 512); ``None`` keeps each image's own size.
     """
 
@@ -214,22 +214,33 @@ class JointTrainTransform:
         box, cropped = self.draw(image.shape[-2], image.shape[-1], mask, label_map)
         return crop_image(image, box), (None if cropped is None else torch.from_numpy(cropped))
 
-    def padded_crop(self, image: torch.Tensor, mask: np.ndarray | None, label_map=None
-                    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """The worker side of ``photometric_on="device"``: uint8 ``[3, H, W]`` image zero-padded to the crop size
-        (the device replaces the padding by edge pixels before jitter: BatchPhotometric), the mask padded with
-        255 ``[H, W]`` (or None), and the crop's real size int64 ``[2]`` (height, width)."""
-        crop, cropped = self.geometric(image, mask, label_map)
-        size = torch.tensor(crop.shape[-2:], dtype=torch.int64)
-        pad_h, pad_w = self.crop_size[0] - crop.shape[-2], self.crop_size[1] - crop.shape[-1]
-        if pad_h or pad_w:
-            height, width = crop.shape[-2:]
-            padded = torch.zeros((*self.crop_size, 3), dtype=crop.dtype).permute(2, 0, 1)  # channels-last
-            padded[:, :height, :width] = crop
-            crop = padded
-            if cropped is not None:
-                cropped = pad_to(cropped, self.crop_size, LOCAL_IGNORE)
-        return crop, cropped, size  # channels-last, like every crop; collate copies it into the batch anyway
+    def device_crop(self, image: torch.Tensor, mask: np.ndarray | None, label_map=None) -> dict[str, torch.Tensor]:
+        """The worker side of ``photometric_on="device"``: the item fields the training device finishes.
+
+        - ``image`` uint8 ``[3, *crop_size]`` (channels-last memory), zero elsewhere (the device repeats edge
+          pixels there before the blur: BatchPhotometric).
+        - ``image_size`` int64 ``[2]``: the finished crop's real (height, width).
+        - ``source_region`` int64 ``[3]``: (height, width, flip) of what ``image`` holds top-left. When the draw
+          enlarges (or keeps) the image, which is most draws, that is the unresampled source region: the device
+          resizes and flips it batched (``resize_regions``; bilinear without antialiasing is exact for
+          enlargement), which takes the resize, the costliest step after decoding, off the worker. When it
+          shrinks the image, the worker resizes with antialiasing and ``source_region`` = (``image_size``, 0).
+        - ``mask`` uint8 ``[*crop_size]`` local ids padded with 255, always finished here (only when ``mask``).
+        """
+        box, cropped = self.draw(image.shape[-2], image.shape[-1], mask, label_map)
+        if box.src_h <= box.height and box.src_w <= box.width:
+            region = image.as_subclass(torch.Tensor)[:, box.top:box.top + box.src_h, box.left:box.left + box.src_w]
+            source = (box.src_h, box.src_w, int(box.flip))
+        else:
+            region = crop_image(image, box)
+            source = (box.height, box.width, 0)
+        padded = torch.zeros((*self.crop_size, 3), dtype=torch.uint8).permute(2, 0, 1)  # channels-last
+        padded[:, :region.shape[-2], :region.shape[-1]] = region
+        item = {"image": padded, "image_size": torch.tensor((box.height, box.width), dtype=torch.int64),
+                "source_region": torch.tensor(source, dtype=torch.int64)}
+        if cropped is not None:
+            item["mask"] = pad_to(torch.from_numpy(cropped), self.crop_size, LOCAL_IGNORE)
+        return item
 
     def views(self, image: torch.Tensor, count: int) -> list[torch.Tensor]:
         """``count`` photometric views of one uint8 crop, each normalised and zero-padded (= mean colour) to the
