@@ -479,9 +479,9 @@ def data_pipeline_section(settings: Settings, h100_images_per_s: dict[float, flo
         "formats), label check of every mask value, 0.5-2 rescale of the crop region only when it shrinks "
         "(channels-last uint8 resize, antialiased), cat_max_ratio crop with the label map applied to the crop's "
         "pixels only, flip, zero padding. The shrinking rescales and the label checks are real work the bare loop "
-        "does not do; the faster decoder pays for most of it. Workers per GPU = step rate / images/s per worker, rounded up; at H100 rates the loader, not the "
-        "GPU, sets the pace unless decoding moves to the GPU (TorchCodec's nvJPEG, DALI) or the host has that many "
-        "cores per GPU.",
+        "does not do; the faster decoder pays for most of it. Workers per GPU = step rate / images/s per worker, "
+        "rounded up; at H100 rates the loader, not the GPU, sets the pace unless decoding moves to the GPU "
+        "(TorchCodec's nvJPEG, DALI) or the host has that many cores per GPU.",
     ]
     return lines
 

@@ -12,10 +12,10 @@ worker (one thread, like a DataLoader worker) at 512x512 crops for:
             grayscale 0.2, blur 0.5), normalised, int64 global ids
   finetune_worker_jitter  photometric_on=worker: + MMSeg colour jitter, normalised, int64 local ids
 and, separately, the device-side cost per image of the views (BatchPhotometric on this CPU, one thread, batches of
---device-batch, half of them 384x384 source regions to enlarge, alternately flipped), the bytes each item sends to the training process, and how many workers feed one GPU at a given
-training step rate. The pipelines are timed in interleaved passes (bare, pretrain, ... then again), so drift of a
-shared machine hits all of them alike; each rate is the median over --repeats passes and each cost the median of
-the per-pass ratios to bare.
+--device-batch, half of them 384x384 source regions to enlarge, alternately flipped), the bytes each item sends
+to the training process, and how many workers feed one GPU at a given training step rate. The pipelines are
+timed in interleaved passes (bare, pretrain, ... then again), so drift of a shared machine hits all of them alike;
+each rate is the median over --repeats passes and each cost the median of the per-pass ratios to bare.
 
     python benchmarks/data_pipeline.py [--images 40] [--repeats 5] [--gpu-images-per-s 7] [--out report.json]
 """

@@ -87,12 +87,16 @@ def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, max_sigma: float) -
     return flat.view(n, c, h, w)
 
 
-def replicate_edges(images: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
-    """``[B, C, H, W]`` (any dtype) whose sample ``i`` is real in ``[:sizes[i, 0], :sizes[i, 1]]`` -> the same with the rest
-    filled by repeating the last real row and column (one gather for the batch; per-sample sizes, no host sync)."""
+def replicate_edges(images: torch.Tensor, sizes: torch.Tensor, flip: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, C, H, W]`` (any dtype) whose sample ``i`` is real in ``[:sizes[i, 0], :sizes[i, 1]]`` -> the same with
+    the rest filled by repeating the last real row and column; with ``flip`` (bool ``[B]``) the flagged samples are
+    also mirrored horizontally, so their real part ends at column ``W`` (one gather for the batch either way;
+    per-sample sizes, no host sync)."""
     b, c, h, w = images.shape
     rows = torch.minimum(torch.arange(h, device=images.device).view(1, h), sizes[:, 0:1] - 1)  # [B, H]
     cols = torch.minimum(torch.arange(w, device=images.device).view(1, w), sizes[:, 1:2] - 1)  # [B, W]
+    if flip is not None:
+        cols = torch.where(flip.view(b, 1), cols.flip(-1), cols)
     index = (rows.view(b, h, 1) * w + cols.view(b, 1, w)).view(b, 1, h * w).expand(b, c, h * w)
     return images.reshape(b, c, h * w).gather(2, index).view(b, c, h, w)
 
@@ -106,15 +110,14 @@ def resize_regions(images: torch.Tensor, regions: torch.Tensor, sizes: torch.Ten
     One ``roi_align`` for the batch (one bilinear sample per output pixel at the pixel centre, per-sample boxes):
     it equals ``F.interpolate(region, size, mode="bilinear", align_corners=False)`` exactly when enlarging, which
     is the only case workers leave to the device (no antialiasing needed). A region already at its size and not
-    flipped passes through unchanged. Each region is first extended by its own edge pixels, so samples next to
-    the region's border read clamped values, as interpolate does, rather than the zero padding.
+    flipped passes through unchanged. Each region is first extended by its own edge pixels (and mirrored, in the
+    same gather), so samples next to its border read clamped values, as interpolate does, not the zero padding.
     """
     b, _, h, w = images.shape
-    x = replicate_edges(images, regions[:, :2]).float()
     flip = regions[:, 2].bool()
-    x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)  # a flipped region ends at column w: its box starts there
+    x = replicate_edges(images, regions[:, :2], flip).float()
     region_h, region_w = regions[:, 0].float(), regions[:, 1].float()
-    left = torch.where(flip, w - region_w, torch.zeros_like(region_w))
+    left = torch.where(flip, w - region_w, torch.zeros_like(region_w))  # a mirrored region ends at column w
     boxes = torch.stack((torch.arange(b, device=x.device, dtype=torch.float32), left, torch.zeros_like(left),
                          left + w * region_w / sizes[:, 1].float(), h * region_h / sizes[:, 0].float()), dim=1)
     return roi_align(x, boxes, output_size=(h, w), spatial_scale=1.0, sampling_ratio=1, aligned=True)

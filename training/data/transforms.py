@@ -8,7 +8,8 @@ nearest-neighbour index maps for the mask (label values never mix); masks are pa
 Photometric jitter has two homes. Worker side (``views``, fine-tuning and ``data.photometric_on: worker``) runs
 on PIL images (torchvision's PIL kernels, PIL's Gaussian blur as in MoCo v2). Device side (the GPU default)
 is training.data.device_augment: workers return one uint8 crop, or its unresampled source region
-(``device_crop``), and the trainer resizes and makes the views batched on its device. See docs/DATA.md for the measured costs.
+(``device_crop``), and the trainer resizes and makes the views batched on its device. See docs/DATA.md for the
+measured costs.
 """
 
 from __future__ import annotations
@@ -157,8 +158,8 @@ class JointTrainTransform:
     The crop box is drawn in the rescaled frame and mapped to source coordinates, so only the crop is ever
     resampled: bilinear antialiased for the image, exact nearest-neighbour index maps for the mask. With
     ``photometric_on="device"`` (pretraining) the photometric views are made later on the training device
-    (training.data.device_augment) and workers return one uint8 crop or source region (``device_crop``). ``base_size`` = short
-    side before the random ratio (MMSeg: 512); ``None`` keeps each image's own size.
+    (training.data.device_augment) and workers return one uint8 crop or source region (``device_crop``).
+    ``base_size`` = short side before the random ratio (MMSeg: 512); ``None`` keeps each image's own size.
     """
 
     def __init__(self, *, crop_size, mean, std, scale_range=(0.5, 2.0), cat_max_ratio=0.75, base_size=None,
