@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from training.data.label_space import LabelSpace
 from training.mdp import build_method, momentum_schedule
+from training.mdp.losses import moco_infonce
 from training.mdp.model import build_encoder, create_momentum_copy, ema_update_
 
 # The paper's union: VOC 21 + ADE20K 150 + COCO-Stuff 171 = 342 classes (MDP_METHOD.md section 3).
@@ -173,6 +174,42 @@ def isolated_mdp_extra(methods: dict[str, nn.Module], batch: dict, repeats: int)
             leaf = query.detach().requires_grad_()
             out = method.objective(leaf, keys, method.query_view(batch, keys))
             out["loss"].backward()
+            times[name].append(time.process_time() - start)
+    return times
+
+
+def isolated_moco_difference(lower: LowerBound, moco: nn.Module, batch: dict, repeats: int) -> dict[str, list[float]]:
+    """Process CPU seconds per step of the only work where a MoCo v2 step differs from the lower bound's, on fixed
+    backbone features, interleaved: ``dense`` = the lower bound's dense heads on both views, its trivial loss and
+    the backward to the features; ``pooled`` = MoCo v2's pooled heads, InfoNCE against the queue, the backward and
+    the queue update. MoCo v2's step ~ lower bound - dense + pooled: short pieces timed many times, so far less
+    noisy than a second whole step (backbones, optimizer and EMA are the same for both; the heads have about the
+    same number of parameters)."""
+    with torch.no_grad():
+        query_features = lower.encoder.backbone.forward_features(batch["image"])
+        key_features = lower.momentum_encoder.backbone.forward_features(batch["image_k"])
+
+    def embed(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(head(features), dim=1)  # what Encoder.forward does after the backbone
+
+    def dense() -> None:
+        query = embed(lower.encoder.head, query_features.detach().requires_grad_())
+        with torch.no_grad():
+            keys = embed(lower.momentum_encoder.head, key_features)
+        (query * keys).sum(1).mean().backward()
+
+    def pooled() -> None:
+        query = embed(moco.encoder.head, query_features.detach().requires_grad_())
+        with torch.no_grad():
+            keys = embed(moco.momentum_encoder.head, key_features)
+        moco_infonce(query, keys, moco.queue.entries(), moco.tau).backward()
+        moco.queue.update(keys)
+
+    times = {"dense": [], "pooled": []}
+    for _ in range(repeats):
+        for name, work in (("dense", dense), ("pooled", pooled)):
+            start = time.process_time()
+            work()
             times[name].append(time.process_time() - start)
     return times
 

@@ -42,11 +42,31 @@ def test_smoke_run_writes_every_section(tmp_path):
     for pipeline in ("bare", "pretrain", "finetune", "pretrain_worker_jitter", "finetune_worker_jitter"):
         assert f"| {pipeline} |" in report
     assert "| mdp_resnet50 |" in report and "| 8x H100 SXM" in report
+    assert re.search(r"\): \d+ ms against \d+ ms measured as a whole step", report)  # MoCo v2 from isolated work
     assert report.count("Machine:") == 4 and report.count("load average") >= 4
     assert not re.search(r"\b(nan|inf)\b", report), "non-finite number in the report"
     plot = out.with_name("BENCHMARKS_memory.png")
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "](BENCHMARKS_memory.png)" in report
+
+
+def test_isolated_moco_difference_times_both_heads_and_updates_the_queue():
+    import torch
+
+    from benchmarks.train_step import LowerBound, isolated_moco_difference, paper_label_space, synthetic_batch
+    from training.mdp import build_method
+
+    torch.manual_seed(0)
+    label_space = paper_label_space()
+    lower = LowerBound("resnet18", 8, 16)
+    moco = build_method("moco_v2", label_space=label_space, arch="resnet18", output_stride=8, embed_dim=16,
+                        queue_size=64)
+    batch = synthetic_batch(label_space, 2, 32, torch.device("cpu"))
+    before = moco.queue.keys.clone()
+    times = isolated_moco_difference(lower, moco, batch, repeats=3)
+    assert len(times["dense"]) == len(times["pooled"]) == 3 and min(times["dense"] + times["pooled"]) > 0
+    assert int(moco.queue.pointer) == 6  # three updates of two keys each: MoCo's enqueue is part of its work
+    assert not torch.equal(moco.queue.keys[:6], before[:6]) and torch.equal(moco.queue.keys[6:], before[6:])
 
 
 def test_memory_scaling_counts_the_real_buffers():
