@@ -1,7 +1,9 @@
 """Class-name lists and colour palettes of the supported datasets.
 
 Names follow MMSegmentation's ``mmseg/utils/class_names.py`` (VOC, ADE20K, COCO-Stuff; ADE20K's ``'bed '`` is
-stored stripped) and cityscapesScripts' ``helpers/labels.py`` (Cityscapes). Index in a list = local class id.
+stored stripped), cityscapesScripts' ``helpers/labels.py`` (Cityscapes) and each photo dataset's own release
+(CamVid as prepared for SegNet, Clothing Co-Parsing's ``label_list.mat``, MSRC-v2's class order). Index in a
+list = local class id.
 """
 
 from __future__ import annotations
@@ -82,6 +84,32 @@ CITYSCAPES_PALETTE: tuple[tuple[int, int, int], ...] = (
     (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
 )
 
+
+# SegNet's CamVid annotations: 0..10 in this order, 11 = unlabelled.
+CAMVID_CLASSES: tuple[str, ...] = (
+    "sky", "building", "pole", "road", "pavement", "tree", "sign symbol", "fence", "car", "pedestrian", "bicyclist",
+)
+CAMVID_UNLABELLED = 11
+
+# Oxford-IIIT Pet trimaps reduced to figure/ground: local 0 = background (trimap 2), 1 = pet (trimap 1).
+OXFORD_PET_CLASSES: tuple[str, ...] = ("background", "pet")
+
+# Clothing Co-Parsing's label_list.mat, whose entry 0 ("null", the pixels no garment covers) is named background.
+CCP_CLASSES: tuple[str, ...] = (
+    "background", "accessories", "bag", "belt", "blazer", "blouse", "bodysuit", "boots", "bra", "bracelet", "cape",
+    "cardigan", "clogs", "coat", "dress", "earrings", "flats", "glasses", "gloves", "hair", "hat", "heels", "hoodie",
+    "intimate", "jacket", "jeans", "jumper", "leggings", "loafers", "necklace", "panties", "pants", "pumps", "purse",
+    "ring", "romper", "sandals", "scarf", "shirt", "shoes", "shorts", "skin", "skirt", "sneakers", "socks",
+    "stockings", "suit", "sunglasses", "sweater", "sweatshirt", "swimwear", "t-shirt", "tie", "tights", "top",
+    "vest", "wallet", "watch", "wedges",
+)
+CCP_LABEL_LIST_BACKGROUND = "null"
+
+# MSRC-v2's 23 classes; the cleaned-up labels number them 1..23 in this order.
+MSRC_CLASSES: tuple[str, ...] = (
+    "building", "grass", "tree", "cow", "horse", "sheep", "sky", "mountain", "aeroplane", "water", "face", "car",
+    "bicycle", "flower", "sign", "bird", "book", "chair", "road", "cat", "dog", "body", "boat",
+)
 
 def voc_colormap(num_colors: int = 256) -> np.ndarray:
     """The PASCAL VOC devkit colormap (bit-interleaved index -> RGB), uint8 ``[num_colors, 3]``."""
