@@ -174,7 +174,8 @@ def test_ccp_label_list_must_match_the_decoded_classes(tmp_path):
 
 # ---- MSRC-v2 -----------------------------------------------------------------------------------------------------
 def test_msrc_segments_take_their_class_and_unlisted_segments_are_void(tmp_path):
-    msrc = make_msrc(tmp_path / "MSRC_v2", {"1_1_s": (grid([1, 2, 3, 3]), [4, 2]), "1_3_s": (grid([1, 1, 2, 2]), [23, 7]),
+    msrc = make_msrc(tmp_path / "MSRC_v2", {"1_1_s": (grid([1, 2, 3, 3]), [4, 2]),
+                                            "1_3_s": (grid([1, 1, 2, 2]), [23, 7]),
                                             "2_4_s": (grid([1, 1, 1, 1]), [1]), "3_5_s": (grid([2, 1, 1, 1]), [19])})
     assert local_mask(f"msrc:{msrc}") == [3, 1, 255, 255]  # cow, grass, void
     assert local_mask(f"msrc:{msrc}:val") == [22, 22, 6, 6]  # boat, sky

@@ -112,3 +112,85 @@ def test_orderings_compare_paired_seeds_not_pooled_spreads():
     assert voc["verdict"] == city["verdict"] == "holds"
     assert voc["difference"] == pytest.approx(2.0) and voc["noise"] == pytest.approx(0.0)
     assert voc["paired_seeds"] == [0, 1, 2]
+
+
+# ---- the study on dataset specs (photo formats, a folder dataset as target) -----------------------------------
+def make_photo_study_data(root):
+    """Tiny CamVid, Oxford-IIIT Pet and CCP sets to pretrain on, MSRC-v2 and a folder dataset as targets."""
+    from test_data_photo_readers import make_camvid, make_ccp, make_msrc, make_pets
+    from test_data_readers import grid, write_image, write_mask
+
+    mask = grid([0, 1, 2, 3, 11, 5, 8, 9] * 8, 48)
+    camvid = make_camvid(root / "CamVid", {"train": {f"t{i}": mask for i in range(4)},
+                                           "test": {f"s{i}": mask for i in range(2)}})
+    pets = make_pets(root / "pets", trainval={f"Abyssinian_{i}": grid([1, 2, 3, 1] * 16, 48) for i in range(4)},
+                     test={"beagle_1": grid([2, 1, 1, 3] * 16, 48)})
+    ccp = make_ccp(root / "ccp", {f"{n:04d}": grid([0, 19, 41, 14] * 16, 48) for n in (1, 2, 5, 6)})
+    msrc = make_msrc(root / "msrc", {f"1_{n}_s": (grid([1, 2, 3, 4] * 16, 48), [2, 7, 4]) for n in range(1, 6)})
+    scenes = root / "my_scenes"
+    (scenes / "classes.txt").parent.mkdir(parents=True)
+    (scenes / "classes.txt").write_text("ground\nsky\n")
+    for split, count in (("train", 4), ("val", 2)):
+        for i in range(count):
+            write_image(scenes / "images" / split / f"{i}.png", 48, 64)
+            write_mask(scenes / "masks" / split / f"{i}.png", grid([0, 1, 255, 1] * 16, 48))
+    return [f"camvid:{camvid}", f"ccp:{ccp}", f"oxford_pet:{pets}"], f"msrc:{msrc}:test", f"folder:{scenes}"
+
+
+def test_targets_are_resolved_from_specs_seen_or_held_out(tmp_path):
+    pretrain, msrc, folder = make_photo_study_data(tmp_path)
+    camvid_test = pretrain[0].replace("CamVid", "CamVid/") + ":test"  # the same folder spelled differently
+    data = experiments.resolve_study_data(pretrain, [camvid_test, msrc, folder], None, experiments.QUICK)
+    assert data.names == ["camvid", "ccp", "oxford_pet"] and not data.synthetic and data.unify_map is None
+    assert [(t.key, t.split, t.role) for t in data.targets] == [
+        ("camvid", "test", "seen"), ("msrc", "test", "held out"), ("my_scenes", "val", "held out")]
+    assert data.targets[0].train_spec == pretrain[0].replace("CamVid", "CamVid/")  # its training split
+    with pytest.raises(ValueError, match="each dataset may be a target once"):
+        experiments.resolve_study_data(pretrain, [msrc, msrc.replace(":test", ":val")], None, experiments.QUICK)
+    with pytest.raises(ValueError, match="--targets: name the datasets"):
+        experiments.resolve_study_data(pretrain, [], None, experiments.QUICK)
+    with pytest.raises(ValueError, match="mdp_unified needs --unify-map"):
+        experiments.study_methods(["scratch", "mdp_unified"], has_unify_map=False)
+    assert "mdp_unified" not in [m.key for m in experiments.study_methods(None, has_unify_map=False)]
+
+
+def test_bad_dataset_spec_is_one_line_and_exit_code_2(tmp_path, capsys):
+    argv = ["paper-tables", "--pretrain", f"camvid:{tmp_path}/nowhere", "--targets", f"msrc:{tmp_path}",
+            "--output", str(tmp_path / "study"), "--results", str(tmp_path / "RESULTS.md")]
+    assert experiments.main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "nowhere: dataset folder not found (for camvid)" in error
+    assert error.count("\n") == 1 and not (tmp_path / "study").exists()
+
+
+@pytest.mark.slow
+def test_quick_study_on_dataset_specs_writes_its_own_section(tmp_path):
+    pretrain, _, folder = make_photo_study_data(tmp_path / "data")
+    results = tmp_path / "docs" / "RESULTS.md"
+    results.parent.mkdir()
+    synthetic_section = f"{SECTION_BEGIN}\nsynthetic numbers\n{SECTION_END}\n"
+    results.write_text(f"# Results\n\n{synthetic_section}")
+    argv = ["paper-tables", "--quick", "--seeds", "0", "--methods", "supervised_ce", "--pretrain", *pretrain,
+            "--targets", f"{pretrain[0]}:test", folder, "--section", "real-images",
+            "--output", str(tmp_path / "study"), "--results", str(results)]
+    assert experiments.main(argv) == 0
+    study = tmp_path / "study"
+    space = json.loads((study / "pretrain" / "supervised_ce" / "seed0" / "label_space.json").read_text())
+    assert [d["name"] for d in space["datasets"]] == ["camvid", "ccp", "oxford_pet"]
+    done = {p.parent.relative_to(study).as_posix() for p in study.rglob(experiments.DONE_NAME)}
+    assert done == {"pretrain/supervised_ce/seed0", "finetune/camvid/supervised_ce/seed0",
+                    "finetune/my_scenes/supervised_ce/seed0"}
+    page = results.read_text()
+    begin, end = experiments.section_markers("real-images")
+    assert page.startswith(f"# Results\n\n{synthetic_section}") and page.count(begin) == 1 and end in page
+    assert "## The paper's tables in miniature: pretrained on camvid + ccp + oxford_pet" in page
+    assert "fine-tune camvid (seen) | vs scratch | fine-tune my_scenes (held out) |" in page
+    assert "camvid on its test split, my_scenes on its val split" in page and "### Pretraining dynamics" in page
+    command = (f"paper-tables --quick --pretrain camvid:CamVid ccp:ccp oxford_pet:pets --targets camvid:CamVid:test "
+               f"folder:my_scenes --methods supervised_ce --seeds 0 --section real-images`")
+    assert command in page
+    assert (results.parent / "RESULTS_real_images.png").is_file()
+    assert (results.parent / "RESULTS_real_images_pretraining.png").is_file()
+    data = json.loads(results.with_suffix(".json").read_text())["real_images"]
+    assert [t["key"] for t in data["info"]["targets"]] == ["camvid", "my_scenes"]
+    assert all(0 <= data["table"]["supervised_ce"][t]["mean"] <= 100 for t in ("camvid", "my_scenes"))
