@@ -127,9 +127,9 @@ def export(
             "prototypes_file": PROTOTYPES_FILENAME if prototypes is not None else None,
             "training_config": content.get("config") if training else None,
         }
-        save_config_for_hf(model, str(staging / CONFIG_FILENAME), model_config={"mdp": mdp_section},
-                           data_config={"input_size": input_size, "mean": mean, "std": std, "crop_pct": 1.0,
-                                        "interpolation": "bilinear"})
+        _save_hf_config(model, staging / CONFIG_FILENAME, mdp_section,
+                        data_config={"input_size": input_size, "mean": mean, "std": std, "crop_pct": 1.0,
+                                     "interpolation": "bilinear"})
         org = org or catalog.hub_org()
         card = CardInfo(
             model_name=model_name, arch=arch, tag=tag,
@@ -161,6 +161,19 @@ def verify_export(
         differing += [key for key in prototypes if key in stored and not torch.equal(stored[key], _as_stored(prototypes[key]))]
     if problems or differing:
         raise CheckpointError(f"{out_dir}: export verification failed: {problems or ''} differing tensors {differing}")
+
+
+def _save_hf_config(model: torch.nn.Module, path: Path, mdp_section: dict, data_config: dict) -> None:
+    """timm's ``config.json`` plus the ``mdp`` section, loadable by timm and by transformers' ``TimmWrapper``.
+
+    timm records ``num_classes`` both at the root and in ``model_args``; transformers passes ``num_classes`` and
+    ``**model_args`` to ``timm.create_model`` together and fails on the duplicate, so ``model_args`` keeps only
+    the other arguments (timm reads ``num_classes`` from the root, as in timm's own Hub repositories).
+    """
+    save_config_for_hf(model, str(path), model_config={"mdp": mdp_section}, data_config=data_config)
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config.get("model_args", {}).pop("num_classes", None)
+    path.write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 
 def _resolve_arch(arch: str | None, backbone: Mapping[str, torch.Tensor], *, source: Path) -> str:
