@@ -3,7 +3,7 @@
 Three offline routes, all plain timm: a filled Hub cache (+ ``HF_HUB_OFFLINE=1``), ``local-dir:<export
 folder>``, or ``pretrained_cfg_overlay=dict(file=<model.safetensors>)``. This module serves the first:
 ``prefetch`` on a connected machine, ``install_export`` on an air-gapped one (copies an export folder into
-the cache layout ``models--ORG--NAME/{refs,snapshots}``).
+the cache layout ``models--ORG--NAME/{refs,snapshots}``). Both make timm list the tag as pretrained.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from huggingface_hub.errors import EntryNotFoundError
 from . import catalog
 from .errors import WeightsNotAvailableError
 from .export import EXPORT_FILES, WEIGHTS_FILENAME
+from .models.mdp_resnet import list_as_pretrained
 
 _DOWNLOADED = ["config.json", WEIGHTS_FILENAME, "README.md"]
 
@@ -41,12 +42,14 @@ def prefetch(name: str, *, cache_dir: str | os.PathLike | None = None, revision:
     """Download config, weights and card of ``name`` into the Hub cache (e.g. before going offline)."""
     repo_id = resolve_repo_id(name)
     try:
-        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
-                                      allow_patterns=_DOWNLOADED + ["mdp_prototypes.safetensors"]))
+        snapshot = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
+                                          allow_patterns=_DOWNLOADED + ["mdp_prototypes.safetensors"]))
     except (OSError, EntryNotFoundError) as err:  # OSError covers HTTP, offline and connection errors
         raise WeightsNotAvailableError(
             f"Hugging Face Hub repo '{repo_id}' could not be downloaded ({type(err).__name__}: {err})"
         ) from None
+    list_as_pretrained(repo_id)
+    return snapshot
 
 
 def install_export(
@@ -72,4 +75,5 @@ def install_export(
         shutil.copyfile(path, snapshot / path.name)
     (repo_folder / "refs").mkdir(exist_ok=True)
     (repo_folder / "refs" / revision).write_text(commit)
+    list_as_pretrained(repo_id)
     return snapshot

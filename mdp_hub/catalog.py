@@ -111,6 +111,10 @@ RECIPES: tuple[Recipe, ...] = (
            note="paper number measured with the pixel-to-prototype loss only (no mixing, no sparse coding)"),
 )
 RECIPES_BY_TAG = {recipe.tag: recipe for recipe in RECIPES}
+
+# Hub repositories that hold released weights, e.g. "mdp-hub/mdp_resnet50.voc_ade20k_coco_200ep". A release adds
+# its repository here; only then (or once the weights are in the local cache) does timm list the tag as pretrained.
+PUBLISHED_REPOS: frozenset[str] = frozenset()
 DEFAULT_TAG = RECIPES[0].tag
 
 # The paper's reference point: supervised ImageNet ResNet-50 under the same fine-tuning protocol.

@@ -8,18 +8,45 @@ import pytest
 import timm
 import torch
 
-import mdp_hub  # noqa: F401  (registers the models)
-from mdp_hub import catalog
+from safetensors.torch import save_file
+from timm.models import _registry as timm_registry
+
+import mdp_hub  # registers the models
+from mdp_hub import catalog, install_export
 from mdp_hub.cli import main
+from mdp_hub.export import export
 
 
-def test_every_arch_has_every_recipe_tag_with_the_paper_default_first():
-    pretrained = set(timm.list_pretrained("mdp_*"))
+def test_every_arch_registers_every_recipe_tag_with_the_paper_default_first():
+    registered = set(timm.list_models("mdp_*", include_tags=True))
     for name in ("mdp_resnet18", "mdp_resnet50", "mdp_resnet101"):
-        assert {f"{name}.{r.tag}" for r in catalog.RECIPES} <= pretrained
+        assert {f"{name}.{r.tag}" for r in catalog.RECIPES} <= registered
         assert timm.models.get_pretrained_cfg(name).tag == "voc_ade20k_coco_200ep"
     assert "mdp_resnet50" in timm.list_models("mdp_*") and timm.list_models(module="mdp_resnet")
     assert not any(name.startswith("mdp_") for name in timm.list_models(module="resnet"))
+
+
+LISTING = "import timm, mdp_hub; print(timm.list_pretrained('mdp_*'), timm.is_model_pretrained('mdp_resnet18'))"
+
+
+def pretrained_listing_at_import(cache):
+    env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-c", LISTING], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_timm_lists_as_pretrained_only_tags_whose_weights_are_published_or_cached(tmp_path, monkeypatch):
+    assert pretrained_listing_at_import(tmp_path / "cache") == "[] False"  # nothing is published yet
+    torch.manual_seed(0)
+    save_file(timm.create_model("resnet18", num_classes=0).state_dict(), str(tmp_path / "w.safetensors"))
+    folder = export(tmp_path / "w.safetensors", tmp_path / "export")
+    # install_export lists the tag in this process too; keep that from leaking into other tests
+    monkeypatch.setattr(timm_registry, "_model_has_pretrained", set(timm_registry._model_has_pretrained))
+    default = f"mdp_resnet18.{catalog.DEFAULT_TAG}"
+    install_export(folder, catalog.repo_id("mdp_resnet18", catalog.DEFAULT_TAG), cache_dir=tmp_path / "cache")
+    assert timm.list_pretrained("mdp_*") == [default] and timm.is_model_pretrained("mdp_resnet18")
+    assert pretrained_listing_at_import(tmp_path / "cache") == f"['{default}'] True"
+    assert len(mdp_hub.list_weights(cache_dir=tmp_path / "cache")) == 33  # the catalogue lists every tag
 
 
 def test_pretrained_cfg_fields_are_truthful():
@@ -71,4 +98,4 @@ def test_cli_list_shows_tags_recipes_miou_and_cache_state(capsys, tmp_path):
     assert main(["list", "--cache-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("| mdp_resnet50.voc_ade20k_coco_200ep "))
-    assert "COCO-Stuff 164k" in row and "| 200 |" in row and "PASCAL 77.79" in row and row.endswith("| no |")
+    assert "COCO-Stuff 164k" in row and "| 200 |" in row and "PASCAL 77.79" in row and row.endswith("| no | no |")

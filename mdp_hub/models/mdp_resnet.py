@@ -5,6 +5,12 @@ offers (``features_only``, ``out_indices``, ``output_stride=8/16``, ``num_classe
 ``mdp_`` names add is the pretrained tags, one per recipe of the paper, each backed by a headless
 ``model.safetensors`` in the Hub repo ``<MDP_HUB_ORG>/mdp_resnet50.<tag>``.
 
+Every tag is registered (``timm.get_pretrained_cfg``, ``timm.list_models("mdp_*", include_tags=True)``), but
+like timm's own, only tags whose weights exist count as pretrained (``timm.list_pretrained("mdp_*")``,
+``timm.is_model_pretrained``): those published on the Hub (``catalog.PUBLISHED_REPOS``) and those in the local
+Hugging Face cache when ``mdp_hub`` is imported or put there later by ``install_export`` / ``prefetch``.
+``mdp-hub list`` shows the whole catalogue.
+
 Loading differs from timm's in two ways: every backbone tensor must be present with the right shape
 (timm relaxes strictness when the head is replaced), and unavailable weights or bad files raise
 errors that name the repository or file.
@@ -20,6 +26,7 @@ from typing import Any
 from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError
 from safetensors import SafetensorError
+from timm.models import _registry as timm_registry  # the set behind list_pretrained has no public setter
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
@@ -28,7 +35,7 @@ from ..checkpoint_io import state_dict_mismatch, strip_wrapper_prefixes
 from ..errors import CheckpointError, WeightsNotAvailableError
 from ..export import WEIGHTS_FILENAME, verify_weights_checksum
 
-__all__ = ["default_cfgs"]  # register_model appends the model names
+__all__ = ["default_cfgs", "list_as_pretrained"]  # register_model appends the model names
 
 _BLOCKS = {
     "mdp_resnet18": dict(block=BasicBlock, layers=(2, 2, 2, 2)),
@@ -185,3 +192,31 @@ def mdp_resnet50(pretrained: bool = False, **kwargs: Any) -> ResNet:
 def mdp_resnet101(pretrained: bool = False, **kwargs: Any) -> ResNet:
     """ResNet-101 (timm ``resnet101`` layout) with MDP weights."""
     return _create("mdp_resnet101", pretrained, **kwargs)
+
+
+def list_as_pretrained(repo_id: str) -> list[str]:
+    """Add the registered names whose weights live in ``repo_id`` to timm's pretrained listing; returns them.
+
+    The default tag also lists the bare model name, as timm does for its own models.
+    """
+    names = [f"{model_name}.{recipe.tag}" for model_name in _BLOCKS for recipe in catalog.RECIPES
+             if catalog.repo_id(model_name, recipe.tag) == repo_id]
+    for name in names:
+        timm_registry._model_has_pretrained.add(name)
+        if name.endswith(f".{catalog.DEFAULT_TAG}"):
+            timm_registry._model_has_pretrained.add(name.split(".")[0])
+    return names
+
+
+def _list_available_weights_only() -> None:
+    """timm marks every tag with a Hub repo as pretrained; keep only those whose weights are published or cached."""
+    for model_name in _BLOCKS:
+        timm_registry._model_has_pretrained.discard(model_name)
+        for recipe in catalog.RECIPES:
+            timm_registry._model_has_pretrained.discard(f"{model_name}.{recipe.tag}")
+            repo_id = catalog.repo_id(model_name, recipe.tag)
+            if repo_id in catalog.PUBLISHED_REPOS or isinstance(try_to_load_from_cache(repo_id, WEIGHTS_FILENAME), str):
+                list_as_pretrained(repo_id)
+
+
+_list_available_weights_only()
