@@ -43,24 +43,27 @@ CITATION = """@article{shi2021mdp,
 
 @dataclass(frozen=True)
 class Dataset:
-    """A pretraining or evaluation dataset; ``hub_id`` is its Hugging Face dataset id when one exists."""
+    """A pretraining or evaluation dataset; ``hub_id`` is its Hugging Face dataset id when one exists and
+    ``formats`` are the trainer's dataset formats (``training.data`` spec names) that hold it."""
 
     key: str
     name: str
     hub_id: str | None = None
+    formats: tuple[str, ...] = ()
 
 
 DATASETS = {
     d.key: d
     for d in (
-        Dataset("voc", "PASCAL VOC 2012 (aug)"),
-        Dataset("ade20k", "ADE20K", "scene_parse_150"),
-        Dataset("coco_stuff", "COCO-Stuff 164k"),
+        Dataset("voc", "PASCAL VOC 2012 (aug)", formats=("voc_aug", "voc")),
+        Dataset("ade20k", "ADE20K", "scene_parse_150", formats=("ade20k",)),
+        Dataset("coco_stuff", "COCO-Stuff 164k", formats=("coco_stuff164k",)),
         Dataset("coco_unlabeled", "COCO (images only, pseudo-labelled by nearest prototype)"),
         Dataset("imagenet", "ImageNet-1k (supervised init)", "imagenet-1k"),
-        Dataset("cityscapes", "Cityscapes", None),
+        Dataset("cityscapes", "Cityscapes", None, formats=("cityscapes",)),
     )
 }
+UNLABELED_DATASET = "coco_unlabeled"  # the paper's unlabeled images; a run's data.unlabeled folders stand for it
 
 
 @dataclass(frozen=True)

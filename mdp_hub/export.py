@@ -5,7 +5,7 @@
            metrics={"dataset": "ADE20K", "mIoU": 42.1})
 
 The folder holds ``model.safetensors`` (headless, fp32), timm's ``config.json`` with
-``"architecture": "<timm resnet>"`` plus an ``"mdp"`` section (recipe, label space, sha256), ``README.md``
+``"architecture": "<timm resnet>"`` plus an ``"mdp"`` section (what ran, recipe, label space, sha256), ``README.md``
 (model card) and, for pretraining checkpoints with prototypes, ``mdp_prototypes.safetensors``. The same
 input always gives the same bytes, and the folder is reloaded through timm and compared tensor by tensor
 before ``export`` returns.
@@ -41,6 +41,7 @@ from .checkpoint_io import (
 from .errors import CheckpointError
 from .model_card import CardInfo, parse_metrics, render_card
 from .prototypes import CONFIG_FILENAME, PROTOTYPES_FILENAME, extract_prototypes
+from .provenance import PARTIAL_SUFFIX, RunRecord, resolve_tag
 
 WEIGHTS_FILENAME = "model.safetensors"
 CARD_FILENAME = "README.md"
@@ -66,7 +67,10 @@ def export(
         src: training checkpoint (``"format": "mdp-hub/train-checkpoint"``) or a state dict file
             (``.safetensors`` / ``.pth``, read with ``weights_only=True``).
         out_dir: created if needed; may only contain files of an earlier export.
-        tag: weight tag, normally a recipe tag of ``mdp_hub.catalog.RECIPES``.
+        tag: weight tag. A paper recipe tag (``mdp_hub.catalog.RECIPES``) is kept only when the checkpoint shows
+            a completed run of that recipe and becomes ``<tag>-partial`` for a run of it that stopped early;
+            otherwise ``RecipeClaimError`` names the differences (``mdp_hub.provenance``). Any other tag is
+            kept and claims no recipe. The tag written is in ``config.json`` (``mdp.tag``).
         metrics: downstream results of these weights, ``{"dataset": ..., "mIoU": ...}`` or a list of them.
         arch: timm architecture of a plain state dict (inferred from its tensors when omitted).
         org: Hub organisation used in the card's snippets (default: ``MDP_HUB_ORG``).
@@ -78,6 +82,8 @@ def export(
     content = load_file(src)
     state_dict, declared_prefix = unwrap_state_dict(content, source=src)
     training = is_training_checkpoint(content)
+    run = RunRecord.from_checkpoint(content)
+    tag = resolve_tag(tag, run, source=src)  # a paper recipe's tag only for a completed run of that recipe
     backbone, _ = select_backbone(state_dict, prefix=declared_prefix, source=src)
     # Hub weights are headless: a classifier trained for some label set is not part of the backbone.
     backbone = {key: value for key, value in backbone.items() if not key.startswith("fc.")}
@@ -91,7 +97,7 @@ def export(
     input_size = (3, int(crop[0]), int(crop[1])) if crop else catalog.INPUT_SIZE
     with torch.device("meta"):  # names, shapes and config only; the real load happens in verify_export
         model = timm.create_model(arch, num_classes=0, pretrained=False,
-                                  pretrained_cfg=_pretrained_cfg(arch, model_name, tag, input_size, mean, std))
+                                  pretrained_cfg=_pretrained_cfg(arch, model_name, tag, run, input_size, mean, std))
     problems = state_dict_mismatch(backbone, model.state_dict())
     if problems:
         raise CheckpointError(f"{src}: backbone does not fit timm {arch}: {problems}")
@@ -120,6 +126,8 @@ def export(
             "model_name": model_name,
             "tag": tag,
             "recipe": _recipe_dict(tag),
+            "recipe_completed": tag in catalog.RECIPES_BY_TAG,
+            "run": run.to_dict() if run else None,
             "weights_sha256": sha256,
             "source": _source_dict(content, training),
             "metrics": [result.to_dict() for result in results],
@@ -136,7 +144,8 @@ def export(
             repo_id=f"{org}/{model_name}.{tag}" if tag else f"{org}/{model_name}",
             sha256=sha256, params_m=sum(t.numel() for t in tensors.values() if t.is_floating_point()) / 1e6,
             input_size=input_size, mean=mean, std=std,
-            training_text=_training_text(content, training, label_space),
+            training_text=_training_text(run, label_space),
+            dataset_keys=run.dataset_keys if run else (),
             results=results,
             num_prototype_classes=None if prototypes is None else int(prototypes["prototypes"].shape[0]),
         )
@@ -187,19 +196,21 @@ def _resolve_arch(arch: str | None, backbone: Mapping[str, torch.Tensor], *, sou
 
 
 def _pretrained_cfg(
-    arch: str, model_name: str, tag: str | None, input_size: tuple[int, int, int], mean: tuple, std: tuple
+    arch: str, model_name: str, tag: str | None, run: RunRecord | None, input_size: tuple[int, int, int],
+    mean: tuple, std: tuple,
 ) -> dict[str, Any]:
     registered_tag = tag if tag in catalog.RECIPES_BY_TAG else catalog.DEFAULT_TAG
     cfg = timm.models.get_pretrained_cfg(f"{model_name}.{registered_tag}").to_dict()
     cfg.update(architecture=arch, tag=tag, input_size=input_size, pool_size=(input_size[1] // 32, input_size[2] // 32),
                mean=mean, std=std, hf_hub_id=None)
-    if tag not in catalog.RECIPES_BY_TAG:
-        cfg["description"] = "MDP backbone from a custom run"
+    if tag not in catalog.RECIPES_BY_TAG:  # the recipe's description is only claimed by a completed run of it
+        cfg["description"] = "MDP backbone from a custom run" + (f": {run.summary()}" if run else "")
     return cfg
 
 
 def _recipe_dict(tag: str | None) -> dict[str, Any] | None:
-    recipe = catalog.RECIPES_BY_TAG.get(tag) if tag else None
+    """The paper recipe a run completed (``tag``) or ran part of (``tag-partial``)."""
+    recipe = catalog.RECIPES_BY_TAG.get(tag.removesuffix(PARTIAL_SUFFIX)) if tag else None
     if recipe is None:
         return None
     return {"tag": recipe.tag, "datasets": list(recipe.datasets), "epochs": recipe.epochs, "init": recipe.init,
@@ -213,12 +224,11 @@ def _source_dict(content: Mapping[str, Any], training: bool) -> dict[str, Any]:
             "epoch": content.get("epoch"), "backbone_prefix": content.get("backbone_prefix")}
 
 
-def _training_text(content: Mapping[str, Any], training: bool, label_space: Mapping[str, Any] | None) -> str:
-    if not training:
+def _training_text(run: RunRecord | None, label_space: Mapping[str, Any] | None) -> str:
+    if run is None:
         return "Exported from a plain state dict: no training metadata was available."
-    text = (f"Exported from a {content.get('kind', 'unknown')} checkpoint of mdp-hub's trainer at epoch "
-            f"{content.get('epoch')}, step {content.get('step')}. The resolved training configuration is stored in "
-            "`config.json` under `mdp.training_config`.")
+    text = (f"Exported from a checkpoint of mdp-hub's trainer: {run.summary()} The resolved training configuration "
+            "is stored in `config.json` under `mdp.training_config`, what ran under `mdp.run`.")
     if isinstance(label_space, Mapping) and isinstance(label_space.get("datasets"), list):
         parts = [f"{d.get('name')} ({len(d.get('class_names', []))} classes)" for d in label_space["datasets"]]
         text += (f" Pretraining label space: {label_space.get('num_classes')} global classes from "

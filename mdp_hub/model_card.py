@@ -11,6 +11,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from . import catalog
+from .provenance import PARTIAL_SUFFIX
 
 TEMPLATE_PATH = Path(__file__).resolve().parents[1] / "model_cards" / "mdp_resnet.md"
 METRIC_KEYS = {"dataset", "mIoU", "split", "source_name", "source_url"}
@@ -82,6 +83,7 @@ class CardInfo:
     training_text: str
     results: list[DownstreamResult] = field(default_factory=list)
     num_prototype_classes: int | None = None
+    dataset_keys: Sequence[str] = ()  # catalogue datasets the weights were trained on (what ran, not the recipe)
 
     @property
     def model_id(self) -> str:
@@ -89,13 +91,28 @@ class CardInfo:
 
     @property
     def recipe(self) -> catalog.Recipe | None:
+        """The paper recipe these weights completed (the export keeps a recipe tag only for a completed run)."""
         return catalog.RECIPES_BY_TAG.get(self.tag) if self.tag else None
+
+    @property
+    def partial_recipe(self) -> catalog.Recipe | None:
+        """The paper recipe of which these weights ran only a part (tag ``<recipe>-partial``)."""
+        base = self.tag.removesuffix(PARTIAL_SUFFIX) if self.tag and self.tag.endswith(PARTIAL_SUFFIX) else None
+        return catalog.RECIPES_BY_TAG.get(base) if base else None
+
+    @property
+    def recipe_text(self) -> str:
+        if self.recipe:
+            return self.recipe.description
+        if self.partial_recipe:
+            return (f"a partial run of the `{self.partial_recipe.tag}` recipe ({self.partial_recipe.description}); "
+                    "not the recipe's weights, see Training")
+        return "custom run (no paper recipe tag); see Training"
 
 
 def render_card(info: CardInfo) -> str:
     """README.md text: YAML metadata (with ``model-index`` when results are known) and the template body."""
-    recipe = info.recipe
-    hub_datasets = [catalog.DATASETS[key].hub_id for key in recipe.datasets] if recipe else []
+    hub_datasets = [catalog.DATASETS[key].hub_id for key in info.dataset_keys]
     card_data = ModelCardData(
         model_name=info.model_id,
         library_name="timm",
@@ -116,7 +133,7 @@ def render_card(info: CardInfo) -> str:
         repo_id=info.repo_id,
         summary=_summary(info),
         params_m=f"{info.params_m:.1f}",
-        recipe_text=recipe.description if recipe else "custom run (no paper recipe tag); see Training",
+        recipe_text=info.recipe_text,
         input_size="x".join(str(v) for v in info.input_size[1:]),
         mean=list(info.mean),
         std=list(info.std),
@@ -135,8 +152,12 @@ def render_card(info: CardInfo) -> str:
 
 
 def _summary(info: CardInfo) -> str:
-    recipe = info.recipe
-    what = f"{recipe.description}." if recipe else "Weights from a custom MDP run."
+    if info.recipe:
+        what = f"{info.recipe.description}."
+    elif info.partial_recipe:
+        what = f"Weights from {info.recipe_text.split(';')[0]}, not the finished recipe."
+    else:
+        what = "Weights from a custom MDP run."
     return (f"A {info.arch} backbone pretrained with Multi-Dataset Pretraining (MDP, {catalog.PAPER_ID}) for "
             f"semantic segmentation. {what}")
 

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 
 import huggingface_hub
 import pytest
@@ -15,6 +16,7 @@ from mdp_hub import CheckpointError, PrototypesNotFoundError, install_export, lo
 from mdp_hub.cli import main
 from mdp_hub.export import export
 from mdp_hub.model_card import CardInfo, render_card
+from mdp_hub.provenance import RecipeClaimError
 
 CLASS_NAMES = ["voc/background", "voc/cat", "ade20k/wall", "ade20k/sky", "ade20k/floor"]
 LABEL_SPACE = {
@@ -25,8 +27,20 @@ LABEL_SPACE = {
 }
 
 
-def training_checkpoint(path, *, with_prototypes=True, seed=0):
-    """A pretraining checkpoint in the format of docs/ARCHITECTURE.md around a random timm resnet18."""
+TAG = "voc_ade20k_200ep"  # the recipe the checkpoints below record a run of (VOC aug + ADE20K, 200 epochs)
+
+
+def run_config(name=TAG, epochs=200, max_steps=0):
+    return {"name": name, "method": {"name": "mdp", "options": {}}, "train": {"epochs": epochs, "max_steps": max_steps},
+            "data": {"datasets": ["voc_aug:/data/VOCdevkit/VOC2012", "ade20k:/data/ADEChallengeData2016"],
+                     "unlabeled": []}, "init": {"pretrained": ""}}
+
+
+def training_checkpoint(path, *, with_prototypes=True, seed=0, steps_done=120, config=None):
+    """A pretraining checkpoint in the format of docs/ARCHITECTURE.md around a random timm resnet18: a run of the
+    TAG recipe (120 steps, 200 epochs) that did ``steps_done`` steps."""
+    config = config or run_config()
+    epochs = config["train"]["epochs"]
     torch.manual_seed(seed)
     backbone = timm.create_model("resnet18", num_classes=0).state_dict()
     model = {f"encoder.backbone.{k}": v for k, v in backbone.items()}
@@ -39,8 +53,10 @@ def training_checkpoint(path, *, with_prototypes=True, seed=0):
     torch.save({
         "format": "mdp-hub/train-checkpoint", "format_version": 1, "kind": "pretrain", "arch": "resnet18",
         "backbone_prefix": "encoder.backbone.", "model": model, "optimizer": {"state": {}, "param_groups": []},
-        "scaler": None, "step": 120, "epoch": 3, "rng": {"torch": torch.get_rng_state()},
-        "config": {"method": "mdp", "lr": 0.03, "epochs": 3}, "label_space": LABEL_SPACE,
+        "scaler": None, "step": steps_done, "epoch": 3, "rng": {"torch": torch.get_rng_state()},
+        "progress": {"steps_done": steps_done, "epochs_completed": steps_done * epochs // 120, "run_steps": steps_done,
+                     "schedule_steps": 120, "schedule_epochs": epochs},
+        "config": config, "label_space": LABEL_SPACE,
         "data_config": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "crop_size": [64, 64]},
     }, path)
     return backbone, model
@@ -55,7 +71,7 @@ def checkpoint(tmp_path_factory):
 
 def test_export_folder_loads_in_vanilla_timm_with_every_tensor_equal(checkpoint, tmp_path):
     path, backbone, _ = checkpoint
-    out = export(path, tmp_path / "out", tag="voc_ade20k_200ep", metrics={"dataset": "ADE20K", "mIoU": 40.5})
+    out = export(path, tmp_path / "out", tag=TAG, metrics={"dataset": "ADE20K", "mIoU": 40.5})
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "mdp_prototypes.safetensors",
                                                     "model.safetensors"]
     stored = load_file(str(out / "model.safetensors"))
@@ -65,15 +81,15 @@ def test_export_folder_loads_in_vanilla_timm_with_every_tensor_equal(checkpoint,
     assert config["architecture"] == "resnet18" and config["num_classes"] == 0
     cfg = config["pretrained_cfg"]
     assert cfg["input_size"] == [3, 64, 64] and cfg["paper_ids"] == "arXiv:2106.04121" and cfg["license"] == "apache-2.0"
-    assert config["mdp"]["tag"] == "voc_ade20k_200ep" and config["mdp"]["source"]["step"] == 120
+    assert config["mdp"]["tag"] == TAG and config["mdp"]["source"]["step"] == 120
     model = timm.create_model(f"local-dir:{out}", pretrained=True)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in backbone.items())
 
 
 def test_export_is_deterministic(checkpoint, tmp_path):
     path, _, _ = checkpoint
-    first = export(path, tmp_path / "a", tag="voc_ade20k_200ep", metrics={"dataset": "VOC", "mIoU": 70.0})
-    second = export(path, tmp_path / "b", tag="voc_ade20k_200ep", metrics={"dataset": "VOC", "mIoU": 70.0})
+    first = export(path, tmp_path / "a", tag=TAG, metrics={"dataset": "VOC", "mIoU": 70.0})
+    second = export(path, tmp_path / "b", tag=TAG, metrics={"dataset": "VOC", "mIoU": 70.0})
     names = sorted(p.name for p in first.iterdir())
     assert names == sorted(p.name for p in second.iterdir())
     for name in names:
@@ -82,7 +98,7 @@ def test_export_is_deterministic(checkpoint, tmp_path):
 
 def test_model_card_metadata_and_checksum(checkpoint, tmp_path):
     path, _, _ = checkpoint
-    out = export(path, tmp_path / "out", tag="voc_ade20k_coco_200ep",
+    out = export(path, tmp_path / "out", tag=TAG,
                  metrics=[{"dataset": "ADE20K", "mIoU": 41.0}, {"dataset": "PASCAL VOC", "mIoU": 71.5, "split": "val"}])
     card = (out / "README.md").read_text()
     _, header, body = card.split("---\n", 2)
@@ -95,7 +111,7 @@ def test_model_card_metadata_and_checksum(checkpoint, tmp_path):
     sha = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
     assert sha in body and json.loads((out / "config.json").read_text())["mdp"]["weights_sha256"] == sha
     assert "the paper's numbers" not in body  # the paper trained ResNet-50 only
-    assert "@article{shi2021mdp" in body and f"hf-hub:{catalog.hub_org()}/mdp_resnet18.voc_ade20k_coco_200ep" in body
+    assert "@article{shi2021mdp" in body and f"hf-hub:{catalog.hub_org()}/mdp_resnet18.{TAG}" in body
 
 
 def test_card_quotes_the_papers_numbers_only_for_resnet50():
@@ -112,8 +128,8 @@ def test_prototypes_are_exported_and_never_change_model_safetensors(checkpoint, 
     path, _, model = checkpoint
     bare = tmp_path / "bare.pth"
     training_checkpoint(bare, with_prototypes=False)
-    with_protos = export(path, tmp_path / "with", tag="voc_200ep")
-    without = export(bare, tmp_path / "without", tag="voc_200ep")
+    with_protos = export(path, tmp_path / "with", tag=TAG)
+    without = export(bare, tmp_path / "without", tag=TAG)
     assert (with_protos / "model.safetensors").read_bytes() == (without / "model.safetensors").read_bytes()
     head, prototypes, names, label_space = load_prototypes(with_protos)
     assert names == CLASS_NAMES and label_space == LABEL_SPACE
@@ -122,7 +138,7 @@ def test_prototypes_are_exported_and_never_change_model_safetensors(checkpoint, 
     with pytest.raises(PrototypesNotFoundError, match="backbone-only export"):
         load_prototypes(without)
     # re-exporting a checkpoint without prototypes into the same folder removes the stale file
-    export(bare, with_protos, tag="voc_200ep")
+    export(bare, with_protos, tag=TAG)
     assert not (with_protos / "mdp_prototypes.safetensors").exists()
 
 
@@ -163,8 +179,53 @@ def test_export_rejects_bad_input_with_the_file_named(tmp_path):
 
 def test_cli_export_and_error_exit(checkpoint, tmp_path, capsys):
     path, _, _ = checkpoint
-    assert main(["export", str(path), str(tmp_path / "out"), "--tag", "voc_100ep",
+    assert main(["export", str(path), str(tmp_path / "out"), "--tag", TAG,
                  "--metrics", '{"dataset": "VOC", "mIoU": 69.0}']) == 0
     assert "model.safetensors" in capsys.readouterr().out
     assert main(["export", str(tmp_path / "nope.pth"), str(tmp_path / "x")]) == 2
     assert "nope.pth: no such weights file" in capsys.readouterr().err
+
+
+def test_a_run_stopped_before_the_end_of_its_recipe_is_exported_as_partial(tmp_path):
+    training_checkpoint(tmp_path / "short.pth", steps_done=40, config=run_config(max_steps=40))
+    out = export(tmp_path / "short.pth", tmp_path / "out", tag=TAG)
+    mdp = json.loads((out / "config.json").read_text())["mdp"]
+    assert mdp["tag"] == f"{TAG}-partial" and mdp["recipe"]["tag"] == TAG and mdp["recipe_completed"] is False
+    run = mdp["run"]
+    assert (run["steps_done"], run["schedule_steps"], run["schedule_epochs"], run["completed"]) == (40, 120, 200, False)
+    assert run["dataset_keys"] == ["voc", "ade20k"] and run["max_steps"] == 40
+    cfg = json.loads((out / "config.json").read_text())["pretrained_cfg"]
+    recipe = catalog.RECIPES_BY_TAG[TAG]
+    assert cfg["tag"] == f"{TAG}-partial" and cfg["description"] != recipe.description
+    assert "40 of 120 steps" in cfg["description"] and "capped by train.max_steps=40" in cfg["description"]
+    meta_text, body = (out / "README.md").read_text().split("---\n", 2)[1:]
+    assert yaml.safe_load(meta_text)["model_name"] == f"mdp_resnet18.{TAG}-partial"
+    assert "partial run of the `voc_ade20k_200ep` recipe" in body and "not the finished recipe" in body
+    assert "40 of 120 steps, 66 of 200 epochs, not completed" in body
+    assert "the paper's numbers" not in body and f"**Pretraining recipe:** {recipe.description}" not in body
+
+
+@pytest.mark.parametrize("config, tag, reason", [
+    (run_config(name="demo"), TAG, "the run's recipe is 'demo'; export without --tag or with a tag of your own "
+                                   "(e.g. --tag demo)"),
+    (run_config(epochs=2), TAG, "it was scheduled for 2 epochs, not 200"),
+    (run_config(), "voc_200ep", "it trained on voc, ade20k, not PASCAL VOC 2012 (aug)"),
+    (dict(run_config(), data={"datasets": ["synthetic"], "unlabeled": []}), TAG, "the synthetic benchmark"),
+    (dict(run_config(), init={"pretrained": "resnet18.a1_in1k"}), f"{TAG}-partial", "its init is resnet18.a1_in1k"),
+])
+def test_a_recipe_tag_is_refused_for_another_run_naming_the_difference(tmp_path, config, tag, reason):
+    training_checkpoint(tmp_path / "other.pth", config=config)
+    with pytest.raises(RecipeClaimError, match=re.escape(reason)):
+        export(tmp_path / "other.pth", tmp_path / "out", tag=tag)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_plain_state_dict_claims_no_recipe_and_any_custom_tag_is_kept(tmp_path, capsys):
+    save_file(timm.create_model("resnet18", num_classes=0).state_dict(), str(tmp_path / "w.safetensors"))
+    assert main(["export", str(tmp_path / "w.safetensors"), str(tmp_path / "out"), "--tag", "voc_200ep"]) == 2
+    error = capsys.readouterr().err
+    assert "w.safetensors: tag 'voc_200ep' names the paper recipe" in error and "plain state dict" in error
+    assert len(error.strip().splitlines()) == 1
+    out = export(tmp_path / "w.safetensors", tmp_path / "out", tag="my_run")
+    mdp = json.loads((out / "config.json").read_text())["mdp"]
+    assert mdp["tag"] == "my_run" and mdp["recipe"] is None and mdp["run"] is None

@@ -23,12 +23,12 @@ TAG = "voc_ade20k_200ep"
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """An export folder of random resnet18 weights (tag TAG) and its expected tensors."""
+    """An export folder of random resnet18 weights and its expected tensors."""
     root = tmp_path_factory.mktemp("export")
     torch.manual_seed(0)
     weights = root / "resnet18.safetensors"
     save_file(timm.create_model("resnet18", num_classes=0).state_dict(), str(weights))
-    folder = export(weights, root / "mdp_resnet18", tag=TAG)
+    folder = export(weights, root / "mdp_resnet18", tag="random_weights")  # installed below under registered tags
     return folder, load_file(str(folder / "model.safetensors"))
 
 

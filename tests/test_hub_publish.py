@@ -15,7 +15,7 @@ from mdp_hub.publish import plan_upload, push
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("publish")
     save_file(timm.create_model("resnet18", num_classes=0).state_dict(), str(root / "w.safetensors"))
-    return export(root / "w.safetensors", root / "out", tag="voc_100ep")
+    return export(root / "w.safetensors", root / "out", tag="random_weights")
 
 
 class RecordingHubApi:

@@ -23,7 +23,7 @@ def test_deeplab_encoder_gets_the_cached_mdp_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)
     save_file(timm.create_model("resnet18", num_classes=0).state_dict(), str(tmp_path / "w.safetensors"))
-    folder = mdp_hub.export(tmp_path / "w.safetensors", tmp_path / "out", tag="voc_200ep")
+    folder = mdp_hub.export(tmp_path / "w.safetensors", tmp_path / "out", tag="random_weights")
     mdp_hub.install_export(folder, timm.models.get_pretrained_cfg("mdp_resnet18.voc_200ep").hf_hub_id)
     model = smp.DeepLabV3Plus("tu-mdp_resnet18.voc_200ep", encoder_weights=True, encoder_output_stride=16, classes=2)
     expected = timm.create_model("local-dir:" + str(folder), pretrained=True).state_dict()

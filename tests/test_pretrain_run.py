@@ -147,3 +147,23 @@ def test_sigkill_mid_run_then_restart_continues_from_the_last_checkpoint(synthet
     assert load_checkpoint(run / "last.pth")["step"] == saved + 2
     steps = [r["step"] for r in read_metrics(run / "metrics.jsonl")]
     assert steps == sorted(set(steps)) and steps[-1] == saved + 2, "resumed metrics must not overlap"
+
+
+def test_a_max_steps_shortened_run_of_a_paper_recipe_is_exported_as_partial(synthetic_root, tmp_path, capsys):
+    """The paper recipe voc_200ep on VOC-aug-format data, cut to 2 steps: the export must not claim the recipe."""
+    run = tmp_path / "voc_200ep"
+    voc_aug = next(spec for spec in ensure_synthetic(synthetic_root, sizes=TINY_SIZES)["pretrain"]
+                   if spec.startswith("voc_aug:"))
+    assert main(["--recipe", "voc_200ep", "--output", str(run), *tiny_overrides(synthetic_root, **{
+        "data.datasets": json.dumps([voc_aug]), "train.epochs": 200, "train.max_steps": 2, "export.enabled": True,
+        "method.arch": "resnet18", "method.output_stride": 16, "train.amp": "none", "train.channels_last": False,
+        "train.device": "cpu", "train.threads": 1})]) == 0
+    assert "(weight tag: voc_200ep-partial)" in capsys.readouterr().out
+    config = json.loads((run / "export" / "config.json").read_text())
+    progress = load_checkpoint(run / "last.pth")["progress"]
+    assert progress == {"steps_done": 2, "epochs_completed": 0, "run_steps": 2, "schedule_steps": 600,
+                        "schedule_epochs": 200}  # train_aug has 12 images, in batches of 4: 3 steps per epoch
+    assert config["mdp"]["tag"] == "voc_200ep-partial" and not config["mdp"]["recipe_completed"]
+    assert config["mdp"]["run"]["completed"] is False and config["mdp"]["run"]["dataset_keys"] == ["voc"]
+    assert "2 of 600 steps, 0 of 200 epochs" in config["pretrained_cfg"]["description"]
+    assert "partial run of the `voc_200ep` recipe" in (run / "export" / "README.md").read_text()

@@ -26,7 +26,7 @@ from training.engine.checkpoint import load_checkpoint
 from prototype_checkpoints import build_method_with_prototypes, save_checkpoint
 from test_engine_loop import build_trainer
 
-TAG = "voc_ade20k_200ep"
+TAG = "tiny_run"  # a custom tag: the checkpoints are no run of a paper recipe
 # mdp_hub re-exports the function export() under the submodule's name, so fetch the module itself
 export_module = importlib.import_module("mdp_hub.export")
 

@@ -83,7 +83,7 @@ def export_source(tmp_path_factory):
 
 @pytest.mark.parametrize("route", sorted(TAMPER_ROUTES))
 def test_tampered_weights_are_refused_naming_the_recorded_checksum(route, export_source, offline, tmp_path):
-    folder = export(export_source, tmp_path / "export", tag=TAG)
+    folder = export(export_source, tmp_path / "export", tag="tiny_run")
     weights_dir, load = TAMPER_ROUTES[route](folder, offline)
     load()  # the intact export loads on this route
     _tamper(Path(weights_dir) / "model.safetensors")
@@ -121,7 +121,7 @@ def test_pickle_carrying_code_is_refused_without_running_it(route, tmp_path, off
 
 
 def test_exports_contain_no_pickles(export_source, tmp_path):
-    folder = export(export_source, tmp_path / "export", tag=TAG)
+    folder = export(export_source, tmp_path / "export", tag="tiny_run")
     names = sorted(p.name for p in folder.iterdir())
     assert names == ["README.md", "config.json", "mdp_prototypes.safetensors", "model.safetensors"]
     for path in folder.iterdir():

@@ -10,6 +10,7 @@ The run folder holds ``config.yaml`` (resolved), ``label_space.json``, ``last.pt
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,10 +278,23 @@ def write_plots(run_dir: Path, method: nn.Module, label_space: LabelSpace, logge
 
 
 def export_backbone(cfg: PretrainConfig, run_dir: Path) -> Path:
+    """Export ``last.pth`` under ``export.tag``, else the recipe name. A paper recipe's name is kept only for a
+    completed run of it (``<name>-partial`` for a shortened one); a run that changed the recipe (other data,
+    epochs, ...) is exported without a tag, and the reason is printed."""
     from mdp_hub.export import export
+    from mdp_hub.provenance import RecipeClaimError
 
-    out_dir = export(run_dir / "last.pth", run_dir / "export", tag=cfg.export.tag or cfg.name)
-    return out_dir
+    source, out_dir = run_dir / "last.pth", run_dir / "export"
+    if cfg.export.tag:
+        try:
+            return export(source, out_dir, tag=cfg.export.tag)
+        except RecipeClaimError as reason:
+            raise ConfigError(f"export.tag: {reason}") from None
+    try:
+        return export(source, out_dir, tag=cfg.name)
+    except RecipeClaimError as reason:
+        print(f"exporting without a weight tag: {reason}", file=sys.stderr)
+        return export(source, out_dir, tag=None)
 
 
 def train(cfg: PretrainConfig, run_dir: Path) -> int:
@@ -375,7 +389,8 @@ def train(cfg: PretrainConfig, run_dir: Path) -> int:
                 write_plots(run_dir, method, label_space, logger)
             if cfg.export.enabled:
                 out_dir = export_backbone(cfg, run_dir)
-                print(f"exported backbone to {out_dir}")
+                tag = json.loads((out_dir / "config.json").read_text())["mdp"]["tag"]
+                print(f"exported backbone to {out_dir} (weight tag: {tag})")
                 print(f'timm.create_model("local-dir:{out_dir.resolve()}", pretrained=True)')
         return 0
     except StopRequested as stop:

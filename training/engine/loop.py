@@ -58,6 +58,10 @@ class EpochSchedule:
         epoch = bisect.bisect_right(self.starts, step) - 1
         return epoch, step - self.starts[epoch]
 
+    def epochs_completed(self, step: int) -> int:
+        """Whole epochs done after ``step`` steps."""
+        return bisect.bisect_right(self.starts, step) - 1
+
     def is_epoch_end(self, step: int) -> bool:
         """True when ``step`` steps complete an epoch."""
         return step in self.starts[1:]
@@ -141,8 +145,23 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "step": self.step,
             "epoch": self.schedule.locate(min(self.step, self.schedule.total_steps - 1))[0],
+            "progress": self.progress(),
             "rng": rng,
             "rng_per_rank": rng_per_rank,
+        }
+
+    def progress(self) -> dict:
+        """How much of the schedule ran: what an export reads to say whether the recipe was completed.
+
+        ``schedule_steps`` / ``schedule_epochs`` are the full schedule of the configured epochs; ``run_steps`` is
+        where this run stops (smaller when ``max_steps`` caps it).
+        """
+        return {
+            "steps_done": self.step,
+            "epochs_completed": self.schedule.epochs_completed(self.step),
+            "run_steps": self.config.total_steps,
+            "schedule_steps": self.schedule.total_steps,
+            "schedule_epochs": len(self.config.epoch_lengths),
         }
 
     def save(self, *, snapshot: bool = False) -> Path:
