@@ -1,4 +1,4 @@
-"""``mdp-hub`` / ``python -m mdp_hub``: export, push, list, convert, prefetch, install-cache, segment."""
+"""The ``mdp-hub`` command (also ``python -m mdp_hub``): export, push, list, convert, prefetch, segment, install-cache."""
 
 from __future__ import annotations
 
@@ -12,55 +12,81 @@ from .cache import install_export, prefetch
 from .convert import FORMATS, convert
 from .errors import CheckpointError, WeightsNotAvailableError
 from .export import export
+from .help_format import HelpFormatter
 from .listing import format_table, list_weights
 from .overlays import segment_files
 from .segmenter import PrototypeSegmenter
 from .publish import plan_upload, push
 
 
+DESCRIPTION = """\
+MDP backbones for timm and the Hugging Face Hub: export a training checkpoint,
+publish it, list the weight tags, convert weights for other libraries, fill the
+local cache, segment images with the prototypes.
+Run `mdp-hub COMMAND --help` for the arguments of one command."""
+
+# Argument order follows huggingface_hub (`hf upload REPO_ID LOCAL_PATH`): the repository first, then the folder.
+COMMANDS = {
+    "export": "training checkpoint or state dict -> Hub-ready folder (weights, config.json, model card)",
+    "push": "upload an export folder to a Hugging Face Hub repository",
+    "list": "the catalogue of weight tags: recipe, the paper's mIoU, published, cached",
+    "convert": "write the backbone for torchvision, MMSegmentation or detectron2",
+    "prefetch": "download weights into the Hugging Face cache for offline use",
+    "segment": "colour overlays of the prototype segmenter (no fine-tuning), with a legend",
+    "install-cache": "copy an export folder into the Hugging Face cache (air-gapped machines)",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mdp-hub", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="mdp-hub", description=DESCRIPTION, formatter_class=HelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
+    add = {name: commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".",
+                                     formatter_class=HelpFormatter)
+           for name, text in COMMANDS.items()}
 
-    p = commands.add_parser("export", help="training checkpoint or state dict -> Hub-ready folder")
-    p.add_argument("src", type=Path, help="training checkpoint (.pth) or state dict (.safetensors / .pth)")
-    p.add_argument("out_dir", type=Path)
-    p.add_argument("--tag", help=f"weight tag, e.g. {catalog.DEFAULT_TAG} (known: {', '.join(catalog.RECIPES_BY_TAG)})")
-    p.add_argument("--metrics", help='downstream results as JSON or a JSON file: {"dataset": "ADE20K", "mIoU": 42.1}')
-    p.add_argument("--arch", help="timm architecture of a plain state dict (default: inferred)")
-    p.add_argument("--org", help=f"Hub organisation for the card (default: ${catalog.ORG_ENV_VAR} or {catalog.DEFAULT_ORG})")
+    p = add["export"]
+    p.add_argument("src", type=Path, metavar="SRC", help="training checkpoint (.pth) or state dict (.safetensors, .pth)")
+    p.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder to write (created; may hold an earlier export)")
+    p.add_argument("--tag", help="weight tag, the part after the dot in mdp_resnet50.TAG; a paper recipe tag "
+                                 "(mdp-hub list) is kept only for a completed run of that recipe")
+    p.add_argument("--metrics", help='downstream results as JSON or a JSON file, e.g. {"dataset": "ADE20K", "mIoU": 42.1}')
+    p.add_argument("--arch", help="timm architecture of a plain state dict (default: inferred from its tensors)")
+    p.add_argument("--org", help=f"Hub organisation named in the card (default: ${catalog.ORG_ENV_VAR} or "
+                                 f"{catalog.DEFAULT_ORG})")
 
-    p = commands.add_parser("push", help="upload an export folder to the Hugging Face Hub")
-    p.add_argument("out_dir", type=Path)
-    p.add_argument("--repo-id", required=True, help="ORG/NAME, e.g. mdp-hub/mdp_resnet50.voc_ade20k_coco_200ep")
-    p.add_argument("--revision", help="branch to upload to (created if needed; default main)")
-    p.add_argument("--tag", help="Git tag to put on the uploaded commit, e.g. v1.0")
-    p.add_argument("--private", action="store_true")
+    p = add["push"]
+    p.add_argument("repo_id", metavar="REPO_ID", help="ORG/NAME, e.g. mdp-hub/mdp_resnet50.voc_ade20k_coco_200ep")
+    p.add_argument("out_dir", type=Path, metavar="EXPORT_DIR", help="folder written by mdp-hub export")
+    p.add_argument("--revision", help="branch to upload to (created if needed; default: main)")
+    p.add_argument("--git-tag", help="Git tag to create on the uploaded commit, e.g. v1.0 (not a weight tag)")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
     p.add_argument("--dry-run", action="store_true", help="only list what would be uploaded")
 
-    p = commands.add_parser("list", help="registered weights, recipes, known mIoU, cache state")
-    p.add_argument("--cache-dir", type=Path)
+    p = add["list"]
+    p.add_argument("--cache-dir", type=Path, help="Hugging Face cache to look in (default: $HF_HUB_CACHE)")
 
-    p = commands.add_parser("convert", help="write the backbone for torchvision, MMSegmentation or detectron2")
-    p.add_argument("src", type=Path, help="export folder, weights file or training checkpoint")
-    p.add_argument("--to", required=True, choices=FORMATS)
-    p.add_argument("out", type=Path, help="output file (.pth, or .pkl for detectron2)")
+    p = add["convert"]
+    p.add_argument("src", type=Path, metavar="SRC", help="export folder, weights file or training checkpoint")
+    p.add_argument("out", type=Path, metavar="OUT", help="output file (.pth, or .pkl for detectron2)")
+    p.add_argument("--to", required=True, choices=FORMATS, help="target library")
 
-    p = commands.add_parser("prefetch", help="download weights into the Hub cache for offline use")
-    p.add_argument("name", help="mdp_resnet50[.tag] or ORG/NAME")
-    p.add_argument("--cache-dir", type=Path)
-    p.add_argument("--revision")
+    p = add["prefetch"]
+    p.add_argument("name", metavar="NAME", help="mdp_resnet50[.TAG] or ORG/NAME")
+    p.add_argument("--cache-dir", type=Path, help="Hugging Face cache to fill (default: $HF_HUB_CACHE)")
+    p.add_argument("--revision", help="branch, tag or commit to download (default: main)")
 
-    p = commands.add_parser("segment", help="colour overlays of the prototype segmenter (no fine-tuning) with a legend")
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
-    p.add_argument("--model", required=True, help="export folder with prototypes, MDP pretraining checkpoint, or ORG/NAME")
+    p = add["segment"]
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files to segment")
+    p.add_argument("--model", required=True,
+                   help="export folder with prototypes, MDP pretraining checkpoint, or Hub repo ORG/NAME")
     p.add_argument("--out", required=True, type=Path, help="folder for the overlays (<image stem>.png)")
     p.add_argument("--dataset", help="restrict predictions to one pretraining dataset's classes, e.g. voc")
 
-    p = commands.add_parser("install-cache", help="copy an export folder into the Hub cache (air-gapped machines)")
-    p.add_argument("folder", type=Path)
-    p.add_argument("--repo-id", required=True)
-    p.add_argument("--cache-dir", type=Path)
+    p = add["install-cache"]
+    p.add_argument("repo_id", metavar="REPO_ID", help="ORG/NAME the folder is installed as, e.g. "
+                                                      "mdp-hub/mdp_resnet50.voc_ade20k_200ep")
+    p.add_argument("folder", type=Path, metavar="EXPORT_DIR", help="folder written by mdp-hub export")
+    p.add_argument("--cache-dir", type=Path, help="Hugging Face cache to fill (default: $HF_HUB_CACHE)")
     return parser
 
 
@@ -78,9 +104,10 @@ def _metrics(value: str | None):
 def run(args: argparse.Namespace) -> None:
     if args.command == "export":
         out = export(args.src, args.out_dir, tag=args.tag, metrics=_metrics(args.metrics), arch=args.arch, org=args.org)
-        print(f"exported {args.src} -> {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
+        tag = json.loads((out / "config.json").read_text(encoding="utf-8"))["mdp"]["tag"]
+        print(f"exported {args.src} -> {out} (weight tag: {tag}; {', '.join(sorted(p.name for p in out.iterdir()))})")
     elif args.command == "push":
-        plan = plan_upload(args.out_dir, args.repo_id, revision=args.revision, tag=args.tag, private=args.private)
+        plan = plan_upload(args.out_dir, args.repo_id, revision=args.revision, tag=args.git_tag, private=args.private)
         print(("would upload to " if args.dry_run else "uploading to ") + plan.describe())
         if not args.dry_run:
             print(push(plan))

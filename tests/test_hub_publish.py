@@ -42,7 +42,7 @@ def test_dry_run_lists_exactly_the_files_and_never_the_token(exported, capsys, m
     monkeypatch.setenv("HF_TOKEN", "hf_secretsecretsecret")
     (exported / "notes.txt").write_text("not part of the export")
     try:
-        assert main(["push", str(exported), "--repo-id", "org/mdp_resnet18.voc_100ep", "--dry-run", "--tag", "v1.0"]) == 0
+        assert main(["push", "org/mdp_resnet18.voc_100ep", str(exported), "--dry-run", "--git-tag", "v1.0"]) == 0
     finally:
         (exported / "notes.txt").unlink()
     out = capsys.readouterr().out
@@ -72,5 +72,5 @@ def test_incomplete_or_invalid_targets_are_refused(exported, tmp_path, capsys):
     (tmp_path / "half" / "model.safetensors").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="half: incomplete export, config.json is missing"):
         plan_upload(tmp_path / "half", "org/name")
-    assert main(["push", str(tmp_path / "absent"), "--repo-id", "org/name", "--dry-run"]) == 2
+    assert main(["push", "org/name", str(tmp_path / "absent"), "--dry-run"]) == 2
     assert "absent: no such export folder" in capsys.readouterr().err

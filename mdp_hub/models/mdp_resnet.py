@@ -112,7 +112,7 @@ def _weights_not_available(cfg: dict[str, Any], err: BaseException) -> WeightsNo
         f"Pretrained weights '{model_name}.{tag}' are not available: the Hugging Face Hub repo '{repo}' is not in "
         f"the local cache and could not be fetched ({type(err).__name__}), so produce them with "
         f"`python -m training.pretrain --recipe {tag}` then `mdp-hub export <run>/last.pth <out_dir> --tag {tag}` "
-        f"and `mdp-hub push <out_dir> --repo-id {repo}` (or set {catalog.ORG_ENV_VAR} to the organisation hosting them)."
+        f"and `mdp-hub push {repo} <out_dir>` (or set {catalog.ORG_ENV_VAR} to the organisation hosting them)."
     )
 
 
