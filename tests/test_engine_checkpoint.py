@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from training.engine import distributed
 from training.engine.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
@@ -82,3 +83,54 @@ def test_warmup_cosine_endpoints():
     assert warmup_cosine(10, 100, 10, 1.0) == pytest.approx(1.0)
     assert warmup_cosine(55, 100, 10, 1.0, 0.0) == pytest.approx(0.5)
     assert warmup_cosine(100, 100, 10, 1.0, 0.1) == pytest.approx(0.1)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """A CPU process that believes it sees ``devices[0]`` CUDA devices; CUDA RNG writes are recorded."""
+    devices, written = [0], []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: devices[0] > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: devices[0])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": written.append((device, state)))
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: None)  # torch.manual_seed seeds CUDA too
+    return devices, written
+
+
+def _draws() -> tuple:
+    return torch.rand(3).tolist(), np.random.rand(3).tolist(), [random.random() for _ in range(3)]
+
+
+@pytest.mark.parametrize("saved, visible", [(4, 2), (1, 2), (2, 0)])
+def test_rng_restores_what_it_can_on_another_number_of_cuda_devices(fake_cuda, saved, visible):
+    devices, written = fake_cuda
+    state = dict(capture_rng_state(), cuda=[torch.full((8,), i, dtype=torch.uint8) for i in range(saved)])
+    expected = _draws()
+    devices[0] = visible
+    with pytest.warns(RuntimeWarning, match=f"RNG states for {saved} device.*this process sees {visible}"):
+        restore_rng_state(state)
+    assert _draws() == expected  # torch CPU, numpy and python continue exactly
+    assert [device for device, _ in written] == list(range(min(saved, visible)))
+    assert all(torch.equal(tensor, state["cuda"][device]) for device, tensor in written)
+
+
+def test_resume_on_another_gpu_count_derives_distinct_reproducible_rank_streams(fake_cuda, tmp_path):
+    """A 1-process job on 4 GPUs resumed as 2 processes on 2 GPUs: no stop; each rank gets its own stream."""
+    from test_engine_loop import build_trainer
+
+    devices, _ = fake_cuda
+    trainer = build_trainer(tmp_path, total_steps=4, checkpoint_every=2)
+    trainer.run()
+    trainer.logger.close()
+    state = load_checkpoint(tmp_path / "last.pth")
+    state["rng"]["cuda"] = [torch.full((8,), i, dtype=torch.uint8) for i in range(4)]
+    state["rng_per_rank"] = [state["rng"]]
+    save_atomic(state, tmp_path / "last.pth")
+    devices[0] = 2
+    draws = []
+    for rank in (0, 1, 1):
+        resumed = build_trainer(tmp_path, total_steps=8, checkpoint_every=2)
+        resumed.dist = distributed.DistInfo(rank, 2, rank, torch.device("cpu"))
+        with pytest.warns(RuntimeWarning, match="written by 1 process.*this run has 2"):
+            assert resumed.resume() == 4
+        draws.append(_draws())
+    assert draws[1] == draws[2] and draws[0] != draws[1]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -46,14 +47,14 @@ def capture_rng_state() -> dict:
 
 
 def restore_rng_state(state: dict) -> None:
+    """Restore what :func:`capture_rng_state` captured: torch CPU, numpy and python exactly, CUDA per device.
+
+    A job resumed on another number of visible GPUs (or on the CPU) cannot get every device's stream back: the
+    devices the checkpoint and this process both have are restored, the others keep their current (seeded)
+    state, and a ``RuntimeWarning`` says so; random draws on those devices differ from an uninterrupted run.
+    """
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        if len(state["cuda"]) != torch.cuda.device_count():
-            raise CheckpointError(
-                f"checkpoint holds CUDA RNG states for {len(state['cuda'])} devices, "
-                f"this process sees {torch.cuda.device_count()}"
-            )
-        torch.cuda.set_rng_state_all(state["cuda"])
+    _restore_cuda_rng_states(state["cuda"])
     np_state = state["numpy"]
     np.random.set_state(
         (
@@ -66,6 +67,20 @@ def restore_rng_state(state: dict) -> None:
     )
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
+
+
+def _restore_cuda_rng_states(saved: list) -> None:
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    restored = min(len(saved), visible)
+    for device in range(restored):
+        torch.cuda.set_rng_state(saved[device], device)
+    if saved and len(saved) != visible:
+        what = f"devices 0..{restored - 1} restored" if restored else "none restored"
+        warnings.warn(
+            f"checkpoint holds CUDA RNG states for {len(saved)} device(s), this process sees {visible} ({what}); "
+            "other devices keep their seeded state, so their random draws differ from an uninterrupted run",
+            RuntimeWarning, stacklevel=3,
+        )
 
 
 # ---------------------------------------------------------------- files

@@ -11,6 +11,7 @@ looked at only on log/checkpoint boundaries.
 from __future__ import annotations
 
 import bisect
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -193,10 +194,16 @@ class Trainer:
         if len(per_rank) == self.dist.world_size:
             restore_rng_state(per_rank[self.dist.rank])
         else:
-            # The world size changed: the old ranks' streams do not map onto the new ones. Derive fresh,
-            # distinct per-rank streams from the checkpoint's rank-0 state instead.
-            restore_rng_state(state["rng"])
-            torch.manual_seed(int(torch.randint(0, 2**62, ())) + self.dist.rank)
+            # The world size changed (elastic resume on another number of GPUs): the old ranks' streams do not
+            # map onto the new ones. Every rank derives a fresh, distinct and reproducible stream (torch, numpy,
+            # python and its CUDA device) from the checkpoint's rank-0 state instead.
+            warnings.warn(
+                f"{path} was written by {len(per_rank)} process(es), this run has {self.dist.world_size}: random "
+                "streams are derived afresh per rank from rank 0's, so random draws differ from an uninterrupted run",
+                RuntimeWarning, stacklevel=2,
+            )
+            restore_rng_state({**state["rng"], "cuda": []})  # the CUDA streams are reseeded below
+            distributed.seed_everything(int(torch.randint(0, 2**31, ())), self.dist.rank)
         self.step = int(state["step"])
         if self.step > self.config.total_steps:
             raise CheckpointError(
