@@ -33,6 +33,7 @@ import timm
 import torch
 import torchvision
 
+from mdp_hub.help_format import HelpFormatter, plain
 from benchmarks import hub_load
 from benchmarks.train_step import (
     H100_BF16_DENSE_TFLOPS,
@@ -527,12 +528,14 @@ def hub_section(settings: Settings) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=plain(__doc__),
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--quick", action="store_const", const="quick", dest="preset", help="same as --preset quick")
-    parser.add_argument("--preset", choices=sorted(PRESETS))
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="size of the run (default: full)")
     parser.set_defaults(preset="full")  # one default for the two flags that share ``preset``
     parser.add_argument("--device", default="cpu", help="device of the training-step section (cpu or cuda)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md",
+                        help="Markdown report to write (default docs/BENCHMARKS.md)")
     args = parser.parse_args(argv)
     settings = PRESETS[args.preset]
     device = torch.device(args.device)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
+from mdp_hub.help_format import HelpFormatter, plain
 from training.config import ConfigError, from_dict
 from training.data.datasets import build_segmentation_dataset
 from training.engine import distributed
@@ -113,8 +114,8 @@ def load_finetuned_model(checkpoint_path: Path) -> tuple[torch.nn.Module, Finetu
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=plain(__doc__.split("\n")[0]),
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--checkpoint", required=True, type=Path, help="fine-tuning checkpoint (last.pth)")
     parser.add_argument("--data", default=None,
                         help="evaluation dataset spec NAME:PATH[:split]; default: the checkpoint's data.val")
@@ -126,9 +127,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="keep-ratio resize bound LONG SHORT before inference (none = native size)")
     parser.add_argument("--overlays", type=int, default=None, help="number of prediction overlays to write")
     parser.add_argument("--output", type=Path, default=None, help="default: <checkpoint folder>/eval")
-    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast precision")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if present")
+    parser.add_argument("--num-workers", type=int, default=2, help="data loader workers (default 2)")
     return parser.parse_args(argv)
 
 

@@ -680,11 +680,14 @@ def study_wall_minutes(records: list[dict]) -> float:
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training.experiments", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    tables = sub.add_parser("paper-tables", help="pretrain every method, fine-tune on seen and held-out datasets, "
-                                                 "write a section of docs/RESULTS.md")
+    from mdp_hub.help_format import HelpFormatter, plain  # here: the study driver needs no timm otherwise
+
+    parser = argparse.ArgumentParser(prog="python -m training.experiments", description=plain(__doc__),
+                                     formatter_class=HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
+    summary = "pretrain every method, fine-tune on seen and held-out datasets, write a section of docs/RESULTS.md"
+    tables = sub.add_parser("paper-tables", help=summary, description=summary[0].upper() + summary[1:] + ".",
+                            formatter_class=HelpFormatter)
     tables.add_argument("--pretrain", nargs="+", default=[SYNTHETIC], metavar="SPEC",
                         help="pretraining datasets NAME:PATH[:split], concatenated in this order (default: "
                              "synthetic, the generated VOC-aug + ADE20K + COCO-Stuff look-alikes)")
@@ -693,12 +696,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                              "scored on split (default: the format's evaluation split); required unless synthetic")
     tables.add_argument("--unify-map", type=Path, default=None,
                         help="class-name unification map (JSON) for the mdp_unified row; synthetic has its own")
-    tables.add_argument("--seeds", type=int, nargs="+", default=DEFAULT_SEEDS)
+    tables.add_argument("--seeds", type=int, nargs="+", default=DEFAULT_SEEDS, help="seeds per row")
     tables.add_argument("--methods", nargs="+", default=None, choices=METHOD_KEYS, metavar="METHOD",
-                        help=f"rows to run (default all; mdp_unified only with a unification map): "
-                             f"{', '.join(METHOD_KEYS)}")
+                        help="rows to run (default: all; mdp_unified only with a unification map; the choices "
+                             "are listed in the usage line)")
     tables.add_argument("--jobs", type=int, default=2, help="jobs side by side, one thread each (default 2)")
-    tables.add_argument("--output", type=Path, default=Path("runs/paper_tables"))
+    tables.add_argument("--output", type=Path, default=Path("runs/paper_tables"),
+                        help="folder of the run folders (default runs/paper_tables)")
     tables.add_argument("--results", type=Path, default=Path("docs/RESULTS.md"),
                         help="Markdown file whose section is (re)written; .json and .png next to it")
     tables.add_argument("--section", default=DEFAULT_SECTION,
@@ -707,9 +711,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     tables.add_argument("--crop", type=int, default=None, help="square training crop in pixels (default 96)")
     tables.add_argument("--base-size", type=int, default=None,
                         help="short side before the random rescale and at evaluation (default: the recipes')")
-    tables.add_argument("--pretrain-epochs", type=int, default=None)
+    tables.add_argument("--pretrain-epochs", type=int, default=None, help="override the pretraining epochs")
     tables.add_argument("--pretrain-steps", type=int, default=None, help="cap on each pretraining's steps")
-    tables.add_argument("--finetune-iterations", type=int, default=None)
+    tables.add_argument("--finetune-iterations", type=int, default=None, help="override the fine-tuning iterations")
     tables.add_argument("--synthetic-root", default="", help="synthetic benchmark folder (default: the cache)")
     tables.add_argument("--quick", action="store_true",
                         help="a few steps per run (and a tiny synthetic benchmark): a smoke test, numbers meaningless")

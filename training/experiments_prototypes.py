@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from mdp_hub.help_format import HelpFormatter, plain
 from mdp_hub.segmenter import PrototypeSegmenter, dataset_class_ids
 from training.data import build_segmentation_dataset, ensure_synthetic
 from training.seg.metrics import ConfusionMatrix, metrics_from_confusion
@@ -99,7 +100,8 @@ def results_markdown(results: list[dict], info: dict) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training.experiments_prototypes", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.experiments_prototypes",
+                                     description=plain(__doc__.split("\n\n")[0]), formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True, help="export folder with prototypes or MDP pretraining checkpoint")
     parser.add_argument("--synthetic-root", default=None, help="synthetic benchmark folder (default: the shared cache)")
     parser.add_argument("--max-images", type=int, default=None, help="images per split (default: all)")

@@ -21,6 +21,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
+from mdp_hub.help_format import HelpFormatter, plain
 from training.config import save_config, to_dict
 from training.data.datasets import build_segmentation_dataset
 from training.data.device_augment import BatchPhotometric, DeviceViews
@@ -214,8 +215,8 @@ def finetune(config: FinetuneConfig, run_dir: Path) -> SegmentationMetrics:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training.finetune", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m training.finetune", description=plain(__doc__),
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--recipe", default=DEFAULT_RECIPE,
                         help="recipe name under training/recipes (finetune_voc_aug, finetune_ade20k, "
                              "finetune_cityscapes, finetune_coco_stuff164k, finetune_synthetic) or a YAML file")

@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from mdp_hub.errors import CheckpointError
+from mdp_hub.help_format import HelpFormatter, plain
 from mdp_hub.segmenter import PrototypeSegmenter
 from training.data.errors import BadSampleError, DatasetLayoutError
 from training.data.label_space import LOCAL_IGNORE
@@ -106,7 +107,8 @@ def mine(model: str, images: Path, out: Path, *, threshold: float = 0.5, dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training.mine", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.mine", description=plain(__doc__.split("\n\n")[0]),
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True,
                         help="export folder with prototypes, MDP pretraining checkpoint, or Hub repo ORG/NAME")
     parser.add_argument("--images", required=True, type=Path, help="folder of unlabeled images (searched recursively)")

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from mdp_hub.help_format import HelpFormatter
 from training import config as config_lib
 from training.config import ConfigError, PretrainConfig
 from training.data import (
@@ -405,11 +406,12 @@ def train(cfg: PretrainConfig, run_dir: Path) -> int:
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m training.pretrain",
+        prog="python -m training.pretrain", formatter_class=HelpFormatter,
         description="MDP pretraining. No arguments: the synthetic CPU demo, ending with a timm-loadable export.",
     )
     parser.add_argument("--recipe", default="demo",
-                        help=f"recipe name or YAML file (default: demo); names: {', '.join(config_lib.list_recipes())}")
+                        help="recipe name or YAML file (default: demo); the names are the files in "
+                             "training/recipes/, e.g. voc_ade20k_coco_200ep (docs/TRAINING.md lists them)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set optim.lr=0.01 --set method.options.tau=0.1")
     parser.add_argument("--output", type=Path, default=None, help="run folder (default: runs/<recipe name>)")
