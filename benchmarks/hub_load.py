@@ -36,7 +36,7 @@ def fill_cache(root: Path) -> Path:
     timm_model = timm.create_model("resnet50")
     headless = {k: v for k, v in timm_model.state_dict().items() if not k.startswith("fc.")}
     save_file(headless, str(root / "mdp.safetensors"))
-    export = mdp_hub.export(root / "mdp.safetensors", root / "mdp_export", tag=mdp_hub.catalog.DEFAULT_TAG)
+    export = mdp_hub.export(root / "mdp.safetensors", root / "mdp_export")  # random weights claim no recipe
     mdp_hub.install_export(export, timm.models.get_pretrained_cfg("mdp_resnet50").hf_hub_id, cache_dir=cache)
     timm_folder = root / "timm_export"
     timm_folder.mkdir()

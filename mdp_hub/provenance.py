@@ -58,7 +58,8 @@ class RunRecord:
             kind=str(content.get("kind", "unknown")),
             recipe=config.get("name"),
             method=method.get("name"),
-            datasets=tuple(d.get("name") for d in label_space.get("datasets", []) if isinstance(d, Mapping)),
+            datasets=tuple(str(d["name"]) for d in label_space.get("datasets", []) if isinstance(d, Mapping)
+                           and d.get("name")),
             data_specs=tuple(data.get("datasets") or ()),
             unlabeled_folders=len(data.get("unlabeled") or ()),
             init=init.get("pretrained") or "random",

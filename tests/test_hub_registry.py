@@ -40,8 +40,9 @@ def test_timm_lists_as_pretrained_only_tags_whose_weights_are_published_or_cache
     torch.manual_seed(0)
     save_file(timm.create_model("resnet18", num_classes=0).state_dict(), str(tmp_path / "w.safetensors"))
     folder = export(tmp_path / "w.safetensors", tmp_path / "export")
-    # install_export lists the tag in this process too; keep that from leaking into other tests
-    monkeypatch.setattr(timm_registry, "_model_has_pretrained", set(timm_registry._model_has_pretrained))
+    # install_export lists the tag in this process too: start from an empty listing (other tests installed weights
+    # before) and keep this one from leaking into later tests
+    monkeypatch.setattr(timm_registry, "_model_has_pretrained", set())
     default = f"mdp_resnet18.{catalog.DEFAULT_TAG}"
     install_export(folder, catalog.repo_id("mdp_resnet18", catalog.DEFAULT_TAG), cache_dir=tmp_path / "cache")
     assert timm.list_pretrained("mdp_*") == [default] and timm.is_model_pretrained("mdp_resnet18")
