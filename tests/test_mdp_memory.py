@@ -41,7 +41,7 @@ def test_region_means_equal_loop_reference():
 
 
 def test_prototypes_are_the_cumulative_mean_of_regions_until_the_window_is_full():
-    memory = ClassPrototypeMemory(num_classes=5, dim=8, window=1000)
+    memory = ClassPrototypeMemory(num_classes=5, dim=8, window=1000, anchors=False)
     seen = {c: [] for c in range(5)}
     for seed in range(3):
         embeddings, labels = random_batch(seed)
@@ -55,7 +55,7 @@ def test_prototypes_are_the_cumulative_mean_of_regions_until_the_window_is_full(
 
 def test_prototypes_follow_an_ema_with_coefficient_one_minus_one_over_window_when_full():
     window = 4
-    memory = ClassPrototypeMemory(num_classes=2, dim=3, window=window)
+    memory = ClassPrototypeMemory(num_classes=2, dim=3, window=window, anchors=False)
     memory.prototypes[0] = torch.tensor([1.0, 0.0, 0.0])
     memory.counts[0] = window
     embeddings = torch.zeros(1, 3, 2, 2)
@@ -67,7 +67,7 @@ def test_prototypes_follow_an_ema_with_coefficient_one_minus_one_over_window_whe
 
 
 def test_ignored_pixels_and_absent_classes_leave_prototypes_untouched():
-    memory = ClassPrototypeMemory(num_classes=3, dim=4, window=10)
+    memory = ClassPrototypeMemory(num_classes=3, dim=4, window=10, anchors=False)
     embeddings = F.normalize(torch.randn(2, 4, 3, 3), dim=1)
     labels = torch.full((2, 3, 3), -1)
     labels[0, 0, 0] = 1
@@ -76,6 +76,39 @@ def test_ignored_pixels_and_absent_classes_leave_prototypes_untouched():
     torch.testing.assert_close(memory.prototypes[1], embeddings[0, :, 0, 0])
     assert (memory.prototypes[[0, 2]] == 0).all()
     assert set(memory.state_dict()) == {"prototypes", "counts"}
+
+
+def test_more_regions_than_the_window_replace_the_prototype_by_their_mean_without_extrapolating():
+    # Two regions of class 0 in one batch with a window of 1: the weight m / window = 2 used to be applied
+    # as is, so the prototype landed at 2 * mean - old, pointing away from both regions.
+    memory = ClassPrototypeMemory(num_classes=1, dim=2, window=1, anchors=False)
+    memory.prototypes[0] = torch.tensor([-1.0, 0.0])
+    memory.counts[0] = 5
+    embeddings = torch.zeros(2, 2, 1, 1)
+    embeddings[0, :, 0, 0] = torch.tensor([1.0, 0.0])
+    embeddings[1, :, 0, 0] = torch.tensor([0.0, 1.0])
+    memory.update(embeddings, torch.zeros(2, 1, 1, dtype=torch.long))
+    torch.testing.assert_close(memory.prototypes[0], torch.tensor([0.5, 0.5]))
+
+
+def test_anchored_prototypes_start_as_fixed_near_orthogonal_unit_vectors_worth_one_window():
+    window = 8
+    memory = ClassPrototypeMemory(num_classes=6, dim=64, window=window)
+    again = ClassPrototypeMemory(num_classes=6, dim=64, window=window)
+    anchors = memory.prototypes.clone()
+    torch.testing.assert_close(anchors, again.prototypes)  # identical on every rank: a fixed generator
+    torch.testing.assert_close(anchors.norm(dim=1), torch.ones(6))
+    cosine = anchors @ anchors.t()
+    assert cosine[~torch.eye(6, dtype=torch.bool)].abs().max() < 0.5
+    assert memory.initialised.all() and not memory.seen.any()
+    embeddings = torch.zeros(1, 64, 1, 2)
+    embeddings[0, 0] = 1.0
+    memory.update(embeddings, torch.tensor([[[2, 2]]]))
+    region = F.one_hot(torch.tensor(0), 64).float()
+    # One region moves the anchor by 1 / window towards it, from the first step on.
+    torch.testing.assert_close(memory.prototypes[2], anchors[2] + (region - anchors[2]) / window)
+    torch.testing.assert_close(memory.prototypes[[0, 1, 3, 4, 5]], anchors[[0, 1, 3, 4, 5]])
+    assert memory.seen.tolist() == [False, False, True, False, False, False]
 
 
 def test_key_queue_ring_wraps_and_keeps_newest_when_overfull():

@@ -120,6 +120,8 @@ class TrainConfig:
     snapshot_every: int = 0  # steps between kept snapshots checkpoint_<step>.pth; 0 = one per epoch
     keep_snapshots: int = 3
     plots: bool = True
+    probe_every: int = 500  # steps between learning-dynamics probes on a fixed batch (0 = off); also at step 0
+    probe_images: int = 32  # crops of the probe batch (half fit centroids and the linear probe, half score them)
     threads: int = 0  # >0 sets torch.set_num_threads (CPU runs)
     device: str = "auto"  # auto | cuda | cpu
 

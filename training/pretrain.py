@@ -41,8 +41,10 @@ from training.engine.numerics import NonFiniteLossError, make_grad_scaler
 from training.engine.optim import build_optimizer, scaled_lr, warmup_cosine
 from training.engine.plots import plot_loss_curves, plot_prototype_similarity
 from training.engine.signals import StopRequested
+from training.data.transforms import PhotometricConfig
 from training.mdp import build_method, method_options, momentum_schedule
 from training.mdp.model import create_momentum_copy
+from training.mdp.probe import PROBE_SEED, LearningProbe
 
 BACKBONE_PREFIX = "encoder.backbone."
 
@@ -261,6 +263,42 @@ def build_model(cfg: PretrainConfig, label_space: LabelSpace, info: distributed.
     return method, model
 
 
+def build_probe(cfg: PretrainConfig, method: nn.Module) -> Optional[LearningProbe]:
+    """The learning-dynamics probe: ``train.probe_images`` fixed crops spread over the pretraining datasets.
+
+    Same geometry as training, no colour jitter, drawn with a fixed seed, so every run of the same data and
+    crop settings is scored on the same pixels.
+    """
+    if cfg.train.probe_every <= 0 or cfg.train.probe_images < 2:
+        return None
+    data = cfg.data
+    no_jitter = PhotometricConfig(color_jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
+    dataset, _ = build_pretrain_dataset(
+        resolve_dataset_specs(cfg), crop_size=data.crop_size, mean=data.mean, std=data.std,
+        scale_range=tuple(data.scale_range), base_size=data.base_size or None, photometric=no_jitter,
+        photometric_on="worker", two_views=False, skip_bad_samples=data.skip_bad_samples,
+        unify_map=resolve_unify_map(data.unify_map),
+    )
+    count = min(cfg.train.probe_images, len(dataset))
+    indices = torch.linspace(0, len(dataset) - 1, count).round().long().tolist()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(PROBE_SEED)
+        items = [dataset[index] for index in indices]
+    images = torch.stack([item["image"] for item in items])
+    labels = torch.stack([item["mask"] for item in items])
+    return LearningProbe(method, images, labels, chunk=cfg.train.batch_size)
+
+
+def gradient_groups(method: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Parameters whose gradient norms are logged: the backbone and the head (projection or classifier)."""
+    encoder = method.encoder
+    head = encoder.head if encoder.head is not None else getattr(method, "classifier", None)
+    groups = {"backbone": list(encoder.backbone.parameters())}
+    if head is not None:
+        groups["head"] = list(head.parameters())
+    return groups
+
+
 # ---------------------------------------------------------------- run
 
 
@@ -364,6 +402,7 @@ def train(cfg: PretrainConfig, run_dir: Path) -> int:
                 clip_grad_norm=cfg.optim.clip_grad_norm, channels_last=cfg.train.channels_last,
                 log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every,
                 snapshot_every=cfg.train.snapshot_every, keep_snapshots=cfg.train.keep_snapshots,
+                probe_every=cfg.train.probe_every,
             ),
             run_dir=run_dir,
             dist_info=info,
@@ -372,6 +411,8 @@ def train(cfg: PretrainConfig, run_dir: Path) -> int:
                 momentum_schedule(step, total_steps, cfg.method.momentum, cfg.method.momentum_final)
             ),
             logger=logger,
+            probe=build_probe(cfg, method),
+            gradient_groups=gradient_groups(method),
         )
         start = trainer.resume(expected={key: extras[key] for key in ("kind", "arch", "label_space")})
         logger.message(

@@ -39,6 +39,7 @@ class LoopConfig:
     checkpoint_every: int = 500
     snapshot_every: int = 0  # 0 = a snapshot at the end of every epoch
     keep_snapshots: int = 3
+    probe_every: int = 0  # steps between learning-dynamics probes (0 = never); also at step 0
 
 
 class EpochSchedule:
@@ -104,6 +105,8 @@ class Trainer:
         checkpoint_extras: Callable[[], dict],
         after_step: Optional[Callable[[int], None]] = None,
         logger: Optional[RunLogger] = None,
+        probe: Optional[Callable[[int], dict]] = None,
+        gradient_groups: Optional[dict[str, list[nn.Parameter]]] = None,
     ):
         self.module = module
         self.model = model
@@ -128,6 +131,9 @@ class Trainer:
         self._guard: Optional[NonFiniteGuard] = None
         self._term_sums: Optional[torch.Tensor] = None
         self._terms_seen = 0
+        self.probe = probe
+        self.gradient_groups = gradient_groups or {}
+        self._gradient_norms: dict[str, float] = {}
 
     # ------------------------------------------------------------ checkpoints
 
@@ -229,7 +235,17 @@ class Trainer:
         self._term_sums += terms
         self._terms_seen += 1
 
-    def _log(self, timer: StepTimer) -> None:
+    def _measure_gradients(self) -> None:
+        """Gradient norm of each named parameter group (one host sync; only on the step before a log)."""
+        for name, parameters in self.gradient_groups.items():
+            grads = [p.grad.detach().float().norm() for p in parameters if p.grad is not None]
+            self._gradient_norms[f"grad_norm_{name}"] = float(torch.stack(grads).norm()) if grads else 0.0
+
+    def _probe_due(self, step: int) -> bool:
+        every = self.config.probe_every
+        return self.probe is not None and every > 0 and (step % every == 0 or step == self.config.total_steps)
+
+    def _log(self, timer: StepTimer, extra: Optional[dict] = None) -> None:
         # Averaged over ranks as well, so the logged loss is the global batch's (one small all_reduce per log).
         sums = distributed.all_reduce_sum_(self._term_sums.clone()) / self.dist.world_size
         averages = (sums / max(1, self._terms_seen)).tolist()
@@ -239,6 +255,9 @@ class Trainer:
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         metrics.update(timer.summary())
         metrics["img_per_s"] *= self.dist.world_size
+        metrics.update(self._gradient_norms)
+        self._gradient_norms = {}
+        metrics.update(extra or {})
         if self.logger is not None:
             self.logger.log(self.step, metrics)
             self.logger.progress(
@@ -265,6 +284,8 @@ class Trainer:
         timer = StepTimer()
         if self.logger is not None:
             self.logger.open(self.step)
+        if self.step == 0 and self._probe_due(0) and self.logger is not None:
+            self.logger.log(0, self.probe(0))  # the random-init reference every later probe compares with
         with StopSignal() as stop:
             while self.step < cfg.total_steps:
                 epoch, skip = self.schedule.locate(self.step)
@@ -276,7 +297,9 @@ class Trainer:
                     with autocast(cfg.amp, self.dist.device):
                         out = self.model(batch)
                     self._record_terms(out)
-                    optimizer_step(out["loss"], self.optimizer, self.scaler, parameters, cfg.clip_grad_norm)
+                    before_log = (self.step + 1) % cfg.log_every == 0 or self.step + 1 == cfg.total_steps
+                    optimizer_step(out["loss"], self.optimizer, self.scaler, parameters, cfg.clip_grad_norm,
+                                   self._measure_gradients if before_log and self.gradient_groups else None)
                     if self.after_step is not None:
                         self.after_step(self.step)
                     self.step += 1
@@ -286,8 +309,13 @@ class Trainer:
                     save, snapshot = self._checkpoint_due(self.step)
                     if boundary or save:
                         self._guard.check(checkpoint=str(self.checkpoints.resume_path() or "none"))
+                    probed = self.probe(self.step) if self._probe_due(self.step) else None
+                    if probed is not None:
+                        timer.exclude_since_last_mark()  # probing is neither data nor training compute
                     if boundary:
-                        self._log(timer)
+                        self._log(timer, probed)
+                    elif probed is not None and self.logger is not None:
+                        self.logger.log(self.step, probed)
                     if save:
                         self.save(snapshot=snapshot)
                         timer.exclude_since_last_mark()  # checkpoint I/O is neither data nor compute time

@@ -7,7 +7,7 @@ written after a non-finite step, so ``last.pth`` always holds the last good stat
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 
@@ -49,13 +49,20 @@ def optimizer_step(
     scaler: torch.amp.GradScaler,
     parameters: Iterable[torch.nn.Parameter],
     clip_grad_norm: float = 0.0,
+    inspect_gradients: Optional[Callable[[], None]] = None,
 ) -> Optional[torch.Tensor]:
-    """backward -> (unscale -> clip) -> step -> scaler update. Returns the pre-clip gradient norm when clipping."""
+    """backward -> (unscale -> inspect -> clip) -> step -> scaler update. Returns the pre-clip norm when clipping.
+
+    ``inspect_gradients`` (optional) sees the true, unclipped gradients before the step.
+    """
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     grad_norm = None
+    if inspect_gradients is not None or clip_grad_norm > 0:
+        scaler.unscale_(optimizer)  # inspect and clip the true gradients, not the scaled ones
+    if inspect_gradients is not None:
+        inspect_gradients()
     if clip_grad_norm > 0:
-        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         grad_norm = torch.nn.utils.clip_grad_norm_(parameters, clip_grad_norm)
     scaler.step(optimizer)
     scaler.update()

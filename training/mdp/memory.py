@@ -54,15 +54,21 @@ class ClassPrototypeMemory(nn.Module):
     """One prototype per global class, the running mean of the last ~``window`` region embeddings of the class.
 
     Step 2 of the two-step average, for class c with n_c regions seen so far and m_c new regions this step:
-        mu_c <- (1 - w_c) * mu_c + w_c * mean(new regions),   w_c = m_c / min(n_c + m_c, window)
-    While n_c + m_c <= window this is the exact cumulative mean; afterwards it is an EMA whose per-region
-    weight is 1/window (coefficient 1 - 1/window), i.e. a soft window of ``window`` regions. Prototypes are
-    stored un-normalised (the average of unit vectors) and normalised where used.
+        mu_c <- (1 - w_c) * mu_c + w_c * mean(new regions),   w_c = min(1, m_c / min(a + n_c + m_c, window))
+    With ``anchors=False`` (a = 0) a prototype starts at the mean of its first regions, is the exact cumulative
+    mean while n_c + m_c <= window, and an EMA with per-region weight 1/window afterwards (a soft window).
+    With ``anchors=True`` (the default, a = window) every prototype starts at a fixed random unit vector that
+    counts as a full window of regions, so the EMA runs at 1/window per region from the first step and real
+    regions replace the anchor gradually. Random anchors in D dimensions are nearly orthogonal: the loss has
+    well-separated targets while the encoder is still random, where class means of its own embeddings are
+    nearly parallel and the pixel-to-prototype gradient, proportional to their differences, cannot separate
+    classes (docs/TRAINING.md, "Why prototypes start from anchors"). Prototypes are stored un-normalised and
+    normalised where used.
 
-    Buffers (persistent): prototypes [C, D] float32, counts [C] int64 (regions seen; 0 = uninitialised).
+    Buffers (persistent): prototypes [C, D] float32, counts [C] int64 (real regions seen; 0 = never seen).
     """
 
-    def __init__(self, num_classes: int, dim: int, window: int = 4096):
+    def __init__(self, num_classes: int, dim: int, window: int = 4096, anchors: bool = True, anchor_seed: int = 0):
         super().__init__()
         if num_classes <= 0 or dim <= 0:
             raise ValueError(f"num_classes and dim must be positive, got {num_classes}, {dim}")
@@ -70,13 +76,23 @@ class ClassPrototypeMemory(nn.Module):
             raise ValueError(f"window must be positive, got {window!r}")
         self.num_classes = num_classes
         self.window = window
-        self.register_buffer("prototypes", torch.zeros(num_classes, dim))
+        self.anchors = anchors
+        prototypes = torch.zeros(num_classes, dim)
+        if anchors:  # the same on every rank: a fixed generator, not the global RNG
+            generator = torch.Generator().manual_seed(anchor_seed)
+            prototypes = F.normalize(torch.randn(num_classes, dim, generator=generator), dim=1)
+        self.register_buffer("prototypes", prototypes)
         self.register_buffer("counts", torch.zeros(num_classes, dtype=torch.long))
 
     @property
-    def initialised(self) -> torch.Tensor:
-        """[C] bool: classes that have a prototype."""
+    def seen(self) -> torch.Tensor:
+        """[C] bool: classes whose prototype holds real regions."""
         return self.counts > 0
+
+    @property
+    def initialised(self) -> torch.Tensor:
+        """[C] bool: classes that have a prototype (every class when anchored)."""
+        return torch.ones_like(self.seen) if self.anchors else self.seen
 
     def normalised(self) -> torch.Tensor:
         """[C, D] unit prototypes (zero rows for uninitialised classes)."""
@@ -94,8 +110,10 @@ class ClassPrototypeMemory(nn.Module):
         new_counts = present.sum(0).to(regions.dtype)
         packed = all_reduce_sum_(torch.cat([region_sums, new_counts[:, None]], dim=1))
         region_sums, new_counts = packed[:, :dim], packed[:, dim]
-        total = self.counts.to(packed.dtype) + new_counts
-        weight = new_counts / total.clamp(max=self.window).clamp(min=1.0)
+        total = self.counts.to(packed.dtype) + new_counts + (self.window if self.anchors else 0)
+        # Capped at 1: more new regions than the window replace the prototype by their mean; above 1 the lerp
+        # would extrapolate away from the old prototype.
+        weight = (new_counts / total.clamp(max=self.window).clamp(min=1.0)).clamp(max=1.0)
         batch_mean = region_sums / new_counts.clamp(min=1.0)[:, None]
         self.prototypes.lerp_(batch_mean, weight[:, None])
         self.counts.add_(new_counts.round().long())

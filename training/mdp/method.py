@@ -110,7 +110,9 @@ class PretrainMethod(nn.Module):
 class MDP(PretrainMethod):
     """Pixel-to-prototype contrast + cross-dataset mixing + pixel-to-class sparse coding (MDP_METHOD.md 2-5).
 
-    Options: tau (0.07); window N of the prototype running mean (4096); mixing (True), p_mix (0.5),
+    Options: tau (0.07); window N of the prototype running mean (4096); prototype_anchors (True: prototypes
+    start at fixed random unit vectors worth one window of regions, see ClassPrototypeMemory; False: at the
+    first regions of each class); mixing (True), p_mix (0.5),
     region_fraction (share of region vs pixel mixing, 0.5), pixel_mix ("mixup" | "classmix");
     sparse_coding ("csc2" | "csc1" | None), sc_weight (0.1), sc_topk (5), sc_temperature_ratio (code
     temperature / tau, 1.0); pseudo_label_threshold (0.5) for unlabeled images.
@@ -125,6 +127,7 @@ class MDP(PretrainMethod):
         *,
         tau: float = 0.07,
         window: int = 4096,
+        prototype_anchors: bool = True,
         mixing: bool = True,
         p_mix: float = 0.5,
         region_fraction: float = 0.5,
@@ -155,7 +158,7 @@ class MDP(PretrainMethod):
         self.sc_temperature_ratio = sc_temperature_ratio
         self.pseudo_label_threshold = pseudo_label_threshold
         embed_dim = encoder.head.out.out_channels
-        self.memory = ClassPrototypeMemory(self.num_classes, embed_dim, window)
+        self.memory = ClassPrototypeMemory(self.num_classes, embed_dim, window, anchors=prototype_anchors)
 
     def _labels_with_pseudo_labels(self, batch: dict, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(training labels [B, H, W] with pseudo-labels for unlabeled items, ground-truth-only labels)."""
@@ -164,7 +167,7 @@ class MDP(PretrainMethod):
             return labels, labels
         unlabeled = batch["unlabeled"].to(device=labels.device, dtype=torch.bool).reshape(-1, 1, 1)
         pseudo, _ = pseudo_labels_from_embeddings(
-            keys, self.memory.prototypes, self.memory.initialised, self.pseudo_label_threshold, self.tau
+            keys, self.memory.prototypes, self.memory.seen, self.pseudo_label_threshold, self.tau
         )
         pseudo = resize_labels(pseudo, tuple(labels.shape[-2:]))
         return torch.where(unlabeled, pseudo, labels), labels.masked_fill(unlabeled, IGNORE_INDEX)
@@ -204,7 +207,7 @@ class MDP(PretrainMethod):
             partner_weight = resize_labels(view.partner_weight, size).reshape(-1)
             out["mixed_fraction"] = (view.mode != NO_MIX).float().mean()
         hard_labels = labels_a if labels_b is None else torch.where(partner_weight > 0.5, labels_b, labels_a)
-        class_mask = self.memory.initialised
+        class_mask, seen = self.memory.initialised, self.memory.seen
         logits = prototype_logits(_flatten_pixels(query), self.memory.normalised(), self.tau)
 
         excluded = None
@@ -216,8 +219,9 @@ class MDP(PretrainMethod):
         loss = loss_proto
         out["loss_proto"] = loss_proto
         if self.sparse_coding == "csc2":
+            # Codes over classes with real regions: an anchor is a random direction, not a class to resemble.
             loss_sc = sparse_coding_loss(
-                log_probs, hard_labels, class_mask, self.sc_topk, self.sc_temperature_ratio, IGNORE_INDEX
+                log_probs, hard_labels, seen, self.sc_topk, self.sc_temperature_ratio, IGNORE_INDEX
             )
             loss = loss + self.sc_weight * loss_sc
             out["loss_sc"] = loss_sc
@@ -226,7 +230,7 @@ class MDP(PretrainMethod):
             labelled = (hard_labels != IGNORE_INDEX) & class_mask[hard_labels.clamp(min=0)]
             correct = (log_probs.argmax(dim=1) == hard_labels) & labelled
             out["prototype_accuracy"] = correct.float().sum() / labelled.float().sum().clamp(min=1.0)
-            out["prototypes_initialised"] = class_mask.float().mean()
+            out["prototypes_seen"] = seen.float().mean()
         # The memory changes only after the loss is built, from clean momentum embeddings.
         self.memory.update(keys, resize_labels(view.ground_truth, size), IGNORE_INDEX)
         out["loss"] = loss
