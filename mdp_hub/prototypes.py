@@ -23,6 +23,7 @@ from .errors import CheckpointError, PrototypesNotFoundError
 PROTOTYPES_FILENAME = "mdp_prototypes.safetensors"
 CONFIG_FILENAME = "config.json"
 PROTOTYPES_KEY = "memory.prototypes"
+COUNTS_KEY = "memory.counts"
 HEAD_PREFIX = "encoder.head."
 
 
@@ -32,6 +33,8 @@ def extract_prototypes(
     """Tensors for ``mdp_prototypes.safetensors`` from a pretraining state dict, or None if it has none.
 
     Returns ``{"prototypes": [C, D], "head.<name>": ...}``; ``C`` must equal the label space's class count.
+    Classes that never received a region (``memory.counts`` 0) are written as zero rows, so a starting anchor
+    is never shipped as if it were a class prototype.
     """
     head, _ = split_prefix(state_dict, HEAD_PREFIX)
     if PROTOTYPES_KEY not in state_dict or not head:
@@ -45,6 +48,8 @@ def extract_prototypes(
             f"{source}: {PROTOTYPES_KEY} has {prototypes.shape[0]} rows but the label space has "
             f"{len(class_names)} classes"
         )
+    if COUNTS_KEY in state_dict:
+        prototypes = prototypes * (state_dict[COUNTS_KEY] > 0).to(prototypes.dtype)[:, None]
     tensors = {"prototypes": prototypes}
     tensors.update({f"head.{name}": value for name, value in head.items()})
     return tensors

@@ -81,7 +81,7 @@ class Method:
 
 # The demo recipe runs the full method (mixing + CSC2); every row states all of its options explicitly.
 _MDP = ("method.name=mdp",)
-_P2PROTO = "method.options={tau: 0.07, window: 16, mixing: false, sparse_coding: null}"
+_P2PROTO = "method.options={tau: 0.07, window: 256, mixing: false, sparse_coding: null}"
 METHODS: tuple[Method, ...] = (
     Method("scratch", "scratch (no pretraining)", None,
            paper_note="no VOC/Cityscapes number; COCO-Stuff 25.02 vs MDP 38.37 (R10)"),
@@ -100,10 +100,10 @@ METHODS: tuple[Method, ...] = (
     Method("mdp_unified", "MDP prototypes, unified labels", (*_MDP, _P2PROTO, "data.unify_map={unify_map}"),
            {"voc_aug": 71.91}, "vs 71.93 with concatenated labels (R9)"),
     Method("mdp", "MDP prototypes + mixing", (
-        *_MDP, "method.options={tau: 0.07, window: 16, mixing: true, sparse_coding: null}"),
+        *_MDP, "method.options={tau: 0.07, window: 256, mixing: true, sparse_coding: null}"),
            {}, "no number without CSC"),
     Method("mdp_csc", "MDP prototypes + mixing + CSC2 (full)", (
-        *_MDP, "method.options={tau: 0.07, window: 16, mixing: true, sparse_coding: csc2}"),
+        *_MDP, "method.options={tau: 0.07, window: 256, mixing: true, sparse_coding: csc2}"),
            {"voc_aug": 73.32, "cityscapes": 77.75}, "VOC+ADE20K 100 ep (R2)"),
 )
 METHOD_KEYS = tuple(method.key for method in METHODS)

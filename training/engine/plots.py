@@ -16,24 +16,41 @@ from .logger import read_metrics  # noqa: E402
 NON_LOSS_KEYS = ("step", "lr", "img_per_s", "data_time_s", "compute_time_s", "data_fraction")
 
 
+DYNAMICS_KEYS = (  # learning-dynamics columns drawn on the second panel when a run logged them
+    "prototype_accuracy", "val_prototype_accuracy", "val_backbone_probe", "val_backbone_ncc",
+    "prototype_cos_mean", "val_embed_image_share",
+)
+
+
+def _plot_columns(axis, records: list[dict], names: list[str]) -> None:
+    for name in names:
+        points = [(r["step"], float(r[name])) for r in records if name in r]
+        axis.plot([p[0] for p in points], [p[1] for p in points], label=name,
+                  linewidth=1.5 if name == "loss" else 1.0, marker="." if len(points) < 30 else None)
+    axis.legend(fontsize=7)
+    axis.grid(alpha=0.3)
+
+
 def plot_loss_curves(metrics_path: Path, out_path: Path) -> Path:
-    """Every ``loss*`` column of metrics.jsonl against the step, plus the learning rate on a second panel."""
+    """Every ``loss*`` column of metrics.jsonl against the step, the learning-dynamics columns (accuracies,
+    probe scores, prototype cosine) when present, and the learning rate."""
     records = read_metrics(metrics_path)
     if not records:
         raise ValueError(f"{metrics_path} holds no metrics to plot")
-    steps = [r["step"] for r in records]
-    names = sorted({k for r in records for k in r if k.startswith("loss")})
-    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=(3, 1))
-    for name in names:
-        values = [float(r[name]) if name in r else float("nan") for r in records]
-        ax_loss.plot(steps, values, label=name, linewidth=1.5 if name == "loss" else 1.0)
-    ax_loss.set_ylabel("loss")
-    ax_loss.legend()
-    ax_loss.grid(alpha=0.3)
-    ax_lr.plot(steps, [r.get("lr", float("nan")) for r in records], color="gray")
-    ax_lr.set_ylabel("lr")
-    ax_lr.set_xlabel("step")
-    ax_lr.grid(alpha=0.3)
+    losses = sorted({k for r in records for k in r if k.startswith("loss")})
+    dynamics = [k for k in DYNAMICS_KEYS if any(k in r for r in records)]
+    heights = (3, 2, 1) if dynamics else (3, 1)
+    fig, axes = plt.subplots(len(heights), 1, figsize=(7, 2.2 * len(heights) + 1), sharex=True, height_ratios=heights)
+    _plot_columns(axes[0], records, losses)
+    axes[0].set_ylabel("loss")
+    if dynamics:
+        _plot_columns(axes[1], records, dynamics)
+        axes[1].set_ylabel("dynamics")
+    lr = [(r["step"], r["lr"]) for r in records if "lr" in r]
+    axes[-1].plot([p[0] for p in lr], [p[1] for p in lr], color="gray")
+    axes[-1].set_ylabel("lr")
+    axes[-1].set_xlabel("step")
+    axes[-1].grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out_path, dpi=120)
     plt.close(fig)
