@@ -35,6 +35,7 @@ import torchvision
 
 from mdp_hub.help_format import HelpFormatter, plain
 from benchmarks import hub_load
+from benchmarks.instruments import instrument_costs, instruments_lines
 from benchmarks.train_step import (
     H100_BF16_DENSE_TFLOPS,
     PAPER_EPOCHS,
@@ -205,6 +206,33 @@ def mdp_breakdown(method, batch: dict, repeats: int) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------- sections
+
+INSTRUMENTS_BEGIN = "<!-- instruments:begin -->"
+INSTRUMENTS_END = "<!-- instruments:end -->"
+
+
+def instruments_section(settings: Settings, device: torch.device) -> list[str]:
+    """Cost of the learning-dynamics instruments, between markers so ``--only instruments`` can refresh it."""
+    args = argparse.Namespace(**dataclasses.asdict(settings), amp="none", channels_last=False)
+    label_space = paper_label_space()
+    batch = synthetic_batch(label_space, settings.batch, settings.crop, device)
+    load_before = load_average()
+    costs = instrument_costs(args, label_space, batch, device, max(3, settings.repeats))
+    settings_line = (f"Machine: {machine_line(device)}; backbone {settings.arch} OS{settings.output_stride}, crop "
+                     f"{settings.crop}, batch {settings.batch}, 342 classes; load average {load_before:.2f} -> "
+                     f"{load_average():.2f}.")
+    return [INSTRUMENTS_BEGIN, *instruments_lines(costs, settings_line), INSTRUMENTS_END]
+
+
+def replace_block(page: Path, block: list[str]) -> None:
+    """Put ``block`` (its first and last lines are its markers) in place of the same block of ``page``."""
+    text = page.read_text() if page.exists() else ""
+    if block[0] in text and block[-1] in text:
+        head, rest = text.split(block[0], 1)
+        text = head + "\n".join(block) + rest.split(block[-1], 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + "\n".join(block) + "\n"
+    page.write_text(text)
 
 
 def train_step_section(settings: Settings, device: torch.device) -> tuple[list[str], dict]:
@@ -536,11 +564,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="device of the training-step section (cpu or cuda)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md",
                         help="Markdown report to write (default docs/BENCHMARKS.md)")
+    parser.add_argument("--only", choices=("instruments",),
+                        help="refresh only this section of an existing report")
     args = parser.parse_args(argv)
     settings = PRESETS[args.preset]
     device = torch.device(args.device)
     out = args.out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.only == "instruments":
+        replace_block(out, instruments_section(settings, device))
+        print(f"refreshed the instruments section of {out}", file=sys.stderr)
+        return
     plot_path = out.with_name(out.stem + "_memory.png")
     started = datetime.datetime.now(datetime.timezone.utc)
     clock = time.perf_counter()
@@ -554,6 +588,7 @@ def main(argv: list[str] | None = None) -> None:
     data_lines = data_pipeline_section(settings, paper["h100_images_per_s"])
     print("[4/5] hub loading", file=sys.stderr)
     hub_lines = hub_section(settings)
+    instrument_lines = instruments_section(settings, device)
 
     lines = [
         "# Benchmarks",
@@ -564,6 +599,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine, versions, settings and the load average around it (the machine may be shared).",
         "",
         *train_lines, "", *memory_lines, "", *data_lines, "", *hub_lines, "", *paper_lines, "",
+        *instrument_lines, "",
     ]
     out.write_text("\n".join(lines))
     print(f"[5/5] wrote {out} and {plot_path}", file=sys.stderr)

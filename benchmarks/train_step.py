@@ -29,7 +29,7 @@ from training.mdp import build_method, momentum_schedule
 from training.mdp.losses import moco_infonce
 from training.mdp.model import build_encoder, create_momentum_copy, ema_update_
 
-# The paper's union: VOC 21 + ADE20K 150 + COCO-Stuff 171 = 342 classes (MDP_METHOD.md section 3).
+# The paper's union: VOC 21 + ADE20K 150 + COCO-Stuff 171 = 342 classes (docs/METHOD.md).
 PAPER_DATASETS = (("voc", 21), ("ade20k", 150), ("coco_stuff", 171))
 PAPER_IMAGES = 10_582 + 20_210 + 118_287  # VOC aug + ADE20K train + COCO-Stuff-164k train
 PAPER_EPOCHS = 200

@@ -75,7 +75,7 @@ class Method:
     key: str
     label: str
     pretrain: Optional[tuple[str, ...]]
-    paper: dict = field(default_factory=dict)  # the paper's numbers for this row (MDP_METHOD.md section 9)
+    paper: dict = field(default_factory=dict)  # the paper's numbers for this row (docs/METHOD.md)
     paper_note: str = ""
 
 

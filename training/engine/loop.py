@@ -23,7 +23,7 @@ from . import distributed
 from .checkpoint import FORMAT, FORMAT_VERSION, CheckpointError, CheckpointManager, capture_rng_state
 from .checkpoint import check_compatible, load_checkpoint, restore_rng_state
 from .logger import RunLogger, StepTimer
-from .numerics import NonFiniteGuard, autocast, optimizer_step
+from .numerics import NonFiniteGuard, autocast, group_gradient_norms, optimizer_step
 from .optim import set_lr
 from .signals import StopRequested, StopSignal
 
@@ -237,9 +237,7 @@ class Trainer:
 
     def _measure_gradients(self) -> None:
         """Gradient norm of each named parameter group (one host sync; only on the step before a log)."""
-        for name, parameters in self.gradient_groups.items():
-            grads = [p.grad.detach().float().norm() for p in parameters if p.grad is not None]
-            self._gradient_norms[f"grad_norm_{name}"] = float(torch.stack(grads).norm()) if grads else 0.0
+        self._gradient_norms = group_gradient_norms(self.gradient_groups)
 
     def _probe_due(self, step: int) -> bool:
         every = self.config.probe_every

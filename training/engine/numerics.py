@@ -69,6 +69,15 @@ def optimizer_step(
     return grad_norm
 
 
+def group_gradient_norms(groups: dict[str, list[torch.nn.Parameter]]) -> dict[str, float]:
+    """``{"grad_norm_<name>": L2 norm of the group's gradients}`` (0 without gradients); one host sync."""
+    norms = {}
+    for name, parameters in groups.items():
+        grads = [p.grad.detach().float().norm() for p in parameters if p.grad is not None]
+        norms[f"grad_norm_{name}"] = float(torch.stack(grads).norm()) if grads else 0.0
+    return norms
+
+
 class NonFiniteGuard:
     """Device-side record of the first step at which any of the named loss terms was NaN/Inf."""
 

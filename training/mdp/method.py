@@ -108,7 +108,7 @@ class PretrainMethod(nn.Module):
 
 
 class MDP(PretrainMethod):
-    """Pixel-to-prototype contrast + cross-dataset mixing + pixel-to-class sparse coding (MDP_METHOD.md 2-5).
+    """Pixel-to-prototype contrast + cross-dataset mixing + pixel-to-class sparse coding (docs/METHOD.md).
 
     Options: tau (0.07); window N of the prototype running mean (4096); prototype_anchors (True: prototypes
     start at fixed random unit vectors worth one window of regions, see ClassPrototypeMemory; False: at the
