@@ -218,7 +218,9 @@ def instruments_section(settings: Settings, device: torch.device) -> list[str]:
     batch = synthetic_batch(label_space, settings.batch, settings.crop, device)
     load_before = load_average()
     costs = instrument_costs(args, label_space, batch, device, max(3, settings.repeats))
-    settings_line = (f"Machine: {machine_line(device)}; backbone {settings.arch} OS{settings.output_stride}, crop "
+    when = datetime.datetime.now(datetime.timezone.utc)
+    settings_line = (f"Measured {when:%Y-%m-%d %H:%M} UTC (`python -m benchmarks --only instruments` refreshes this "
+                     f"section alone). Machine: {machine_line(device)}; backbone {settings.arch} OS{settings.output_stride}, crop "
                      f"{settings.crop}, batch {settings.batch}, 342 classes; load average {load_before:.2f} -> "
                      f"{load_average():.2f}.")
     return [INSTRUMENTS_BEGIN, *instruments_lines(costs, settings_line), INSTRUMENTS_END]
