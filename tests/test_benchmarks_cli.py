@@ -22,6 +22,7 @@ SECTIONS = (
     "## 3. Data pipeline",
     "## 4. Hub loading",
     "## 5. On paper: FLOPs per training image and GPU hours of the paper's recipe",
+    "## Learning-dynamics instruments",
 )
 
 
@@ -43,7 +44,9 @@ def test_smoke_run_writes_every_section(tmp_path):
         assert f"| {pipeline} |" in report
     assert "| mdp_resnet50 |" in report and "| 8x H100 SXM" in report
     assert re.search(r"\): \d+ ms against \d+ ms measured as a whole step", report)  # MoCo v2 from isolated work
-    assert report.count("Machine:") == 4 and report.count("load average") >= 4
+    assert report.count("Machine:") == 5 and report.count("load average") >= 5
+    for instrument in ("gradient norms", "probe", "prototype statistics"):
+        assert f"| {instrument} |" in report
     assert not re.search(r"\b(nan|inf)\b", report), "non-finite number in the report"
     plot = out.with_name("BENCHMARKS_memory.png")
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

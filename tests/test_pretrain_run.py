@@ -39,7 +39,7 @@ def tiny_overrides(synthetic_root: Path, **extra) -> list[str]:
         "data.synthetic_sizes": json.dumps(TINY_SIZES),
         "data.crop_size": 64, "data.base_size": 80, "data.num_workers": 0,
         "train.batch_size": 4, "train.log_every": 1, "train.epochs": 100, "train.plots": False,
-        "export.enabled": False,
+        "export.enabled": False, "train.probe_every": 0,
         **extra,
     }
     return [f"--set={key}={value}" for key, value in values.items()]
@@ -51,7 +51,7 @@ def test_short_demo_loss_falls_and_exports_a_timm_loadable_backbone(synthetic_ro
     # The demo recipe itself; only sizes shrink. 24 images, so every image is seen several times.
     code = main(["--output", str(run), *tiny_overrides(
         synthetic_root, **{"train.max_steps": 20, "train.log_every": 4, "train.plots": True,
-                           "export.enabled": True, "train.checkpoint_every": 10})])
+                           "export.enabled": True, "train.checkpoint_every": 10, "train.probe_every": 20})])
     assert code == 0
     records = [r for r in read_metrics(run / "metrics.jsonl") if "loss" in r]
     assert [r["step"] for r in records] == [4, 8, 12, 16, 20]

@@ -29,7 +29,7 @@ def reference_logits(method, batch, tau=0.1):
     with torch.no_grad():
         similarity = torch.einsum("bdhw,cd->bchw", method.encoder(batch), method.memory.normalised()) / tau
     logits = F.interpolate(similarity, size=batch.shape[-2:], mode="bilinear", align_corners=False)
-    return logits.masked_fill(~method.memory.initialised[None, :, None, None], float("-inf"))
+    return logits.masked_fill(~method.memory.seen[None, :, None, None], float("-inf"))
 
 
 def test_export_round_trip_keeps_prototypes_names_head_and_preprocessing(tiny):
@@ -39,7 +39,7 @@ def test_export_round_trip_keeps_prototypes_names_head_and_preprocessing(tiny):
         assert loaded.class_names == list(LABEL_SPACE.class_names)
         assert loaded.dataset_names == ["voc_aug", "ade20k"]
         assert torch.equal(loaded.prototypes, method.memory.normalised())
-        assert loaded.available.tolist() == method.memory.initialised.tolist()
+        assert loaded.available.tolist() == method.memory.seen.tolist()
         head = method.encoder.head.state_dict()
         assert all(torch.equal(value, head[key]) for key, value in loaded.head.state_dict().items())
         assert (loaded.mean, loaded.std, loaded.tau) == (tuple(MEAN), tuple(STD), 0.1)
