@@ -204,13 +204,25 @@ def test_two_process_gloo_ddp_matches_one_process_on_the_concatenated_batch(tmp_
     single.run()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
            __file__, "--run-dir", str(tmp_path / "ddp"), "--steps", "6", "--batch-size", "2",
-           "--dataset-size", "24", "--checkpoint-every", "6", "--no-random-draws"]
+           "--dataset-size", "24", "--checkpoint-every", "6", "--no-random-draws", "--starve-backend-threads"]
     result = subprocess.run(cmd, env=_child_env(), capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0 and "terminate called" not in result.stderr, result.stderr[-3000:]
     ddp_state = load_checkpoint(tmp_path / "ddp" / "last.pth")
     assert len(ddp_state["rng_per_rank"]) == 2
     for name, tensor in single.module.state_dict().items():
         torch.testing.assert_close(ddp_state["model"][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _starve_backend_threads(cpu: int) -> None:
+    """Pin this process to ``cpu`` and put gloo's worker threads at SCHED_IDLE: they then run only while the main
+    thread waits. A worker that releases a finished collective's tensors after the main thread has reached
+    interpreter shutdown (which aborted rank 1 with SIGABRT under load) becomes the usual order instead of a rare
+    one, so this test catches a regression on any machine, loaded or not."""
+    os.sched_setaffinity(0, {cpu})
+    for thread in Path("/proc/self/task").iterdir():
+        if (thread / "comm").read_text().startswith("pt_gloo_runloop"):
+            os.sched_setaffinity(int(thread.name), {cpu})
+            os.sched_setscheduler(int(thread.name), os.SCHED_IDLE, os.sched_param(0))
 
 
 def _child_main() -> None:
@@ -222,8 +234,11 @@ def _child_main() -> None:
     parser.add_argument("--checkpoint-every", type=int, default=5)
     parser.add_argument("--slow", type=float, default=0.0)
     parser.add_argument("--no-random-draws", action="store_true")
+    parser.add_argument("--starve-backend-threads", action="store_true")
     args = parser.parse_args()
     info = distributed.init_distributed("cpu")
+    if args.starve_backend_threads:
+        _starve_backend_threads(min(os.sched_getaffinity(0)))
     trainer = build_trainer(args.run_dir, total_steps=args.steps, batch_size=args.batch_size,
                             dataset_size=args.dataset_size, checkpoint_every=args.checkpoint_every,
                             dist_info=info, random_draws=not args.no_random_draws)

@@ -11,11 +11,21 @@ attempt's group (each rank's gloo listening address, NCCL's unique id) are still
 meet again. A restarted rank that reads its peer's key before the peer has rewritten it connects to the dead
 process's port ("Connection refused", or a hang). :func:`init_distributed` therefore scopes the group's keys by the
 attempt (see :func:`_elastic_store`).
+
+Shutdown: gloo's worker threads release a finished collective's tensors a moment *after* the caller has resumed,
+and releasing the last C++ reference to a tensor created in Python takes the GIL. If that moment falls into
+interpreter shutdown, Python ends the thread with ``pthread_exit``, whose unwinding through a ``noexcept`` destructor
+aborts the whole process ("terminate called without an active exception", SIGABRT) after a successful run.
+``destroy_process_group`` cannot join those threads: a DistributedDataParallel wrapper keeps the group alive beyond
+it. The collectives below therefore hand the backend private buffers only and keep them until the backend has let
+go of them; :func:`cleanup` waits for that, so no backend thread touches a Python object once it returns.
 """
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import time
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
@@ -124,31 +134,75 @@ def barrier() -> None:
         dist.barrier()
 
 
+# Buffers handed to a collective that the backend may still hold (see the module docstring).
+_handed_over: list[torch.Tensor] = []
+
+
+def _hand_over(*buffers: torch.Tensor) -> None:
+    """Keep ``buffers`` (private to this module) until the backend releases them; forget the released ones."""
+    _handed_over.extend(buffers)
+    _handed_over[:] = [buffer for buffer in _handed_over if buffer._use_count() > 1]
+
+
+def _wait_for_backend_release(timeout: float = 60.0) -> None:
+    """Return once the backend holds none of the handed-over buffers (sleeping lets its threads take the GIL)."""
+    deadline = time.monotonic() + timeout
+    while any(buffer._use_count() > 1 for buffer in _handed_over):
+        if time.monotonic() > deadline:
+            warnings.warn(f"the distributed backend still holds {len(_handed_over)} buffer(s) after {timeout:.0f} s",
+                          RuntimeWarning, stacklevel=3)
+            break
+        time.sleep(0.001)
+    _handed_over.clear()
+
+
+def _all_reduce_(tensor: torch.Tensor, op) -> torch.Tensor:
+    if is_initialized():
+        buffer = tensor.clone()
+        dist.all_reduce(buffer, op=op)
+        tensor.copy_(buffer)
+        _hand_over(buffer)
+    return tensor
+
+
 def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
     """In-place sum over ranks (identity on one process)."""
-    if is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
+    return _all_reduce_(tensor, dist.ReduceOp.SUM)
 
 
 def all_reduce_max_(tensor: torch.Tensor) -> torch.Tensor:
     """In-place maximum over ranks (identity on one process)."""
-    if is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return tensor
+    return _all_reduce_(tensor, dist.ReduceOp.MAX)
 
 
-def broadcast_object(obj, src: int = 0):
-    """Rank ``src``'s Python object on every rank (identity on one process)."""
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` ([N, ...], same shape on every rank) over ranks along dim 0, rank order."""
     if not is_initialized():
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=src)
-    return holder[0]
+        return tensor
+    source = tensor.contiguous().clone()
+    gathered = tensor.new_empty((dist.get_world_size() * tensor.shape[0], *tensor.shape[1:]))
+    dist.all_gather_into_tensor(gathered, source)
+    _hand_over(source, gathered)
+    return gathered.clone()
+
+
+def all_gather_object(obj) -> list:
+    """Every rank's picklable ``obj`` in rank order (``[obj]`` on one process)."""
+    if not is_initialized():
+        return [obj]
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    payload = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8).to(device)
+    sizes = all_gather_cat(torch.tensor([payload.numel()], device=device)).tolist()
+    padded = torch.zeros(max(sizes), dtype=torch.uint8, device=device)
+    padded[: payload.numel()] = payload
+    rows = all_gather_cat(padded[None]).cpu()
+    return [pickle.loads(rows[rank, :size].numpy().tobytes()) for rank, size in enumerate(sizes)]
 
 
 def cleanup() -> None:
+    """Wait until the backend has released every buffer handed to it, then destroy the default group."""
     if is_initialized():
+        _wait_for_backend_release()
         dist.destroy_process_group()
 
 

@@ -139,10 +139,7 @@ class Trainer:
 
     def state_dict(self) -> dict:
         rng = capture_rng_state()
-        rng_per_rank = [rng]
-        if self.dist.distributed:
-            rng_per_rank = [None] * self.dist.world_size
-            torch.distributed.all_gather_object(rng_per_rank, rng)
+        rng_per_rank = distributed.all_gather_object(rng)
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,

@@ -11,20 +11,10 @@ update, so all ranks hold identical memories; wrap the method in DDP with ``broa
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine.distributed import all_reduce_sum_, is_initialized
-
-
-def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``tensor`` ([N, ...], same shape on every rank) over ranks along dim 0, rank order."""
-    if not is_initialized():
-        return tensor
-    gathered = tensor.new_empty((dist.get_world_size() * tensor.shape[0], *tensor.shape[1:]))
-    dist.all_gather_into_tensor(gathered, tensor.contiguous())
-    return gathered
+from ..engine.distributed import all_gather_cat, all_reduce_sum_
 
 
 def region_means(

@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
 from training.data.label_space import IGNORE_INDEX
+from training.engine.distributed import all_reduce_sum_
 
 
 def reduce_zero_label(label: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
@@ -107,8 +107,7 @@ class ConfusionMatrix:
 
     def all_reduce(self) -> None:
         """Sum the matrices of all processes (no-op without torch.distributed)."""
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.matrix)
+        all_reduce_sum_(self.matrix)
 
     def compute(self) -> SegmentationMetrics:
         return metrics_from_confusion(self.matrix, self.class_names)
