@@ -32,6 +32,20 @@ def reference_logits(method, batch, tau=0.1):
     return logits.masked_fill(~method.memory.seen[None, :, None, None], float("-inf"))
 
 
+def assert_nearest_prototype(labels, logits, margin=1e-3):
+    """``labels`` are the argmax of ``logits`` [B, K, H, W] wherever that argmax is not a near-tie.
+
+    The segmenter (timm backbone of the export, einsum over one dataset's prototypes) and the reference (training
+    encoder, all prototypes) reach the same logits through different kernels: 2e-6 apart on the restricted
+    logits here, and the rounding depends on the CPU. This untrained model has near-ties (gaps down to 2e-6), so
+    only pixels whose best class leads by more than ``margin`` (500x that) are compared; they must be most pixels.
+    """
+    top = logits.topk(2, dim=1)
+    decided = top.values[:, 0] - top.values[:, 1] > margin
+    assert decided.float().mean() > 0.5
+    assert torch.equal(labels[decided], top.indices[:, 0][decided])
+
+
 def test_export_round_trip_keeps_prototypes_names_head_and_preprocessing(tiny):
     method, batch, checkpoint, folder, segmenter = tiny
     from_checkpoint = PrototypeSegmenter.from_pretrained(checkpoint)
@@ -58,8 +72,9 @@ def test_predictions_are_the_nearest_prototype_in_global_ids(tiny):
     logits = reference_logits(method, batch)
     assert result.dataset is None and result.id_space == "global"
     assert result.labels.shape == result.scores.shape == (1, 48, 64)
-    assert torch.equal(result.labels, logits.argmax(dim=1))
-    assert torch.allclose(result.scores, logits.softmax(dim=1).amax(dim=1), atol=1e-6)
+    assert_nearest_prototype(result.labels, logits)
+    # logits ~10 apart by a few float32 ulps (1e-6 each) move a softmax probability by at most half as much
+    assert torch.allclose(result.scores, logits.softmax(dim=1).amax(dim=1), atol=1e-5)
     assert not (result.labels == UNSEEN_CLASS).any()
     assert len(result.labels.unique()) > 1
     assert torch.equal(PrototypeSegmenter.from_pretrained(checkpoint).predict(batch).labels, result.labels)
@@ -70,10 +85,10 @@ def test_restriction_gives_local_ids_of_one_dataset(tiny):
     logits = reference_logits(method, batch)
     voc = segmenter.predict(batch, restrict_to="voc")  # unique prefix of voc_aug
     assert (voc.dataset, voc.id_space, voc.class_names) == ("voc_aug", "local", ["background", "cat", "dog"])
-    assert torch.equal(voc.labels, logits[:, 0:3].argmax(dim=1))
-    assert torch.allclose(voc.scores, logits[:, 0:3].softmax(dim=1).amax(dim=1), atol=1e-6)
+    assert_nearest_prototype(voc.labels, logits[:, 0:3])
+    assert torch.allclose(voc.scores, logits[:, 0:3].softmax(dim=1).amax(dim=1), atol=1e-5)
     ade = segmenter.predict(batch, restrict_to="ade20k")
-    assert torch.equal(ade.labels, logits[:, 3:7].argmax(dim=1))
+    assert_nearest_prototype(ade.labels, logits[:, 3:7])
     assert not (ade.labels == UNSEEN_CLASS - 3).any()  # ade20k/tree has no prototype
     # the default restriction chosen at load time, overridable per call
     restricted = PrototypeSegmenter.from_pretrained(folder, restrict_to="ade20k")
