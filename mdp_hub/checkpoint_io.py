@@ -35,6 +35,8 @@ BACKBONE_PREFIXES = ("encoder.backbone.", "backbone.", "encoder.")
 STATE_DICT_KEYS = ("state_dict", "model")
 
 _MAX_LISTED = 6
+# torch.save writes a zip archive; files of torch < 1.6 are a pickle (protocol 2+ starts with 0x80)
+TORCH_MAGICS = (b"PK\x03\x04", b"\x80")
 
 
 def load_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -56,6 +58,9 @@ def load_file(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: unsupported weights file type; expected {SAFETENSORS_SUFFIX} or one of {', '.join(TORCH_SUFFIXES)}"
         )
+    problem = not_a_torch_file(path)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}; give a .pth/.pt checkpoint or a .safetensors file")
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -71,6 +76,16 @@ def load_file(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(content, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors or a checkpoint dict, found {type(content).__name__}")
     return content
+
+
+def not_a_torch_file(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be a ``torch.save`` file (its first bytes), or None; saves the misleading errors
+    ``torch.load`` gives for, say, a text file ("refused to unpickle", "pop from empty list")."""
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if head.startswith(TORCH_MAGICS):
+        return None
+    return f"not a PyTorch weights file (it starts with {head!r}, neither a zip archive nor a pickle)"
 
 
 def is_training_checkpoint(content: Mapping[str, Any]) -> bool:

@@ -43,7 +43,7 @@ from .checkpoint_io import (
     unwrap_state_dict,
     verify_state_dict,
 )
-from .errors import CheckpointError, PrototypesNotFoundError
+from .errors import CheckpointError, PrototypesNotFoundError, UserError
 from .export import verify_weights_checksum
 from .prototypes import CONFIG_FILENAME, HEAD_PREFIX, PROTOTYPES_KEY, extract_prototypes, load_prototypes
 
@@ -54,7 +54,7 @@ DEFAULT_OUTPUT_STRIDE = 8
 _DEFAULT = object()  # predict()/segment(): restrict to the segmenter's own default
 
 
-class NotAnImageError(ValueError):
+class NotAnImageError(UserError, ValueError):
     """A file given as an image cannot be decoded as one."""
 
 
