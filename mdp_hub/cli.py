@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from . import catalog
 from .cache import install_export, prefetch
 from .convert import FORMATS, convert
-from .errors import CheckpointError, WeightsNotAvailableError
+from .errors import command
 from .export import export
 from .help_format import HelpFormatter
 from .listing import format_table, list_weights
@@ -125,12 +124,7 @@ def run(args: argparse.Namespace) -> None:
         print(install_export(args.folder, args.repo_id, cache_dir=args.cache_dir))
 
 
+@command("mdp-hub", expected=(ValueError, KeyError))
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (CheckpointError, WeightsNotAvailableError, FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"mdp-hub {args.command}: error: {message}", file=sys.stderr)
-        return 2
+    run(build_parser().parse_args(argv))
     return 0
