@@ -17,6 +17,7 @@ import ctypes
 import ctypes.util
 import dataclasses
 import datetime
+import errno
 import json
 import math
 import os
@@ -51,6 +52,7 @@ from benchmarks.train_step import (
     synthetic_batch,
     time_interleaved,
 )
+from mdp_hub.errors import command
 from training.data.label_space import IGNORE_INDEX
 from training.mdp.memory import ClassPrototypeMemory, KeyQueue, RegionMemoryBank
 from training.mdp.mixing import resize_labels
@@ -557,6 +559,7 @@ def hub_section(settings: Settings) -> list[str]:
     return lines
 
 
+@command("python -m benchmarks")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=plain(__doc__),
                                      formatter_class=HelpFormatter)
@@ -573,6 +576,8 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     out = args.out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(out.parent, os.W_OK):  # now, not after the whole run
+        raise PermissionError(errno.EACCES, "folder not writable", str(out.parent))
     if args.only == "instruments":
         replace_block(out, instruments_section(settings, device))
         print(f"refreshed the instruments section of {out}", file=sys.stderr)
@@ -608,4 +613,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, DistributedSampler
 
+from mdp_hub.errors import command
 from training.engine import distributed
 from training.engine.checkpoint import CheckpointError, load_checkpoint
 from training.engine.data import epoch_loader, steps_per_epoch
@@ -193,6 +194,35 @@ def test_sigterm_writes_checkpoint_then_exits(tmp_path):
 
 
 @pytest.mark.slow
+def test_ctrl_c_writes_checkpoint_then_exits_and_a_second_one_aborts_at_once(tmp_path):
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    cmd = [sys.executable, __file__, "--steps", "100000", "--checkpoint-every", "0"]
+    proc = subprocess.Popen(cmd + ["--run-dir", str(once), "--slow", "0.02"], env=_child_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(once / "started", proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 128 + signal.SIGINT and "Traceback" not in err, err
+    assert f"stopped by SIGINT after step {load_checkpoint(once / 'last.pth')['step']}" in err
+
+    # each step sleeps a minute, so the second Ctrl-C surely lands before the step boundary
+    proc = subprocess.Popen(cmd + ["--run-dir", str(twice), "--slow", "60"], env=_child_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(twice / "started", proc)
+    proc.send_signal(signal.SIGINT)
+    seen = ""
+    while "Ctrl-C: stopping after this step" not in seen:  # the handler answered the first one
+        line = proc.stderr.readline()
+        assert line, f"child exited early: {seen}"
+        seen += line
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 128 + signal.SIGINT and "Traceback" not in err, seen + err
+    assert "test_engine_loop.py: error: interrupted by a second Ctrl-C before the checkpoint" in err, repr(seen)
+    assert not (twice / "last.pth").exists()
+
+
+@pytest.mark.slow
 def test_two_process_gloo_ddp_matches_one_process_on_the_concatenated_batch(tmp_path):
     """DDP averages gradients over ranks: 2 x batch 2 must give the weights of 1 x batch 4 (same samples).
 
@@ -226,17 +256,18 @@ def _starve_backend_threads(cpu: int) -> None:
             os.sched_setscheduler(int(thread.name), os.SCHED_IDLE, os.sched_param(0))
 
 
-def _child_main() -> None:
+@command("test_engine_loop.py")
+def _child_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--dataset-size", type=int, default=48)
     parser.add_argument("--checkpoint-every", type=int, default=5)
-    parser.add_argument("--slow", type=float, default=0.0)
+    parser.add_argument("--slow", type=float, default=0.0, help="seconds of sleep in every forward")
     parser.add_argument("--no-random-draws", action="store_true")
     parser.add_argument("--starve-backend-threads", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     info = distributed.init_distributed("cpu")
     if args.starve_backend_threads:
         _starve_backend_threads(min(os.sched_getaffinity(0)))
@@ -245,28 +276,24 @@ def _child_main() -> None:
                             dist_info=info, random_draws=not args.no_random_draws)
     original_forward = trainer.model.forward
 
-    def slow_forward(batch):
+    def forward(batch):
+        # "started" appears inside the first step, when the loop's signal handlers are installed
+        (args.run_dir / "started").touch()
         time.sleep(args.slow)
         return original_forward(batch)
 
-    if args.slow:
-        trainer.model.forward = slow_forward
+    trainer.model.forward = forward
     resumed_from = trainer.resume()
     args.run_dir.mkdir(parents=True, exist_ok=True)
-    (args.run_dir / "started").touch()
-    from training.engine.signals import StopRequested
-
     try:
         final = trainer.run()
-    except StopRequested as stop:
-        print(stop, file=sys.stderr)
-        sys.exit(stop.exit_code)
     finally:
         trainer.logger.close()
         distributed.cleanup()
     if info.is_main:
         print(json.dumps({"resumed_from": resumed_from, "final_step": final}))
+    return 0
 
 
 if __name__ == "__main__":
-    _child_main()
+    sys.exit(_child_main())

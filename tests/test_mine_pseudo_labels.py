@@ -99,6 +99,11 @@ def test_miner_bad_input_gets_clear_errors(tiny, tmp_path, capsys):
     (broken / "zz_fake.jpg").write_text("not a jpeg")
     assert main(["--model", str(folder), "--images", str(broken), "--out", str(tmp_path / "o2")]) == 2
     assert f"{broken / 'zz_fake.jpg'}: image is truncated or corrupt" in capsys.readouterr().err
+    # a failed run leaves --out as it found it (here: absent; below: empty), so the same command can run again
+    assert not (tmp_path / "o2").exists() and not list(tmp_path.glob(".o2.mining-*"))
+    (tmp_path / "o4").mkdir()
+    assert main(["--model", str(folder), "--images", str(broken), "--out", str(tmp_path / "o4")]) == 2
+    assert list((tmp_path / "o4").iterdir()) == [] and not list(tmp_path.glob(".o4.mining-*"))
     (tmp_path / "o3").mkdir()
     (tmp_path / "o3" / "keep.txt").write_text("user data")
     assert main(["--model", str(folder), "--images", str(images), "--out", str(tmp_path / "o3")]) == 2

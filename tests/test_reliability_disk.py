@@ -20,6 +20,7 @@ from safetensors.torch import save as safetensors_bytes
 
 import training.engine.checkpoint as checkpoint_module
 from mdp_hub import CheckpointError
+from mdp_hub.errors import WriteError, describe, exit_code
 from mdp_hub.export import export, verify_weights_checksum
 from training.engine.checkpoint import load_checkpoint
 
@@ -53,16 +54,30 @@ def _fail_on_call(number: int, real, failing):
 # ---------------------------------------------------------------- checkpoints
 
 
-def _arm_torch_save_disk_full(monkeypatch) -> None:
-    real_save = torch.save
+class _FailingFile(io.FileIO):
+    """A real file that takes the first ``budget`` bytes, then fails the way ``failure()`` says: the real
+    ``torch.save`` writes into it (and wraps the OSError in its own RuntimeError, as it does on a full disk)."""
 
-    def save_half_then_fail(obj, handle, *args, **kwargs):
-        buffer = io.BytesIO()
-        real_save(obj, buffer, *args, **kwargs)
-        handle.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-        raise _disk_full()
+    def __init__(self, path, mode, budget: int, failure):
+        super().__init__(path, mode)
+        self.budget, self.failure = budget, failure
 
-    monkeypatch.setattr(checkpoint_module.torch, "save", save_half_then_fail)
+    def write(self, data) -> int:
+        if len(data) > self.budget:
+            super().write(bytes(data[: self.budget]))
+            raise self.failure()
+        self.budget -= len(data)
+        return super().write(data)
+
+
+def _arm_checkpoint_file(failure):
+    def arm(monkeypatch) -> None:
+        def open_failing(path, mode="r", *args, **kwargs):
+            return _FailingFile(path, mode, 4096, failure)  # a toy checkpoint has ~20 kB
+
+        monkeypatch.setattr(checkpoint_module, "open", open_failing, raising=False)
+
+    return arm
 
 
 def _arm_read_only_run_folder(monkeypatch) -> None:
@@ -72,9 +87,15 @@ def _arm_read_only_run_folder(monkeypatch) -> None:
     monkeypatch.setattr(checkpoint_module, "open", refuse, raising=False)
 
 
+def _interrupt() -> KeyboardInterrupt:
+    return KeyboardInterrupt()
+
+
+# fault -> (arm, errno of the WriteError; None for an interrupt)
 CHECKPOINT_FAULTS = {
-    "disk full half-way through torch.save": (_arm_torch_save_disk_full, errno.ENOSPC),
+    "disk full half-way through torch.save": (_arm_checkpoint_file(_disk_full), errno.ENOSPC),
     "read-only run folder": (_arm_read_only_run_folder, errno.EROFS),
+    "second Ctrl-C half-way through torch.save": (_arm_checkpoint_file(_interrupt), None),
 }
 
 
@@ -97,10 +118,14 @@ def test_failed_checkpoint_keeps_the_last_good_one_and_the_run_resumes_bit_exact
     failing.resume()
     with monkeypatch.context() as patch:
         arm(patch)
-        with pytest.raises(OSError) as caught:
+        with pytest.raises(WriteError) as caught:
             failing.run()  # fails at the step-4 checkpoint
     failing.logger.close()
     assert caught.value.errno == code
+    message = describe(caught.value)  # what the entry points print: one line with the file and the free space
+    assert message.startswith(f"could not write {run / 'last.pth'}: ") and " free on its disk" in message
+    assert message.endswith("the previous last.pth is unchanged")
+    assert exit_code(caught.value) == (130 if code is None else 2)
     assert (run / "last.pth").read_bytes() == good, "the last good checkpoint was touched"
     assert sorted(p.name for p in run.iterdir() if p.suffix == ".pth" or ".tmp-" in p.name) == checkpoint_files
 

@@ -21,12 +21,13 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from mdp_hub.errors import UserError
 from training.data.transforms import PhotometricConfig
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A recipe or override that does not fit the config schema."""
 
 
@@ -124,6 +125,11 @@ class TrainConfig:
     probe_images: int = 32  # crops of the probe batch (half fit centroids and the linear probe, half score them)
     threads: int = 0  # >0 sets torch.set_num_threads (CPU runs)
     device: str = "auto"  # auto | cuda | cpu
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -251,22 +257,30 @@ def to_dict(config: Any) -> dict:
 FINETUNE_PREFIX = "finetune_"  # fine-tuning recipes share the folder; they have their own schema
 
 
-def list_recipes() -> list[str]:
-    """Names of the pretraining recipes shipped in training/recipes/."""
-    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml") if not p.stem.startswith(FINETUNE_PREFIX))
+def list_recipes(finetune: bool = False) -> list[str]:
+    """Names of the pretraining (``finetune=True``: fine-tuning) recipes shipped in training/recipes/."""
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml") if p.stem.startswith(FINETUNE_PREFIX) == finetune)
 
 
-def resolve_recipe_path(recipe: str) -> Path:
-    """A recipe name (``voc_ade20k``) or a path to a YAML file."""
+def resolve_recipe_path(recipe: str, finetune: Optional[bool] = None) -> Path:
+    """A recipe name (``voc_ade20k``) or a path to a YAML file; ``finetune`` (if not None) is the kind of recipe the
+    caller runs: a shipped name of the other kind, or an unknown name, raises listing the names of that kind."""
     path = Path(recipe)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise ConfigError(f"recipe file {path} does not exist")
         return path
     path = RECIPE_DIR / f"{recipe}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"unknown recipe {recipe!r}; known recipes: {', '.join(list_recipes())}")
-    return path
+    if path.is_file() and (finetune is None or recipe.startswith(FINETUNE_PREFIX) == finetune):
+        return path
+    kind = "recipe" if finetune is None else "fine-tuning recipe" if finetune else "pretraining recipe"
+    names = list_recipes(bool(finetune)) + ([] if finetune is not None else list_recipes(True))
+    if path.is_file():
+        tool = "training.pretrain" if finetune else "training.finetune"
+        problem = f"recipe {recipe!r} is for python -m {tool}"
+    else:
+        problem = f"unknown recipe {recipe!r}"
+    raise ConfigError(f"{problem}; the {kind}s are: {', '.join(names)}")
 
 
 def _merge(base: dict, child: dict) -> dict:
@@ -342,7 +356,7 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
 
 def load_config(recipe: str = "demo", overrides: Optional[list[str]] = None) -> PretrainConfig:
     """Load a recipe (name or file) with its ``base`` chain, apply ``--set`` overrides, type-check the result."""
-    path = resolve_recipe_path(recipe)
+    path = resolve_recipe_path(recipe, finetune=False)
     values = _load_recipe_dict(path)
     leaf = yaml.safe_load(path.read_text()) or {}
     if "name" not in leaf:  # an inherited name would mislabel the child recipe's runs and exports

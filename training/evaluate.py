@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
+from mdp_hub.errors import command
 from mdp_hub.help_format import HelpFormatter, plain
 from training.config import ConfigError, from_dict
 from training.data.datasets import build_segmentation_dataset
@@ -133,6 +134,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@command("python -m training.evaluate")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     dist_info = distributed.init_distributed(args.device)

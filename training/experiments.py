@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from mdp_hub.errors import UserError, command
 from training.data.readers import open_reader
 from training.data.specs import DatasetSpec, parse_spec
 from training.data.synthetic import ensure_synthetic, unify_map
@@ -753,18 +754,15 @@ def study_setup(budget: Budget, data: StudyData) -> str:
             f"(MMSeg schedule: SGD 0.02, poly), whole-image evaluation{scale}")
 
 
+@command("python -m training.experiments", expected=(ValueError,))  # bad specs, layouts, method lists
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     if args.jobs < 1 or not re.fullmatch(r"[a-z0-9][a-z0-9-]*", args.section):
-        print("error: --jobs must be at least 1 and --section lower-case letters, digits and '-'", file=sys.stderr)
-        return 2
+        raise UserError(f"--jobs {args.jobs} --section {args.section}: --jobs must be at least 1 and --section "
+                        "lower-case letters, digits and '-'")
     budget = study_budget(args)
-    try:
-        data = resolve_study_data(args.pretrain, args.targets, args.unify_map, budget)
-        methods = study_methods(args.methods, data.unify_map is not None)
-    except (ValueError, OSError) as error:  # bad specs, layouts, files: one line, no traceback
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    data = resolve_study_data(args.pretrain, args.targets, args.unify_map, budget)
+    methods = study_methods(args.methods, data.unify_map is not None)
     output = args.output.resolve()
     records = run_study(methods, args.seeds, output, budget, args.jobs, data)
     failures = [r for r in records if "error" in r]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from mdp_hub.errors import command
 from mdp_hub.help_format import HelpFormatter, plain
 from mdp_hub.segmenter import PrototypeSegmenter, dataset_class_ids
 from training.data import build_segmentation_dataset, ensure_synthetic
@@ -111,6 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@command("python -m training.experiments_prototypes")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     segmenter = PrototypeSegmenter.from_pretrained(args.model)

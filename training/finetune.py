@@ -8,7 +8,7 @@
 ``--init``: ``scratch``, a timm name (``resnet50.a1_in1k``, ``hf-hub:ORG/NAME``, ``local-dir:/path``), an MDP
 export folder, or a training checkpoint; the backbone is always loaded strictly. The run shares the pretraining
 engine (``training.engine``): torchrun DDP, AMP, atomic ``last.pth`` with auto-resume from the run folder,
-SIGTERM/SIGUSR1 checkpointing, a non-finite-loss stop, metrics.jsonl + TensorBoard + tqdm. Validation runs every
+SIGTERM/SIGUSR1/Ctrl-C checkpointing, a non-finite-loss stop, metrics.jsonl + TensorBoard + tqdm. Validation runs every
 ``train.eval_every`` iterations and at the end; the final scores go to ``<run>/eval/results.{json,md}``.
 """
 from __future__ import annotations
@@ -21,19 +21,23 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
+from mdp_hub.errors import command
 from mdp_hub.help_format import HelpFormatter, plain
-from training.config import save_config, to_dict
+from training.config import ConfigError, list_recipes, save_config, to_dict
 from training.data.datasets import build_segmentation_dataset
+from training.data.doctor import check_reader
 from training.data.device_augment import BatchPhotometric, DeviceViews
+from training.data.errors import BadSampleError
 from training.data.label_space import LabelSpace
+from training.data.specs import parse_spec
 from training.data.transforms import PhotometricConfig
 from training.engine import distributed
-from training.engine.checkpoint import LAST_NAME, CheckpointManager, load_checkpoint
+from training.engine.checkpoint import CheckpointManager, load_checkpoint
 from training.engine.data import epoch_loader
 from training.engine.logger import RunLogger
 from training.engine.loop import LoopConfig, Trainer
 from training.engine.numerics import make_grad_scaler
-from training.engine.signals import StopRequested
+from training.engine.run_lock import RunLock
 from training.evaluate import evaluate_dataset, write_results
 from training.seg.config import DEFAULT_RECIPE, FinetuneConfig, load_finetune_config, resolve_data_spec
 from training.seg.losses import segmentation_cross_entropy
@@ -66,8 +70,8 @@ class InfiniteBatches:
                                           rank=distributed.get_rank(), shuffle=True, seed=seed)
         self.steps_per_pass = len(self.sampler) // batch_size
         if self.steps_per_pass == 0:
-            raise ValueError(f"data.train has {len(dataset)} images, fewer than one batch of {batch_size} per "
-                             f"process")
+            raise ConfigError(f"data.train has {len(dataset)} images, fewer than one batch of {batch_size} per "
+                              "process: lower train.batch_size or add images")
 
     def __call__(self, epoch: int, skip: int):
         """Batches from step ``skip`` on (the loop's single epoch is the whole run, so ``epoch`` is always 0)."""
@@ -87,13 +91,25 @@ def build_datasets(config: FinetuneConfig):
     train_set = build_segmentation_dataset(
         resolve_data_spec(data.train, train=True), train=True, crop_size=data.crop_size, mean=data.mean,
         std=data.std, scale_range=tuple(data.scale_range), cat_max_ratio=data.cat_max_ratio,
-        base_size=data.base_size or None, photometric=MMSEG_PHOTOMETRIC, photometric_on=data.photometric_on)
-    val_set = build_segmentation_dataset(resolve_data_spec(data.val, train=False), train=False, mean=data.mean,
-                                         std=data.std)
+        base_size=data.base_size or None, photometric=MMSEG_PHOTOMETRIC, photometric_on=data.photometric_on,
+        skip_bad_samples=data.skip_bad_samples)
+    val_spec = resolve_data_spec(data.val, train=False)
+    val_set = build_segmentation_dataset(val_spec, train=False, mean=data.mean, std=data.std)
     if list(train_set.class_names) != list(val_set.class_names):
-        raise ValueError(f"data.train={data.train!r} and data.val={data.val!r} have different classes "
-                         f"({train_set.num_classes} vs {val_set.num_classes}); they must be one dataset's splits")
+        raise ConfigError(f"data.train={data.train!r} and data.val={data.val!r} have different classes "
+                          f"({train_set.num_classes} vs {val_set.num_classes}); they must be one dataset's splits")
+    check_validation_samples(val_set, val_spec)
     return train_set, val_set
+
+
+def check_validation_samples(val_set, spec: str) -> None:
+    """Decode every validation sample now: a broken one would otherwise stop the run at its first validation,
+    after hours of training (a pass over the data without the model, a fraction of one validation's time)."""
+    errors = check_reader(val_set.reader, parse_spec(spec))["errors"]
+    if errors:
+        more = f" (and {len(errors) - 1} more: python -m training.data check {spec})" if len(errors) > 1 else ""
+        raise BadSampleError(errors[0]["file"], f"{errors[0]['problem']}{more}; validation data is checked "
+                             "before training starts: fix or remove the sample")
 
 
 def segmentation_losses(logits: dict[str, torch.Tensor], mask: torch.Tensor, config: FinetuneConfig
@@ -111,29 +127,39 @@ def segmentation_losses(logits: dict[str, torch.Tensor], mask: torch.Tensor, con
 
 def finetune(config: FinetuneConfig, run_dir: Path) -> SegmentationMetrics:
     """Fine-tune (or resume the run in ``run_dir``) and return the final validation metrics."""
-    train_cfg = config.train
     run_dir = Path(run_dir)
-    dist_info = distributed.init_distributed(train_cfg.device)
+    dist_info = distributed.init_distributed(config.train.device)
+    lock = RunLock(run_dir, enabled=dist_info.is_main)
+    try:
+        lock.acquire()
+        return _finetune(config, run_dir, dist_info)
+    finally:
+        distributed.cleanup()
+        lock.release()
+
+
+def _finetune(config: FinetuneConfig, run_dir: Path, dist_info: distributed.DistInfo) -> SegmentationMetrics:
+    train_cfg = config.train
     device = dist_info.device
     if train_cfg.threads > 0:
         torch.set_num_threads(train_cfg.threads)
     if train_cfg.batch_size % dist_info.world_size:
-        raise ValueError(f"train.batch_size={train_cfg.batch_size} (global) is not divisible by the "
-                         f"{dist_info.world_size} processes")
+        raise ConfigError(f"train.batch_size={train_cfg.batch_size} (global) is not divisible by the "
+                          f"{dist_info.world_size} processes")
     distributed.seed_everything(train_cfg.seed, dist_info.rank)
     if config.data.photometric_on == "auto":  # resolved before the config is saved, so the run records what ran
         config.data.photometric_on = "device" if device.type == "cuda" else "worker"
     train_set, val_set = build_datasets(config)
     label_space = LabelSpace([(train_set.reader.dataset_name, train_set.class_names)])
 
-    resuming = CheckpointManager(run_dir).resume_path() is not None
+    last = CheckpointManager(run_dir).resume_path()
     # A resumed run takes every weight from last.pth: build the architecture only, skip the (maybe remote) init.
-    init = "scratch" if resuming else config.init
-    if resuming:
-        arch = load_checkpoint(run_dir / LAST_NAME, kind="finetune")["arch"]
+    resumed = load_checkpoint(last, kind="finetune") if last is not None else None
+    if resumed is not None:
+        arch = resumed["arch"]
         model = build_segmentation_model(config.model, train_set.num_classes, arch)
     else:
-        model, arch = create_segmentation_model(config.model, train_set.num_classes, init)
+        model, arch = create_segmentation_model(config.model, train_set.num_classes, config.init)
     model.to(device)
     if dist_info.distributed and device.type == "cuda" and train_cfg.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -148,20 +174,25 @@ def finetune(config: FinetuneConfig, run_dir: Path) -> SegmentationMetrics:
                               num_workers=config.data.num_workers, seed=train_cfg.seed,
                               pin_memory=device.type == "cuda")
     logger = RunLogger(run_dir, enabled=dist_info.is_main, total_steps=train_cfg.iterations)
-    state = {"metrics": None}
+    state = {"metrics": None, "step": None}  # the last validation, at step
 
     def evaluate_now(step: int) -> SegmentationMetrics:
-        result = evaluate_dataset(model, val_set, config.eval, device=device, amp=train_cfg.amp,
-                                  mean=config.data.mean, std=config.data.std)
+        # validation must not move the training's random streams (its DataLoader draws a seed), so that skipping
+        # or repeating it on a resume changes nothing
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            result = evaluate_dataset(model, val_set, config.eval, device=device, amp=train_cfg.amp,
+                                      mean=config.data.mean, std=config.data.std)
         logger.log(step, {"mIoU": result.miou, "mAcc": result.macc, "aAcc": result.aacc}, prefix="val")
         logger.message(f"step {step}: val mIoU {result.miou:.2f}  mAcc {result.macc:.2f}  aAcc {result.aacc:.2f}")
-        state["metrics"] = result
+        state.update(metrics=result, step=step)
         return result
 
-    def after_step(step: int) -> None:
-        done = step + 1
-        if done == train_cfg.iterations or (train_cfg.eval_every > 0 and done % train_cfg.eval_every == 0):
-            evaluate_now(done)
+    def validation_due(step: int) -> bool:
+        return step == train_cfg.iterations or (train_cfg.eval_every > 0 and step % train_cfg.eval_every == 0)
+
+    def validate_after_checkpoint(step: int) -> None:
+        if validation_due(step):
+            evaluate_now(step)
 
     def checkpoint_extras() -> dict:
         metrics = state["metrics"]
@@ -169,7 +200,7 @@ def finetune(config: FinetuneConfig, run_dir: Path) -> SegmentationMetrics:
                 "label_space": label_space.to_dict(),
                 "data_config": {"mean": list(config.data.mean), "std": list(config.data.std),
                                 "crop_size": list(config.data.crop_size)},
-                "metrics": metrics.to_dict() if metrics is not None else None}
+                "metrics": {**metrics.to_dict(), "step": state["step"]} if metrics is not None else None}
 
     def compute_losses(batch: dict) -> dict[str, torch.Tensor]:
         return segmentation_losses(wrapped(batch["image"]), batch["mask"], config)
@@ -190,18 +221,20 @@ def finetune(config: FinetuneConfig, run_dir: Path) -> SegmentationMetrics:
                           amp=train_cfg.amp, log_every=train_cfg.log_every,
                           checkpoint_every=train_cfg.checkpoint_every, snapshot_every=train_cfg.eval_every,
                           keep_snapshots=train_cfg.keep_snapshots),
-        run_dir=run_dir, dist_info=dist_info, checkpoint_extras=checkpoint_extras, after_step=after_step,
-        logger=logger)
+        run_dir=run_dir, dist_info=dist_info, checkpoint_extras=checkpoint_extras,
+        after_checkpoint=validate_after_checkpoint, logger=logger)
     try:
         step = trainer.resume(expected={"kind": "finetune", "arch": arch,
                                         "label_space": label_space.to_dict()})
         if dist_info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, run_dir / "config.yaml")
             logger.message(f"fine-tuning {arch} + {config.model.head} from {config.init!r} on {config.data.train} "
                            f"({train_set.num_classes} classes), step {step}/{train_cfg.iterations}")
+        previous = (resumed or {}).get("metrics") or {}
+        if step > 0 and validation_due(step) and previous.get("step") != step:
+            evaluate_now(step)  # the run stopped after this step's checkpoint, before its validation ended
         trainer.run()
-        metrics = state["metrics"] or evaluate_now(trainer.step)
+        metrics = state["metrics"] if state["step"] == trainer.step else evaluate_now(trainer.step)
         if dist_info.is_main:
             info = {"checkpoint": str(trainer.checkpoints.last_path), "data": config.data.val,
                     "dataset": val_set.reader.dataset_name, "split": val_set.reader.split, "step": trainer.step,
@@ -210,7 +243,6 @@ def finetune(config: FinetuneConfig, run_dir: Path) -> SegmentationMetrics:
             write_results(run_dir / "eval", metrics, info)
     finally:
         logger.close()
-        distributed.cleanup()
     return metrics
 
 
@@ -218,8 +250,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.finetune", description=plain(__doc__),
                                      formatter_class=HelpFormatter)
     parser.add_argument("--recipe", default=DEFAULT_RECIPE,
-                        help="recipe name under training/recipes (finetune_voc_aug, finetune_ade20k, "
-                             "finetune_cityscapes, finetune_coco_stuff164k, finetune_synthetic) or a YAML file")
+                        help=f"recipe name under training/recipes ({', '.join(list_recipes(finetune=True))}) or a "
+                             "YAML file")
     parser.add_argument("--init", default=None, help="backbone initialisation (overrides the recipe's init)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set optim.lr=0.02 (repeatable)")
@@ -228,17 +260,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@command("python -m training.finetune")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = load_finetune_config(args.recipe, args.overrides)
     if args.init is not None:
         config.init = args.init
     run_dir = args.output or Path("runs") / config.name
-    try:
-        metrics = finetune(config, run_dir)
-    except StopRequested as stop:
-        print(stop, file=sys.stderr)
-        return stop.exit_code
+    metrics = finetune(config, run_dir)
     if distributed.get_rank() == 0:
         print(f"final mIoU {metrics.miou:.2f}  mAcc {metrics.macc:.2f}  aAcc {metrics.aacc:.2f}  "
               f"-> {run_dir / 'eval'}")

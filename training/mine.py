@@ -21,17 +21,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from mdp_hub.errors import CheckpointError
+from mdp_hub.errors import UserError, command
 from mdp_hub.help_format import HelpFormatter, plain
 from mdp_hub.segmenter import PrototypeSegmenter
-from training.data.errors import BadSampleError, DatasetLayoutError
+from training.data.errors import DatasetLayoutError
 from training.data.label_space import LOCAL_IGNORE
 from training.data.readers import IMAGE_SUFFIXES, FolderReader, load_image
 
@@ -58,19 +60,39 @@ def threshold_labels(labels: torch.Tensor, scores: torch.Tensor, threshold: floa
 
 def mine(model: str, images: Path, out: Path, *, threshold: float = 0.5, dataset: str | None = None,
          device: str = "cpu") -> dict:
-    """Write the pseudo-labelled folder ``out`` (see the module docstring) and return its summary."""
+    """Write the pseudo-labelled folder ``out`` (see the module docstring) and return its summary.
+
+    Everything is written into a hidden folder next to ``out`` that replaces ``out`` (absent or empty) only once
+    complete, so a failure at any image leaves ``out`` as it was and the same command can simply be run again."""
     if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"--threshold {threshold}: must be a probability in [0, 1]")
-    if out.exists() and any(out.iterdir()):
+        raise UserError(f"--threshold {threshold}: must be a probability in [0, 1]")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: not empty; pseudo-labels are written into a new folder")
     files = list_images(images)
     segmenter = PrototypeSegmenter.from_pretrained(model).to(device)
     _, class_names, dataset = segmenter.candidates(dataset)
     if len(class_names) >= LOCAL_IGNORE:
-        raise ValueError(f"{model}: {len(class_names)} classes do not fit the folder format's 0..254 ids; "
-                         f"pick one dataset with --dataset ({', '.join(segmenter.dataset_names)})")
-    out.mkdir(parents=True, exist_ok=True)
+        raise UserError(f"{model}: {len(class_names)} classes do not fit the folder format's 0..254 ids; "
+                        f"pick one dataset with --dataset ({', '.join(segmenter.dataset_names)})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    container = Path(tempfile.mkdtemp(prefix=f".{out.name}.mining-", dir=out.parent))
+    staging = container / out.resolve().name  # the folder reader names the dataset after its folder
+    try:
+        staging.mkdir()
+        summary = _write_pseudo_labels(segmenter, files, images, staging, class_names, dataset, threshold)
+        summary.update(model=str(model), dataset_spec=f"folder:{out}")
+        (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+        os.replace(staging, out)  # also over an empty folder
+    finally:
+        shutil.rmtree(container, ignore_errors=True)
+    return summary
+
+
+def _write_pseudo_labels(segmenter: PrototypeSegmenter, files: list[Path], images: Path, out: Path,
+                         class_names: list[str], dataset: str | None, threshold: float) -> dict:
+    """Classes, masks, images and unification map of the pseudo-labelled folder ``out``; returns the summary."""
     (out / CLASSES_FILE).write_text("".join(f"{name}\n" for name in class_names))
+    device = segmenter.prototypes.device
 
     class_pixels = torch.zeros(len(class_names), dtype=torch.long)
     total_pixels = 0
@@ -95,15 +117,13 @@ def mine(model: str, images: Path, out: Path, *, threshold: float = 0.5, dataset
     unify = {f"{reader.dataset_name}/{name}": source for name, source in zip(class_names, source_names)}
     (out / UNIFY_FILE).write_text(json.dumps(unify, indent=1) + "\n")
     kept = int(class_pixels.sum())
-    summary = {
-        "model": str(model), "images": str(images), "threshold": threshold, "dataset": dataset,
+    return {
+        "images": str(images), "threshold": threshold, "dataset": dataset,
         "num_images": len(files), "pixels": total_pixels, "kept_pixels": kept,
         "kept_fraction": kept / max(total_pixels, 1),
         "class_pixels": {name: int(n) for name, n in zip(class_names, class_pixels.tolist()) if n > 0},
-        "dataset_spec": f"folder:{out}",
     }
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
-    return summary
+
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -120,15 +140,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@command("python -m training.mine", expected=(ValueError,))
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        summary = mine(args.model, args.images, args.out, threshold=args.threshold, dataset=args.dataset,
-                       device=args.device)
-    except (CheckpointError, BadSampleError, DatasetLayoutError, FileNotFoundError, FileExistsError,
-            ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    summary = mine(args.model, args.images, args.out, threshold=args.threshold, dataset=args.dataset,
+                   device=args.device)
     print(f"kept {summary['kept_pixels']} of {summary['pixels']} pixels ({100 * summary['kept_fraction']:.1f}%) "
           f"at confidence >= {args.threshold} in {summary['num_images']} images -> {summary['dataset_spec']}")
     top = sorted(summary["class_pixels"].items(), key=lambda item: -item[1])[:10]

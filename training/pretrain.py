@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from mdp_hub.errors import command
 from mdp_hub.help_format import HelpFormatter
 from training import config as config_lib
 from training.config import ConfigError, PretrainConfig
@@ -33,14 +34,13 @@ from training.data import (
 from training.data.device_augment import BatchPhotometric, DeviceViews
 from training.data.label_space import IGNORE_INDEX, LOCAL_IGNORE
 from training.engine import distributed
-from training.engine.checkpoint import CheckpointError
 from training.engine.data import epoch_loader, steps_per_epoch
 from training.engine.logger import METRICS_NAME, RunLogger
 from training.engine.loop import LoopConfig, Trainer
-from training.engine.numerics import NonFiniteLossError, make_grad_scaler
+from training.engine.numerics import make_grad_scaler
 from training.engine.optim import build_optimizer, scaled_lr, warmup_cosine
 from training.engine.plots import plot_loss_curves, plot_prototype_similarity
-from training.engine.signals import StopRequested
+from training.engine.run_lock import RunLock
 from training.data.transforms import PhotometricConfig
 from training.mdp import build_method, method_options, momentum_schedule
 from training.mdp.model import create_momentum_copy
@@ -230,17 +230,24 @@ def load_pretrained_backbone(backbone: nn.Module, source: str) -> None:
         return
     import timm
 
+    if ":" not in source and not timm.is_model(source.split(".")[0]):  # hf-hub:, local-dir: go to timm
+        raise ConfigError(f"init.pretrained={source!r}: no such file, and not a timm model name such as "
+                          "resnet50.tv_in1k")
     reference = timm.create_model(source, pretrained=True, num_classes=0, global_pool="")
     backbone.load_state_dict(reference.state_dict(), strict=True)
 
 
 def build_model(cfg: PretrainConfig, label_space: LabelSpace, info: distributed.DistInfo):
     """(method on the device, the module the loop calls): init, SyncBN, momentum copy, channels_last, DDP, compile."""
-    method = build_method(
-        cfg.method.name, label_space=label_space, arch=cfg.method.arch, output_stride=cfg.method.output_stride,
-        embed_dim=cfg.method.embed_dim, head_hidden_dim=cfg.method.head_hidden_dim or None,
-        **checked_method_options(cfg),
-    )
+    try:
+        method = build_method(
+            cfg.method.name, label_space=label_space, arch=cfg.method.arch, output_stride=cfg.method.output_stride,
+            embed_dim=cfg.method.embed_dim, head_hidden_dim=cfg.method.head_hidden_dim or None,
+            **checked_method_options(cfg),
+        )
+    except ValueError as error:  # an option that does not fit this run's data, e.g. sc_topk >= classes
+        raise ConfigError(f"method.options for the {label_space.num_classes} classes of "
+                          f"{', '.join(label_space.dataset_names)}: {error}") from None
     if cfg.init.pretrained:
         load_pretrained_backbone(method.encoder.backbone, cfg.init.pretrained)
     if cfg.train.sync_bn and info.distributed and info.device.type == "cuda":
@@ -347,7 +354,9 @@ def train(cfg: PretrainConfig, run_dir: Path) -> int:
     distributed.seed_everything(cfg.train.seed, info.rank)
     if cfg.data.photometric_on == "auto":  # resolved before the config is saved, so the run records what ran
         cfg.data.photometric_on = "device" if info.device.type == "cuda" else "worker"
+    lock = RunLock(run_dir, enabled=info.is_main)
     try:
+        lock.acquire()
         label_space, stages = build_stages(cfg, info)
         method, model = build_model(cfg, label_space, info)
         if cfg.data.photometric_on == "device":  # workers send uint8 crops and local ids; views and ids made here
@@ -366,11 +375,6 @@ def train(cfg: PretrainConfig, run_dir: Path) -> int:
         warmup_steps = round(cfg.optim.warmup_epochs * stages[0].steps_per_epoch)
         optimizer = build_optimizer(method, cfg.optim.name, base_lr, cfg.optim.weight_decay,
                                     cfg.optim.momentum, tuple(cfg.optim.betas))
-        if info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            config_lib.save_config(cfg, run_dir / "config.yaml")
-            label_space.save(run_dir / "label_space.json")
-        distributed.barrier()
 
         def iterate_epoch(epoch: int, skip: int):
             stage, stage_epoch = epoch_stage[epoch]
@@ -415,6 +419,10 @@ def train(cfg: PretrainConfig, run_dir: Path) -> int:
             gradient_groups=gradient_groups(method),
         )
         start = trainer.resume(expected={key: extras[key] for key in ("kind", "arch", "label_space")})
+        if info.is_main:  # only now: a refused resume leaves the earlier run's files as they were
+            config_lib.save_config(cfg, run_dir / "config.yaml")
+            label_space.save(run_dir / "label_space.json")
+        distributed.barrier()
         logger.message(
             f"{cfg.name}: {cfg.method.name} on {', '.join(label_space.dataset_names)} ({label_space.num_classes} "
             f"classes), {cfg.method.arch} OS{cfg.method.output_stride}, {info.world_size} process(es) x batch "
@@ -435,14 +443,9 @@ def train(cfg: PretrainConfig, run_dir: Path) -> int:
                 print(f"exported backbone to {out_dir} (weight tag: {tag})")
                 print(f'timm.create_model("local-dir:{out_dir.resolve()}", pretrained=True)')
         return 0
-    except StopRequested as stop:
-        print(f"{stop}: restart the same command to resume", file=sys.stderr)
-        return stop.exit_code
-    except (NonFiniteLossError, CheckpointError, ConfigError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
     finally:
         distributed.cleanup()
+        lock.release()
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -460,14 +463,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@command("python -m training.pretrain")
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    try:
-        cfg = config_lib.load_config(args.recipe, args.overrides)
-        checked_method_options(cfg)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    cfg = config_lib.load_config(args.recipe, args.overrides)
+    checked_method_options(cfg)
     if args.print_config:
         import yaml
 

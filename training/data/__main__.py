@@ -6,10 +6,12 @@ import argparse
 import json
 import sys
 
+from mdp_hub.errors import command
 from training.data.doctor import check_spec, format_report
 from training.data.synthetic import ensure_synthetic, generate
 
 
+@command("python -m training.data")
 def main(argv: list[str] | None = None) -> int:
     from mdp_hub.help_format import HelpFormatter, plain  # here: the data tools need no timm otherwise
 

@@ -51,7 +51,7 @@ def open_readers(specs: Sequence[str | DatasetSpec], *, train: bool, skip_bad_sa
         if missing and not skip_bad_samples:
             more = f" (and {len(missing) - 1} more in this split)" if len(missing) > 1 else ""
             raise BadSampleError(missing[0].path, missing[0].problem + more +
-                                 "; fix the dataset or pass --skip-bad-samples")
+                                 "; fix the dataset, or drop such samples with --set data.skip_bad_samples=true")
         if missing:
             reader.drop(missing)
             dropped.extend(missing)

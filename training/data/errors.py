@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 
+from mdp_hub.errors import UserError
 
-class DatasetLayoutError(ValueError):
+
+class DatasetLayoutError(UserError, ValueError):
     """The dataset folder is missing, has the wrong layout, or the split is empty (known at start-up)."""
 
 
-class BadSampleError(ValueError):
+class BadSampleError(UserError, ValueError):
     """One sample cannot be used: missing or corrupt file, size mismatch, label values out of range."""
 
     def __init__(self, path: str | os.PathLike, problem: str):

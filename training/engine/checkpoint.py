@@ -15,13 +15,16 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from mdp_hub.checkpoint_io import not_a_torch_file
+from mdp_hub.errors import UserError, failure_cause, write_error
+
 FORMAT = "mdp-hub/train-checkpoint"
 FORMAT_VERSION = 1
 LAST_NAME = "last.pth"
 SNAPSHOT_PATTERN = re.compile(r"^checkpoint_(\d+)\.pth$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be read or does not fit the run."""
 
 
@@ -89,20 +92,28 @@ def _restore_cuda_rng_states(saved: list) -> None:
 def save_atomic(obj: Any, path: Path) -> None:
     """Write with ``torch.save`` to a temporary file, fsync it, then ``os.replace`` it over ``path``.
 
-    A crash at any moment leaves either the old or the new complete file, never a truncated one.
+    A crash at any moment leaves either the old or the new complete file, never a truncated one. A full disk, an
+    unwritable folder or an interrupt (second Ctrl-C) raises :class:`~mdp_hub.errors.WriteError` naming ``path``
+    and the free space; the previous file is unchanged and the temporary one removed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary_path(path, os.getpid())
+    existed = path.exists()
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError, KeyboardInterrupt) as error:
+        # torch wraps a failed write in a RuntimeError; one without an OSError inside is a bug: keep its traceback
+        if isinstance(error, RuntimeError) and failure_cause(error) is None:
+            raise
+        left = f"the previous {path.name} is unchanged" if existed else "no checkpoint was written"
+        raise write_error(path, error, left) from error
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)  # make the rename itself durable
@@ -132,6 +143,9 @@ def load_checkpoint(path: Path, *, kind: Optional[str] = None, map_location: Any
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    problem = not_a_torch_file(path)
+    if problem:
+        raise CheckpointError(f"checkpoint {path}: {problem}; give the last.pth of a run")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for truncated/corrupt/unsafe files

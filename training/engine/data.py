@@ -14,6 +14,8 @@ from typing import Callable, Iterator, Optional, Sized
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
+from training.config import ConfigError
+
 
 class SkipBatches(Sampler[list[int]]):
     """The batches of ``batch_sampler`` without the first ``skip`` of them."""
@@ -37,8 +39,9 @@ def steps_per_epoch(sampler: Sized, batch_size: int) -> int:
     """Full batches per epoch (the last partial batch is dropped, so every step has the same shape)."""
     steps = len(sampler) // batch_size
     if steps == 0:
-        raise ValueError(
-            f"the sampler yields {len(sampler)} samples per epoch on this rank, fewer than one batch of {batch_size}"
+        raise ConfigError(
+            f"the data gives {len(sampler)} images per epoch on this process, fewer than one batch of {batch_size}: "
+            "lower train.batch_size or add images"
         )
     return steps
 

@@ -88,6 +88,8 @@ class Trainer:
     module, or a DDP/compiled wrapper of it). ``iterate_epoch(epoch, skip)`` returns the batches of ``epoch``
     without its first ``skip`` batches, deterministically, so a resumed run sees the same data as an uninterrupted
     one. ``checkpoint_extras()`` returns the run-specific entries of the checkpoint (kind, arch, config, ...).
+    ``after_step(step)`` runs after each optimizer step (EMA); ``after_checkpoint(step)`` after the step's checkpoint
+    (if one is due) is written, so work such as validation never runs ahead of the last saved state.
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class Trainer:
         dist_info: distributed.DistInfo,
         checkpoint_extras: Callable[[], dict],
         after_step: Optional[Callable[[int], None]] = None,
+        after_checkpoint: Optional[Callable[[int], None]] = None,
         logger: Optional[RunLogger] = None,
         probe: Optional[Callable[[int], dict]] = None,
         gradient_groups: Optional[dict[str, list[nn.Parameter]]] = None,
@@ -119,6 +122,7 @@ class Trainer:
         self.dist = dist_info
         self.checkpoint_extras = checkpoint_extras
         self.after_step = after_step
+        self.after_checkpoint = after_checkpoint
         self.schedule = EpochSchedule(config.epoch_lengths)
         if config.total_steps > self.schedule.total_steps:
             raise ValueError(
@@ -313,7 +317,10 @@ class Trainer:
                         self.logger.log(self.step, probed)
                     if save:
                         self.save(snapshot=snapshot)
-                        timer.exclude_since_last_mark()  # checkpoint I/O is neither data nor compute time
+                    if self.after_checkpoint is not None:
+                        self.after_checkpoint(self.step)
+                    if save or self.after_checkpoint is not None:
+                        timer.exclude_since_last_mark()  # checkpoint I/O and validation are neither data nor compute
                     # One-process runs look at the flag every step (free); distributed runs agree on it at log
                     # boundaries, because stopping must happen at the same step on every rank.
                     if boundary or not self.dist.distributed:

@@ -11,13 +11,17 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
+from mdp_hub.errors import UserError
+
 from .distributed import all_reduce_max_
 
 AMP_MODES = ("none", "bf16", "fp16")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Training produced a NaN/Inf loss; carries the step and the offending terms."""
+
+    exit_code = 1  # the run failed, its input may be fine
 
     def __init__(self, step: int, terms: list[str], checkpoint: Optional[str] = None):
         self.step = step

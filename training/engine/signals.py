@@ -1,29 +1,36 @@
-"""SIGTERM / SIGUSR1 -> checkpoint, then exit.
+"""SIGTERM / SIGUSR1 / SIGINT (Ctrl-C) -> checkpoint, then exit.
 
 Cluster schedulers (SLURM pre-emption, Kubernetes, torchrun's own shutdown) send SIGTERM or SIGUSR1 before they
-kill a job. The handler only sets a flag; the step loop sees it at the next step boundary, writes ``last.pth``
-and leaves with :class:`StopRequested`, so a restart resumes from exactly that step.
+kill a job; a user presses Ctrl-C. The handler only sets a flag; the step loop sees it at the next step boundary,
+writes ``last.pth`` and leaves with :class:`StopRequested`, so a restart resumes from exactly that step. A second
+Ctrl-C does not wait for the boundary: it raises ``KeyboardInterrupt`` at once (a checkpoint being written then
+is abandoned and the previous one stays, see ``checkpoint.save_atomic``).
 """
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from typing import Optional
 
 import torch
 
+from mdp_hub.errors import UserError
+
 from .distributed import all_reduce_max_, is_initialized
 
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
-class StopRequested(Exception):
+class StopRequested(UserError):
     """Raised by the loop after it checkpointed on a stop signal; ``exit_code`` = 128 + signal number."""
 
     def __init__(self, signum: int, step: int):
         self.signum = signum
         self.step = step
         self.exit_code = 128 + signum
-        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint written")
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint written: "
+                         "run the same command again to resume")
 
 
 class StopSignal:
@@ -33,11 +40,21 @@ class StopSignal:
         self.signals = tuple(signals)
         self.received: Optional[int] = None
         self._previous = {}
+        self._pid = os.getpid()
 
     def _handle(self, signum, frame) -> None:
-        self.received = signum
+        if os.getpid() != self._pid:
+            return  # a forked data worker: the main process stops the run, the worker only gets torn down
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt("interrupted by a second Ctrl-C before the checkpoint")
+        self.received = signum  # first: a second Ctrl-C may arrive while the message below is being written
+        if signum == signal.SIGINT:
+            # os.write: the handler may run while the main thread is inside a print to stderr (progress bar)
+            os.write(sys.stderr.fileno(), b"\nCtrl-C: stopping after this step with a checkpoint "
+                                           b"(press Ctrl-C again to abort without one)\n")
 
     def __enter__(self) -> "StopSignal":
+        self._pid = os.getpid()
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self

@@ -33,6 +33,7 @@ class FinetuneDataConfig:
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     num_workers: int = 4
+    skip_bad_samples: bool = False  # data.train only: drop missing files, replace undecodable samples (docs/DATA.md)
     # Where MMSeg's colour jitter runs: "device" = batched on the training device, workers send uint8 crops and
     # uint8 masks (training.data.device_augment); "worker" = PIL in the data workers; "auto" = device on CUDA.
     photometric_on: str = "auto"
@@ -102,7 +103,8 @@ class FinetuneConfig:
             raise ConfigError(f"data.photometric_on {self.data.photometric_on!r}: expected 'auto', 'device' or "
                               "'worker'")
         if self.train.iterations <= 0 or self.train.batch_size <= 0:
-            raise ConfigError("train.iterations and train.batch_size must be positive")
+            raise ConfigError(f"train.iterations={self.train.iterations} and train.batch_size="
+                              f"{self.train.batch_size} must both be positive")
 
 
 def overrides_to_dict(overrides: list[str]) -> dict:
@@ -119,7 +121,7 @@ def overrides_to_dict(overrides: list[str]) -> dict:
 
 def load_finetune_config(recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None) -> FinetuneConfig:
     """A recipe (name under training/recipes or a YAML file), its ``base`` chain, then ``--set`` overrides."""
-    path = resolve_recipe_path(recipe)
+    path = resolve_recipe_path(recipe, finetune=True)
     values = _load_recipe_dict(path)
     values.setdefault("name", path.stem)
     try:
@@ -129,7 +131,7 @@ def load_finetune_config(recipe: str = DEFAULT_RECIPE, overrides: list[str] | No
     try:
         return from_dict(_merge(values, overrides_to_dict(overrides or [])), FinetuneConfig)
     except ConfigError as error:
-        raise ConfigError(f"--set {' '.join(overrides or [])}: {error}") from None
+        raise ConfigError(f"--set: {error}") from None
 
 
 SYNTHETIC = "synthetic"
