@@ -59,7 +59,8 @@ class WriteError(UserError, OSError):
 
     def __init__(self, path: str | os.PathLike, cause: BaseException, left: str = ""):
         interrupted = isinstance(cause, KeyboardInterrupt)
-        reason = "interrupted" if interrupted else getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
+        reason = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
+        reason = "interrupted" if interrupted else reason
         super().__init__(getattr(cause, "errno", None), reason, str(path))
         self.left = left
         self.exit_code = EXIT_INTERRUPTED if interrupted else UserError.exit_code

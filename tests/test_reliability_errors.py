@@ -93,7 +93,8 @@ CASES = {
         "training.finetune", FINETUNE + ["--set", "data.train=folder:{few}:train", "--set", "train.batch_size=4"],
         2, r"data.train has 1 images, fewer than one batch of 4 per process: lower train.batch_size"),
     "finetune: batch_size 0": (
-        "training.finetune", FINETUNE + ["--set", "train.batch_size=0"], 2, r"train.batch_size=0 must both be positive"),
+        "training.finetune", FINETUNE + ["--set", "train.batch_size=0"], 2,
+        r"train.batch_size=0 must both be positive"),
     "finetune: unknown key": (
         "training.finetune", FINETUNE + ["--set", "optim.lrr=1"], 2, r"unknown key.* optim.lrr"),
     "evaluate: checkpoint missing": (
@@ -118,6 +119,13 @@ CASES = {
         "mdp_hub", ["export", "{notes}", "{tmp}/export"], 2, r"{notes}: not a PyTorch weights file"),
     "mdp-hub: export into a read-only folder": (
         "mdp_hub", ["export", "{checkpoint}", "{read_only}/export"], 2, r"{read_only}.*check its permissions"),
+}
+
+
+# case -> (module, arguments, environment): expected errors keep their traceback on request
+DEBUG_CASES = {
+    "pretrain --debug": ("training.pretrain", ["--debug", "--set", "train.epochz=3"], {}),
+    "mdp-hub with MDP_HUB_DEBUG=1": ("mdp_hub", ["export", "{notes}", "{tmp}/export"], {"MDP_HUB_DEBUG": "1"}),
 }
 
 
@@ -170,7 +178,9 @@ def outcomes(tmp_path_factory):
     values = make_inputs(tmp)
     with read_only_folder(tmp / "read_only") as read_only, RunLock(tmp / "locked"):
         values["read_only"] = str(read_only)
-        cases = {name: (module, [_fill(arg, values) for arg in args]) for name, (module, args, _, _) in CASES.items()}
+        table = {name: (module, args, {}) for name, (module, args, _, _) in CASES.items()} | DEBUG_CASES
+        cases = {name: (module, [_fill(arg, values) for arg in args], env)
+                 for name, (module, args, env) in table.items()}
         (tmp / "cases.json").write_text(json.dumps(cases))
         env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}", OMP_NUM_THREADS="1",
                    HF_HUB_OFFLINE="1")
@@ -192,6 +202,12 @@ def test_bad_input_gives_one_line_and_no_traceback(case, outcomes):
     assert re.search(_fill(pattern, escaped), lines[0]), lines[0]
 
 
+@pytest.mark.parametrize("case", sorted(DEBUG_CASES))
+def test_debug_shows_the_traceback_of_an_expected_error(case, outcomes):
+    returncode, stderr = outcomes[1][case]
+    assert returncode == 1 and "Traceback (most recent call last)" in stderr, stderr
+
+
 def test_broken_validation_data_stops_before_the_first_step(outcomes):
     values, _ = outcomes
     run = Path(values["tmp"]) / "finetune"
@@ -201,7 +217,7 @@ def test_broken_validation_data_stops_before_the_first_step(outcomes):
 # ---------------------------------------------------------------- the child process
 
 
-def _run_case(module: str, args: list[str], log: Path) -> int:
+def _run_case(module: str, args: list[str], env: dict[str, str], log: Path) -> int:
     """Fork; the child runs ``module`` as ``python -m module args`` with stdout and stderr into ``log``."""
     pid = os.fork()
     if pid == 0:
@@ -212,6 +228,7 @@ def _run_case(module: str, args: list[str], log: Path) -> int:
         os.dup2(descriptor, 1)
         os.dup2(descriptor, 2)
         sys.argv = [module, *args]
+        os.environ.update(env)
         code = 0
         try:
             runpy.run_module(module, run_name="__main__", alter_sys=True)
@@ -234,9 +251,9 @@ def _child_main(cases_path: str, outcomes_path: str) -> None:
     for module in PROGS:  # import once; every fork starts from here
         __import__(module if module != "mdp_hub" else "mdp_hub.cli")
     outcomes = {}
-    for number, (name, (module, args)) in enumerate(json.loads(Path(cases_path).read_text()).items()):
+    for number, (name, (module, args, env)) in enumerate(json.loads(Path(cases_path).read_text()).items()):
         log = Path(outcomes_path).with_name(f"case{number}.log")
-        code = _run_case(module, args, log)
+        code = _run_case(module, args, env, log)
         outcomes[name] = (code, log.read_text(errors="replace"))
     Path(outcomes_path).write_text(json.dumps(outcomes))
 
