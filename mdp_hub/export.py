@@ -13,7 +13,6 @@ before ``export`` returns.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -26,7 +25,7 @@ from typing import Any
 import timm
 import torch
 from safetensors.torch import load_file as load_safetensors
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from timm.models._hub import save_config_for_hf  # public in timm.models._hub only
 
 from . import catalog
@@ -38,12 +37,12 @@ from .checkpoint_io import (
     state_dict_mismatch,
     unwrap_state_dict,
 )
-from .errors import CheckpointError
+from .errors import CheckpointError, write_error
+from .integrity import CLASS_NAMES_KEY, FILES_KEY, WEIGHTS_FILENAME, class_names_sha256, sha256_file
 from .model_card import CardInfo, parse_metrics, render_card
-from .prototypes import CONFIG_FILENAME, PROTOTYPES_FILENAME, extract_prototypes
+from .prototypes import CONFIG_FILENAME, PROTOTYPES_FILENAME, class_names_of, extract_prototypes
 from .provenance import PARTIAL_SUFFIX, RunRecord, resolve_tag
 
-WEIGHTS_FILENAME = "model.safetensors"
 CARD_FILENAME = "README.md"
 EXPORT_FILES = (WEIGHTS_FILENAME, CONFIG_FILENAME, CARD_FILENAME, PROTOTYPES_FILENAME)
 EXPORT_FORMAT_VERSION = 1
@@ -111,14 +110,22 @@ def export(
     _check_out_dir(out_dir)
     # Everything is written and verified in a hidden staging folder first and only then renamed into place, so a
     # full disk or a crash never leaves a half-written model.safetensors next to a config.json that vouches for it.
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
+    except OSError as err:
+        raise write_error(out_dir, err, f"{out_dir} is unchanged") from err
+    publishing = False
     try:
         weights_path = staging / WEIGHTS_FILENAME
-        save_file(tensors, str(weights_path), metadata={"format": "pt"})
-        sha256 = _sha256(weights_path)
+        _write_tensors(weights_path, tensors, {"format": "pt"})
+        sha256 = sha256_file(weights_path)
+        checksums = {WEIGHTS_FILENAME: sha256}
         if prototypes is not None:
-            save_file({k: _as_stored(v) for k, v in prototypes.items()}, str(staging / PROTOTYPES_FILENAME),
-                      metadata={"format": "pt"})
+            names = class_names_sha256(class_names_of(label_space, source=src))
+            # one metadata entry only: safetensors writes several in a random order, and exports are byte-stable
+            _write_tensors(staging / PROTOTYPES_FILENAME, {k: _as_stored(v) for k, v in prototypes.items()},
+                           {CLASS_NAMES_KEY: names})
+            checksums[PROTOTYPES_FILENAME] = sha256_file(staging / PROTOTYPES_FILENAME)
 
         model.pretrained_cfg["notes"] = (*model.pretrained_cfg["notes"], f"sha256 of {WEIGHTS_FILENAME}: {sha256}")
         mdp_section = {
@@ -129,6 +136,7 @@ def export(
             "recipe_completed": tag in catalog.RECIPES_BY_TAG,
             "run": run.to_dict() if run else None,
             "weights_sha256": sha256,
+            FILES_KEY: checksums,
             "source": _source_dict(content, training),
             "metrics": [result.to_dict() for result in results],
             "label_space": label_space,
@@ -151,10 +159,23 @@ def export(
         )
         (staging / CARD_FILENAME).write_text(render_card(card), encoding="utf-8")
         verify_export(staging, tensors, prototypes)
+        publishing = True
         _publish_staged(staging, out_dir)
+    except OSError as err:
+        if publishing:
+            raise write_error(out_dir, err, "export again: until then the checksums make mdp_hub refuse the "
+                                            "half-updated folder") from err
+        staged_name = Path(err.filename).name if err.filename else ""
+        raise write_error(out_dir / staged_name, err, f"{out_dir} is unchanged") from err
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+def _write_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """A safetensors file written by Python, so it gets the umask's permissions like every other file (the
+    safetensors writer makes them 0600) and a full disk raises the OSError itself."""
+    path.write_bytes(safetensors_bytes(dict(tensors), metadata=metadata))
 
 
 def verify_export(
@@ -265,49 +286,9 @@ def _fsync_file(path: Path) -> None:
         os.close(handle)
 
 
-def recorded_sha256(folder: Path) -> str | None:
-    """The sha256 of ``model.safetensors`` recorded in ``folder/config.json`` (``mdp.weights_sha256``), or None
-    when the folder has no config or the config records none (not an mdp-hub export)."""
-    config_path = Path(folder) / CONFIG_FILENAME
-    if not config_path.is_file():
-        return None
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{config_path}: not valid JSON ({err})") from None
-    mdp = config.get("mdp") if isinstance(config, dict) else None
-    return mdp.get("weights_sha256") if isinstance(mdp, dict) else None
-
-
-def verify_weights_checksum(weights_path: str | os.PathLike) -> None:
-    """Refuse ``weights_path`` when its sha256 differs from the one its folder's ``config.json`` records.
-
-    Weights without a recorded checksum next to them (a plain file, a vanilla timm repo) pass unchecked.
-    """
-    weights_path = Path(weights_path)
-    expected = recorded_sha256(weights_path.parent)
-    if expected is None or not weights_path.is_file():
-        return
-    actual = _sha256(weights_path)
-    if actual != expected:
-        raise CheckpointError(
-            f"{weights_path}: sha256 {actual} differs from {expected} recorded in "
-            f"{weights_path.parent / CONFIG_FILENAME} (mdp.weights_sha256): the weights were modified or corrupted "
-            "after export; refusing to load them. Re-download or re-export the folder"
-        )
-
-
 def _check_out_dir(out_dir: Path) -> None:
     foreign = sorted(p.name for p in out_dir.iterdir()
                      if p.name not in EXPORT_FILES and not p.name.startswith(STAGING_PREFIX))
     if foreign:
         raise FileExistsError(f"{out_dir}: not empty and not an earlier export (found {', '.join(foreign[:5])}); "
                               "choose a new output folder")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
