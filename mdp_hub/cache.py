@@ -19,6 +19,7 @@ from huggingface_hub.errors import EntryNotFoundError
 from . import catalog
 from .errors import WeightsNotAvailableError
 from .export import EXPORT_FILES, WEIGHTS_FILENAME
+from .integrity import recorded_checksums, verify_export_files
 from .models.mdp_resnet import list_as_pretrained
 
 _DOWNLOADED = ["config.json", WEIGHTS_FILENAME, "README.md"]
@@ -63,6 +64,8 @@ def install_export(
     files = [folder / name for name in EXPORT_FILES if (folder / name).is_file()]
     if not (folder / WEIGHTS_FILENAME).is_file() or not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder}: not an export folder (needs {WEIGHTS_FILENAME} and config.json)")
+    if recorded_checksums(folder):
+        verify_export_files(folder)  # a tampered file must not become a "cached download"
     digest = hashlib.sha1()
     for path in files:
         digest.update(path.name.encode())

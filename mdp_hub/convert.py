@@ -23,7 +23,7 @@ import torch
 
 from . import catalog
 from .checkpoint_io import match_architecture, read_backbone_state_dict
-from .export import WEIGHTS_FILENAME, verify_weights_checksum
+from .integrity import WEIGHTS_FILENAME, verify_checksum
 
 FORMATS = ("torchvision", "mmseg", "detectron2")
 _LAYER = re.compile(r"^layer(\d)\.(\d+)\.(.+)$")
@@ -53,7 +53,7 @@ def convert(src: str | os.PathLike, to: str, out: str | os.PathLike) -> Path:
     src, out = Path(src), Path(out)
     if src.is_dir():
         src = src / WEIGHTS_FILENAME
-    verify_weights_checksum(src)
+    verify_checksum(src)
     state_dict = {k: v for k, v in read_backbone_state_dict(src).items() if not k.startswith("fc.")}
     # refuses anything that is not exactly a supported ResNet, before writing a file someone may load non-strictly
     match_architecture(state_dict, catalog.ARCHITECTURES.values(), source=src)

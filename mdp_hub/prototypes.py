@@ -19,9 +19,9 @@ from huggingface_hub.errors import EntryNotFoundError
 
 from .checkpoint_io import load_file, split_prefix
 from .errors import CheckpointError, PrototypesNotFoundError
+from .integrity import CONFIG_FILENAME, verify_checksum, verify_class_names
 
 PROTOTYPES_FILENAME = "mdp_prototypes.safetensors"
-CONFIG_FILENAME = "config.json"
 PROTOTYPES_KEY = "memory.prototypes"
 COUNTS_KEY = "memory.counts"
 HEAD_PREFIX = "encoder.head."
@@ -93,6 +93,8 @@ def load_prototypes(
     mdp = json.loads(Path(config_path).read_text()).get("mdp") or {}
     label_space = mdp.get("label_space")
     class_names = class_names_of(label_space, source=config_path)
+    verify_checksum(weights_path)  # against config.json's record (same folder or Hub snapshot)
+    verify_class_names(weights_path, class_names)  # and config.json's names against the file's record
     tensors = load_file(weights_path)
     if "prototypes" not in tensors:
         raise CheckpointError(f"{weights_path}: no 'prototypes' tensor")

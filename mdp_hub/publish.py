@@ -15,6 +15,7 @@ from pathlib import Path
 from huggingface_hub import HfApi
 
 from .export import EXPORT_FILES, WEIGHTS_FILENAME
+from .integrity import recorded_checksums, verify_export_files
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -53,6 +54,8 @@ def plan_upload(
     config = json.loads((folder / "config.json").read_text())
     if "architecture" not in config or "pretrained_cfg" not in config:
         raise ValueError(f"{folder / 'config.json'}: not a timm config (needs 'architecture' and 'pretrained_cfg')")
+    if recorded_checksums(folder):
+        verify_export_files(folder)  # never publish a file the export did not write (also in a dry run)
     files = tuple((name, (folder / name).stat().st_size) for name in EXPORT_FILES if (folder / name).is_file())
     return UploadPlan(repo_id, folder, files, revision, tag, private)
 

@@ -44,10 +44,9 @@ from .checkpoint_io import (
     verify_state_dict,
 )
 from .errors import CheckpointError, PrototypesNotFoundError, UserError
-from .export import verify_weights_checksum
+from .integrity import WEIGHTS_FILENAME, verify_checksum
 from .prototypes import CONFIG_FILENAME, HEAD_PREFIX, PROTOTYPES_KEY, extract_prototypes, load_prototypes
 
-WEIGHTS_FILENAME = "model.safetensors"
 # The method's defaults (training/mdp): used only when the source does not record its own values.
 DEFAULT_TAU = 0.07
 DEFAULT_OUTPUT_STRIDE = 8
@@ -205,7 +204,7 @@ class PrototypeSegmenter(nn.Module):
         if "architecture" not in config or "mean" not in cfg or "std" not in cfg:
             raise CheckpointError(f"{folder / CONFIG_FILENAME}: needs 'architecture' and pretrained_cfg mean/std")
         method = (mdp.get("training_config") or {}).get("method") or {}
-        verify_weights_checksum(folder / WEIGHTS_FILENAME)  # timm's local-dir: route does not check it
+        verify_checksum(folder / WEIGHTS_FILENAME)  # timm's local-dir: route does not check it
         backbone = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True, num_classes=0,
                                      global_pool="", output_stride=output_stride or _stride_of(method))
         head = build_projection_head(head_state, backbone.num_features, source=str(folder))

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import re
 
 import huggingface_hub
@@ -229,3 +230,30 @@ def test_a_plain_state_dict_claims_no_recipe_and_any_custom_tag_is_kept(tmp_path
     out = export(tmp_path / "w.safetensors", tmp_path / "out", tag="my_run")
     mdp = json.loads((out / "config.json").read_text())["mdp"]
     assert mdp["tag"] == "my_run" and mdp["recipe"] is None and mdp["run"] is None
+
+
+def test_every_shipped_file_has_a_recorded_checksum_and_mdp_hub_verify_checks_them(checkpoint, tmp_path, capsys):
+    path, _, _ = checkpoint
+    out = export(path, tmp_path / "out", tag="tiny_run")
+    mdp = json.loads((out / "config.json").read_text())["mdp"]
+    for name in ("model.safetensors", "mdp_prototypes.safetensors"):
+        assert mdp["files"][name] == hashlib.sha256((out / name).read_bytes()).hexdigest()
+    assert main(["verify", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == ["mdp_prototypes.safetensors: sha256 ok", "model.safetensors: sha256 ok",
+                       "class names in config.json: the ones mdp_prototypes.safetensors was exported with",
+                       "README.md: not checksummed", f"{out}: intact"]
+    (out / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes()[:-1] + b" ")
+    assert main(["verify", str(out)]) == 2
+    assert "model.safetensors: sha256" in capsys.readouterr().err
+
+
+def test_exported_files_are_readable_like_any_other_file(checkpoint, tmp_path):
+    path, _, _ = checkpoint
+    previous = os.umask(0o022)
+    try:
+        out = export(path, tmp_path / "out", tag="tiny_run")
+    finally:
+        os.umask(previous)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == {
+        name: "0o644" for name in ("README.md", "config.json", "mdp_prototypes.safetensors", "model.safetensors")}

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save as safetensors_bytes
 
 import training.engine.checkpoint as checkpoint_module
 from mdp_hub import CheckpointError
 from mdp_hub.errors import WriteError, describe, exit_code
-from mdp_hub.export import export, verify_weights_checksum
+from mdp_hub.export import export
+from mdp_hub.integrity import verify_checksum
 from training.engine.checkpoint import load_checkpoint
 
 from prototype_checkpoints import build_method_with_prototypes, save_checkpoint
@@ -141,20 +141,25 @@ def test_failed_checkpoint_keeps_the_last_good_one_and_the_run_resumes_bit_exact
 # ---------------------------------------------------------------- exports
 
 
-def _save_file_half_then_fail(tensors, filename, metadata=None):
-    data = safetensors_bytes(tensors, metadata=metadata)
-    Path(filename).write_bytes(data[: len(data) // 2])
-    raise _disk_full()
-
-
 def _config_half_then_fail(model, config_path, **kwargs):
     Path(config_path).write_text('{"architecture": "res')
     raise _disk_full()
 
 
-def _arm_save_file(number):
-    return lambda patch: patch.setattr(export_module, "save_file",
-                                       _fail_on_call(number, export_module.save_file, _save_file_half_then_fail))
+def _arm_tensor_file(name):
+    """The real writer puts half of ``name``'s bytes on disk, then the disk is full."""
+    def arm(patch):
+        real_write_bytes = Path.write_bytes
+
+        def write_bytes(self, data):
+            if self.name != name:
+                return real_write_bytes(self, data)
+            real_write_bytes(self, data[: len(data) // 2])
+            raise _disk_full()
+
+        patch.setattr(Path, "write_bytes", write_bytes)
+
+    return arm
 
 
 def _arm_config(patch):
@@ -188,8 +193,8 @@ def _arm_rename(patch):
 
 
 EXPORT_FAULTS = {
-    "disk full writing model.safetensors": (_arm_save_file(1), errno.ENOSPC),
-    "disk full writing mdp_prototypes.safetensors": (_arm_save_file(2), errno.ENOSPC),
+    "disk full writing model.safetensors": (_arm_tensor_file("model.safetensors"), errno.ENOSPC),
+    "disk full writing mdp_prototypes.safetensors": (_arm_tensor_file("mdp_prototypes.safetensors"), errno.ENOSPC),
     "disk full writing config.json": (_arm_config, errno.ENOSPC),
     "disk full writing README.md": (_arm_card, errno.ENOSPC),
     "read-only output folder": (_arm_read_only_folder, errno.EROFS),
@@ -220,6 +225,8 @@ def test_failed_export_leaves_nothing_that_loads_as_good(fault, over_previous, c
         with pytest.raises(OSError) as caught:
             export(checkpoints[1], out, tag=TAG)
     assert caught.value.errno == code
+    assert describe(caught.value).startswith(f"could not write {out}")  # one line naming the folder's file
+    assert " free on its disk" in describe(caught.value)
     after = _folder_bytes(out) if out.exists() else {}
     assert not [name for name in after if name.startswith(export_module.STAGING_PREFIX)], "staging left behind"
     if after == before:
@@ -229,8 +236,8 @@ def test_failed_export_leaves_nothing_that_loads_as_good(fault, over_previous, c
     assert fault == "I/O error between the renames into place"
     if over_previous:
         with pytest.raises(CheckpointError, match="differs from .* recorded in"):
-            verify_weights_checksum(out / "model.safetensors")
+            verify_checksum(out / "model.safetensors")
     else:
         assert "config.json" not in after
     export(checkpoints[1], out, tag=TAG)  # once the fault is gone, the export completes and verifies
-    verify_weights_checksum(out / "model.safetensors")
+    verify_checksum(out / "model.safetensors")

@@ -19,7 +19,7 @@ def counted_figures() -> dict[str, int]:
         "runs resumed after a fault": killed + len(disk.CHECKPOINT_FAULTS),
         "disk / write faults injected": disk_faults,
         "faults injected in total": killed + disk_faults,
-        "tampered or code-carrying weights refused": len(weights.TAMPER_ROUTES) + len(weights.PICKLE_ROUTES),
+        "tampered or code-carrying weights refused": len(weights.TAMPER_CASES) + len(weights.PICKLE_ROUTES),
         "bad inputs tried": len(bad_data.READER_SPECS) * len(bad_data.FAULTS),
         "data lost": 0,
     }

@@ -2,19 +2,24 @@
 without running, exports free of pickles. Counted figures: ``TAMPER_ROUTES`` and ``PICKLE_ROUTES``."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
 import timm
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from mdp_hub import CheckpointError, PrototypeSegmenter, install_export
 from mdp_hub.checkpoint_io import load_file as load_weights_file
 from mdp_hub.convert import convert
 from mdp_hub.export import export
+from mdp_hub.integrity import verify_export_files
+from mdp_hub.publish import plan_upload
 from training.engine.checkpoint import CheckpointError as TrainCheckpointError
 from training.engine.checkpoint import load_checkpoint
+from training.pretrain import load_pretrained_backbone
 from training.seg.models import resolve_init
 
 from test_hub_load import offline  # noqa: F401  (fixture: HF offline, private empty cache)
@@ -42,11 +47,43 @@ def _hubconf():
     return module
 
 
-def _tamper(weights: Path) -> None:
-    """Change one weight by a tiny amount and rewrite a valid safetensors file: only the checksum can tell."""
-    tensors = load_file(str(weights))
-    tensors["conv1.weight"][0, 0, 0, 0] += 1e-3
-    save_file(tensors, str(weights), metadata={"format": "pt"})
+def _rewrite(path: Path, change) -> None:
+    """Apply ``change`` to the tensors of ``path`` and rewrite it as a valid safetensors file with the same
+    metadata: only a checksum can tell."""
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(str(path))
+    change(tensors)
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def _change_one_weight(folder: Path) -> None:
+    _rewrite(folder / "model.safetensors", lambda t: t["conv1.weight"][0, 0, 0, :1].add_(1e-3))
+
+
+def _swap_two_prototypes(folder: Path) -> None:  # the first class's pixels would be named after the second's
+    def swap(tensors):
+        tensors["prototypes"][[0, 1]] = tensors["prototypes"][[1, 0]]
+
+    _rewrite(folder / "mdp_prototypes.safetensors", swap)
+
+
+def _swap_two_class_names(folder: Path) -> None:  # "bus" printed where the model sees a "car"
+    config = json.loads((folder / "config.json").read_text())
+    names = config["mdp"]["label_space"]["class_names"]
+    names[0], names[1] = names[1], names[0]
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+# what is changed -> (the change, the refusal); each is a valid file of its kind
+TAMPERS = {
+    "one weight": (_change_one_weight, r"model\.safetensors: sha256 [0-9a-f]{64} differs from [0-9a-f]{64} "
+                                       r"recorded in .*config\.json"),
+    "two prototype rows swapped": (_swap_two_prototypes, r"mdp_prototypes\.safetensors: sha256 [0-9a-f]{64} "
+                                                         r"differs from [0-9a-f]{64} recorded in .*config\.json"),
+    "two class names swapped": (_swap_two_class_names, r"class names .* not the ones mdp_prototypes\.safetensors "
+                                                       r"was exported with"),
+}
 
 
 def _via_hub_cache(folder: Path, cache: Path):
@@ -70,7 +107,17 @@ TAMPER_ROUTES = {
     "convert export folder": lambda folder, cache: (
         folder, lambda: convert(folder, "torchvision", cache.parent / "converted.pth")),
     "fine-tuning init from an export folder": lambda folder, cache: (folder, lambda: resolve_init(str(folder), None)),
+    "pretraining init.pretrained": lambda folder, cache: (folder, lambda: load_pretrained_backbone(
+        timm.create_model("resnet18", num_classes=0, global_pool=""), str(folder / "model.safetensors"))),
+    "mdp-hub install-cache": lambda folder, cache: (folder, lambda: install_export(folder, "someone/copy")),
+    "mdp-hub push (and --dry-run)": lambda folder, cache: (folder, lambda: plan_upload(folder, "someone/copy")),
+    "mdp-hub verify": lambda folder, cache: (folder, lambda: verify_export_files(folder)),
 }
+# the routes that read the prototypes and class names (the others read the backbone only)
+PROTOTYPE_ROUTES = ("PrototypeSegmenter export folder", "PrototypeSegmenter Hub repo", "mdp-hub install-cache",
+                    "mdp-hub push (and --dry-run)", "mdp-hub verify")
+TAMPER_CASES = [(tamper, route) for tamper in TAMPERS for route in sorted(TAMPER_ROUTES)
+                if tamper == "one weight" or route in PROTOTYPE_ROUTES]
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +128,14 @@ def export_source(tmp_path_factory):
     return checkpoint
 
 
-@pytest.mark.parametrize("route", sorted(TAMPER_ROUTES))
-def test_tampered_weights_are_refused_naming_the_recorded_checksum(route, export_source, offline, tmp_path):
+@pytest.mark.parametrize("tamper, route", TAMPER_CASES)
+def test_a_tampered_export_file_is_refused_naming_the_record(tamper, route, export_source, offline, tmp_path):
     folder = export(export_source, tmp_path / "export", tag="tiny_run")
-    weights_dir, load = TAMPER_ROUTES[route](folder, offline)
+    files_dir, load = TAMPER_ROUTES[route](folder, offline)
     load()  # the intact export loads on this route
-    _tamper(Path(weights_dir) / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: sha256 [0-9a-f]{64} differs from [0-9a-f]{64} "
-                                              r"recorded in .*config\.json.*refusing to load"):
+    change, refusal = TAMPERS[tamper]
+    change(Path(files_dir))
+    with pytest.raises(CheckpointError, match=refusal):
         load()
 
 

@@ -221,12 +221,17 @@ def checked_method_options(cfg: PretrainConfig) -> dict:
 
 
 def load_pretrained_backbone(backbone: nn.Module, source: str) -> None:
-    """Strictly load ImageNet (or any) weights: a weights file / checkpoint, or a timm name such as
-    ``resnet50.tv_in1k`` (downloaded by timm, so it needs the network or a filled HF cache)."""
-    if Path(source).exists():
+    """Strictly load ImageNet (or any) weights: a weights file / checkpoint, an MDP export folder, or a timm name
+    such as ``resnet50.tv_in1k`` (downloaded by timm, so it needs the network or a filled HF cache). A file of an
+    export is checked against the sha256 its config.json records."""
+    path = Path(source)
+    if path.exists():
         from mdp_hub.checkpoint_io import load_into
+        from mdp_hub.integrity import WEIGHTS_FILENAME, verify_checksum
 
-        load_into(backbone, source)
+        path = path / WEIGHTS_FILENAME if path.is_dir() else path
+        verify_checksum(path)
+        load_into(backbone, path)
         return
     import timm
 

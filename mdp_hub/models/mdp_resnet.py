@@ -33,7 +33,7 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from .. import catalog
 from ..checkpoint_io import state_dict_mismatch, strip_wrapper_prefixes
 from ..errors import CheckpointError, WeightsNotAvailableError
-from ..export import WEIGHTS_FILENAME, verify_weights_checksum
+from ..integrity import WEIGHTS_FILENAME, verify_checksum
 
 __all__ = ["default_cfgs", "list_as_pretrained"]  # register_model appends the model names
 
@@ -136,7 +136,7 @@ def verify_pretrained_checksum(cfg: dict[str, Any], cache_dir: str | None = None
     """
     path = cached_weights_path(cfg, cache_dir)
     if path is not None:
-        verify_weights_checksum(path)
+        verify_checksum(path)
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> ResNet:
@@ -150,7 +150,7 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> ResNet:
         # hashed after it. Either way the model is returned only after the check passed.
         early = cached_weights_path(cfg, kwargs.get("cache_dir")) if pretrained else None
         with ThreadPoolExecutor(max_workers=1) as pool:
-            check = pool.submit(verify_weights_checksum, early) if early and Path(early).is_file() else None
+            check = pool.submit(verify_checksum, early) if early and Path(early).is_file() else None
             model = build_model_with_cfg(
                 ResNet, variant, pretrained, pretrained_filter_fn=strict_backbone_filter,
                 **dict(_BLOCKS[variant], **kwargs)

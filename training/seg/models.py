@@ -26,7 +26,7 @@ from torch import nn
 
 import mdp_hub  # noqa: F401  (registers the mdp_* architectures with timm so exports naming them resolve)
 from mdp_hub import checkpoint_io
-from mdp_hub.export import verify_weights_checksum
+from mdp_hub.integrity import verify_checksum
 
 HEADS = ("deeplabv3", "fcn")
 
@@ -190,7 +190,7 @@ def _export_folder_weights(folder: Path) -> tuple[str, dict[str, torch.Tensor]]:
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"init={str(folder)!r}: an MDP export folder needs model.safetensors, not found")
-    verify_weights_checksum(weights)
+    verify_checksum(weights)
     _, state_dict = _file_weights(weights)
     return arch, state_dict
 
