@@ -1,4 +1,5 @@
-"""The ``mdp-hub`` command (also ``python -m mdp_hub``): export, push, list, convert, prefetch, segment, install-cache."""
+"""The ``mdp-hub`` command (also ``python -m mdp_hub``): export, push, list, convert, prefetch, segment, install-cache,
+verify."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from .convert import FORMATS, convert
 from .errors import command
 from .export import export
 from .help_format import HelpFormatter
+from .integrity import verify_export_files
 from .listing import format_table, list_weights
 from .overlays import segment_files
 from .segmenter import PrototypeSegmenter
@@ -33,6 +35,7 @@ COMMANDS = {
     "prefetch": "download weights into the Hugging Face cache for offline use",
     "segment": "colour overlays of the prototype segmenter (no fine-tuning), with a legend",
     "install-cache": "copy an export folder into the Hugging Face cache (air-gapped machines)",
+    "verify": "check every file of an export folder against the sha256 its config.json records",
 }
 
 
@@ -86,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "mdp-hub/mdp_resnet50.voc_ade20k_200ep")
     p.add_argument("folder", type=Path, metavar="EXPORT_DIR", help="folder written by mdp-hub export")
     p.add_argument("--cache-dir", type=Path, help="Hugging Face cache to fill (default: $HF_HUB_CACHE)")
+
+    p = add["verify"]
+    p.add_argument("folder", type=Path, metavar="EXPORT_DIR", help="folder written by mdp-hub export")
     return parser
 
 
@@ -120,6 +126,8 @@ def run(args: argparse.Namespace) -> None:
         segmenter = PrototypeSegmenter.from_pretrained(args.model)
         for path, classes in segment_files(segmenter, args.images, args.out, restrict_to=args.dataset):
             print(f"wrote {path}: " + ", ".join(f"{name} {100 * share:.1f}%" for _, name, share in classes[:5]))
+    elif args.command == "verify":
+        print("\n".join(verify_export_files(args.folder)) + f"\n{args.folder}: intact")
     elif args.command == "install-cache":
         print(install_export(args.folder, args.repo_id, cache_dir=args.cache_dir))
 

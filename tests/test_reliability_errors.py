@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from mdp_hub.export import export
 from prototype_checkpoints import build_method_with_prototypes, save_checkpoint
 from test_finetune_roundtrip import make_shapes_dataset
 from training.engine.run_lock import RunLock
@@ -117,6 +118,8 @@ CASES = {
         "benchmarks", ["--quick", "--out", "{read_only}/BENCHMARKS.md"], 2, r"{read_only}.*check its permissions"),
     "mdp-hub: text file exported": (
         "mdp_hub", ["export", "{notes}", "{tmp}/export"], 2, r"{notes}: not a PyTorch weights file"),
+    "mdp-hub: verify a tampered export": (
+        "mdp_hub", ["verify", "{tampered}"], 2, r"{tampered}: model.safetensors: sha256 [0-9a-f]{64} differs from"),
     "mdp-hub: export into a read-only folder": (
         "mdp_hub", ["export", "{checkpoint}", "{read_only}/export"], 2, r"{read_only}.*check its permissions"),
 }
@@ -162,9 +165,13 @@ def make_inputs(tmp: Path) -> dict[str, str]:
     notes.write_text("these are notes, not weights\n")
     method, _ = build_method_with_prototypes()
     save_checkpoint(method, tmp / "last.pth")
+    tampered = export(tmp / "last.pth", tmp / "tampered")
+    weights = (tampered / "model.safetensors").read_bytes()
+    (tampered / "model.safetensors").write_bytes(weights[:-1] + bytes([weights[-1] ^ 1]))
     return {"tmp": str(tmp), "shapes": str(shapes), "few": str(few), "broken": str(broken),
             "broken_val": str(broken_val), "empty": str(empty), "notes": str(notes),
-            "checkpoint": str(tmp / "last.pth"), "locked": str(tmp / "locked"), "pid": str(os.getpid())}
+            "checkpoint": str(tmp / "last.pth"), "locked": str(tmp / "locked"), "pid": str(os.getpid()),
+            "tampered": str(tampered)}
 
 
 def _fill(text: str, values: dict[str, str]) -> str:
