@@ -39,9 +39,20 @@ def is_cached(name: str, *, cache_dir: str | os.PathLike | None = None, revision
     return isinstance(found, str)
 
 
+def require_fetchable(repo_id: str, *, cache_dir: str | os.PathLike | None = None, revision: str | None = None) -> None:
+    """Raise at once, without touching the network, when ``repo_id`` is not cached and the Hub cannot have it
+    (``HF_HUB_OFFLINE``, or a tag that is not published): the Hub client would retry for ~50 s first."""
+    if is_cached(repo_id, cache_dir=cache_dir, revision=revision):
+        return
+    reason = catalog.unpublished_reason(repo_id, offline=constants.HF_HUB_OFFLINE)
+    if reason:
+        raise catalog.weights_not_available(repo_id, reason)
+
+
 def prefetch(name: str, *, cache_dir: str | os.PathLike | None = None, revision: str | None = None) -> Path:
     """Download config, weights and card of ``name`` into the Hub cache (e.g. before going offline)."""
     repo_id = resolve_repo_id(name)
+    require_fetchable(repo_id, cache_dir=cache_dir, revision=revision)
     try:
         snapshot = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
                                           allow_patterns=_DOWNLOADED + ["mdp_prototypes.safetensors"]))

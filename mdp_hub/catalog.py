@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from .errors import WeightsNotAvailableError
+
 ORG_ENV_VAR = "MDP_HUB_ORG"
 DEFAULT_ORG = "mdp-hub"
 
@@ -137,6 +139,33 @@ def hub_org() -> str:
 def repo_id(model_name: str, tag: str, org: str | None = None) -> str:
     """Hub repository of one weight tag, e.g. ``mdp-hub/mdp_resnet50.voc_ade20k_coco_200ep``."""
     return f"{org or hub_org()}/{model_name}.{tag}"
+
+
+def unpublished_reason(repo_id: str, *, offline: bool) -> str | None:
+    """Why the Hub cannot have ``repo_id`` (``ORG/mdp_resnetXX.tag``), known without the network; None if it may.
+
+    ``offline``: the Hub client's ``HF_HUB_OFFLINE``."""
+    if offline:
+        return "HF_HUB_OFFLINE is set"
+    org, _, name = repo_id.partition("/")
+    model_name, _, tag = name.partition(".")
+    # a tag of the default organisation missing from PUBLISHED_REPOS fails at once instead of after the Hub
+    # client's network retries; another organisation (MDP_HUB_ORG) is always asked
+    if org == DEFAULT_ORG and model_name in ARCHITECTURES and tag in RECIPES_BY_TAG and repo_id not in PUBLISHED_REPOS:
+        return f"no weights are published for {name} yet"
+    return None
+
+
+def weights_not_available(repo_id: str, reason: str) -> WeightsNotAvailableError:
+    """The error for weights neither in the local cache nor fetchable (``reason``), saying how to get them."""
+    name = repo_id.partition("/")[2]
+    tag = name.partition(".")[2]
+    produce = (f"produce them with `python -m training.pretrain --recipe {tag}` then `mdp-hub export <run>/last.pth "
+               f"<out_dir> --tag {tag}` and `mdp-hub push {repo_id} <out_dir>`, or set "
+               f"{ORG_ENV_VAR} to the organisation hosting them" if tag in RECIPES_BY_TAG
+               else "check the repo id, or fill the cache with `mdp-hub prefetch` / `mdp-hub install-cache`")
+    return WeightsNotAvailableError(f"Pretrained weights '{name}' are not available: the Hugging Face Hub repo "
+                                    f"'{repo_id}' is not in the local cache and {reason}; {produce}.")
 
 
 def get_recipe(tag: str) -> Recipe:

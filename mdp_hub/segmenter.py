@@ -33,7 +33,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 from torchvision.transforms import v2
 
-from .cache import resolve_repo_id
+from .cache import require_fetchable, resolve_repo_id
 from .checkpoint_io import (
     is_training_checkpoint,
     load_file,
@@ -241,6 +241,7 @@ class PrototypeSegmenter(nn.Module):
     @classmethod
     def _from_hub(cls, name: str, restrict_to, output_stride, revision, cache_dir) -> "PrototypeSegmenter":
         repo = resolve_repo_id(name)
+        require_fetchable(repo, cache_dir=cache_dir, revision=revision)
         load_prototypes(repo, revision=revision, cache_dir=cache_dir)  # fails before the large download
         weights = hf_hub_download(repo, WEIGHTS_FILENAME, revision=revision, cache_dir=cache_dir)
         return cls._from_export_folder(Path(weights).parent, restrict_to, output_stride)

@@ -3,6 +3,7 @@
 import ast
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -177,7 +178,7 @@ def test_unpublished_weights_give_one_sentence_with_the_fix(offline):
     message = str(info.value)
     assert repo in message and "python -m training.pretrain --recipe voc_ade20k_coco_200ep" in message
     assert "mdp-hub push" in message and "\n" not in message and message.count(". ") == 0
-    assert info.value.__cause__ is None and info.value.__suppress_context__
+    assert info.value.__cause__ is None and (info.value.__context__ is None or info.value.__suppress_context__)
 
 
 def test_missing_truncated_or_unsafe_overlay_files_are_named(exported, offline, tmp_path):
@@ -240,5 +241,24 @@ def test_list_weights_reports_cache_state(exported, offline):
 
 
 def test_prefetch_offline_names_the_repo(offline):
-    with pytest.raises(WeightsNotAvailableError, match="'mdp-hub/mdp_resnet50.voc_200ep' could not be downloaded"):
+    with pytest.raises(WeightsNotAvailableError, match="'mdp-hub/mdp_resnet50.voc_200ep' is not in the local cache "
+                                                       "and HF_HUB_OFFLINE is set"):
         mdp_hub.prefetch("mdp-hub/mdp_resnet50.voc_200ep")
+
+
+def test_unpublished_tags_fail_at_once_without_the_network(monkeypatch, tmp_path):
+    """Online, with an empty cache: without network access the Hub client would retry for ~50 s; an unpublished
+    tag must not touch the network at all (a resolver that raises proves it)."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network was used")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    for load in (lambda: timm.create_model("mdp_resnet18.voc_200ep", pretrained=True),
+                 lambda: mdp_hub.prefetch("mdp_resnet50.voc_100ep"),
+                 lambda: mdp_hub.PrototypeSegmenter.from_pretrained("mdp_resnet50")):
+        with pytest.raises(WeightsNotAvailableError, match="no weights are published for mdp_resnet.* yet"):
+            load()

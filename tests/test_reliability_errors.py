@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ import pytest
 from mdp_hub.export import export
 from prototype_checkpoints import build_method_with_prototypes, save_checkpoint
 from test_finetune_roundtrip import make_shapes_dataset
+from training.data import build_pretrain_dataset, build_segmentation_dataset
 from training.engine.run_lock import RunLock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,6 +221,18 @@ def test_broken_validation_data_stops_before_the_first_step(outcomes):
     values, _ = outcomes
     run = Path(values["tmp"]) / "finetune"
     assert not (run / "last.pth").exists() and not (run / "metrics.jsonl").exists()
+
+
+def test_a_crop_far_larger_than_the_images_is_warned(tmp_path, caplog):
+    shapes = make_shapes_dataset(tmp_path / "shapes", seed=0, train_images=2, val_images=1)  # 32x32 images
+    common = dict(mean=[0.5] * 3, std=[0.25] * 3, scale_range=(0.5, 2.0))  # rescaled to at most 64 px
+    with caplog.at_level(logging.WARNING, logger="training.data.datasets"):
+        build_pretrain_dataset([f"folder:{shapes}:train"], crop_size=128, **common)
+        assert not caplog.records
+        build_segmentation_dataset(f"folder:{shapes}:train", train=True, crop_size=[2048, 2048], **common)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{shapes}: crop size 2048 is far larger than its images (32x32, at most 64 px after rescaling): every crop "
+        "is mostly padding and costs as much as a full 2048 px crop; lower data.crop_size"]
 
 
 # ---------------------------------------------------------------- the child process

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import try_to_load_from_cache
+from huggingface_hub import constants, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError
 from safetensors import SafetensorError
 from timm.models import _registry as timm_registry  # the set behind list_pretrained has no public setter
@@ -106,14 +106,6 @@ def _describe_source(cfg: dict[str, Any]) -> str:
     return f"Hugging Face Hub repo {cfg.get('hf_hub_id')}"
 
 
-def _weights_not_available(cfg: dict[str, Any], err: BaseException) -> WeightsNotAvailableError:
-    model_name, tag, repo = cfg["architecture"], cfg["tag"], cfg["hf_hub_id"]
-    return WeightsNotAvailableError(
-        f"Pretrained weights '{model_name}.{tag}' are not available: the Hugging Face Hub repo '{repo}' is not in "
-        f"the local cache and could not be fetched ({type(err).__name__}), so produce them with "
-        f"`python -m training.pretrain --recipe {tag}` then `mdp-hub export <run>/last.pth <out_dir> --tag {tag}` "
-        f"and `mdp-hub push {repo} <out_dir>` (or set {catalog.ORG_ENV_VAR} to the organisation hosting them)."
-    )
 
 
 def cached_weights_path(cfg: dict[str, Any], cache_dir: str | None = None) -> str | None:
@@ -144,6 +136,12 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> ResNet:
     if pretrained:
         cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg"),
                                      pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay")).to_dict()
+        local = cfg.get("file") or cfg.get("state_dict") is not None
+        if not local and cfg.get("hf_hub_id") and cached_weights_path(cfg, kwargs.get("cache_dir")) is None:
+            repo_id, _, revision = cfg["hf_hub_id"].partition("@")
+            reason = catalog.unpublished_reason(repo_id, offline=constants.HF_HUB_OFFLINE)
+            if reason:  # known without the network, which the Hub client would retry for ~50 s
+                raise catalog.weights_not_available(repo_id, reason)
     try:
         # Weights already on disk are hashed on a second thread while timm builds the model (hashlib releases
         # the GIL), so the integrity check costs no wall time on a multi-core machine; a first download is
@@ -173,7 +171,8 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> ResNet:
             raise
         if isinstance(err, (SafetensorError, pickle.UnpicklingError)):
             raise CheckpointError(f"{_describe_source(cfg)}: cached weights are corrupt ({err})") from None
-        raise _weights_not_available(cfg, err) from None
+        repo_id = cfg["hf_hub_id"].partition("@")[0]
+        raise catalog.weights_not_available(repo_id, f"could not be fetched ({type(err).__name__})") from None
 
 
 @register_model

@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from training.data.errors import BadSampleError, DatasetLayoutError
@@ -58,6 +59,30 @@ def open_readers(specs: Sequence[str | DatasetSpec], *, train: bool, skip_bad_sa
             log.warning("%s: skipped %d samples with missing files", spec, len(missing))
         readers.append(reader)
     return readers, dropped
+
+
+def warn_if_crop_dwarfs_images(readers: Sequence[SegmentationReader], crop_size, *, base_size: int | None,
+                               scale_range: Sequence[float], samples: int = 8) -> None:
+    """Warn when the crop is more than twice the longest side the images reach after the largest rescale: every
+    crop is then mostly padding, yet a step costs what its crop area costs. Reads the headers of the first
+    ``samples`` images of each dataset (unreadable ones are left to the loaders' errors)."""
+    crop = max(crop_size) if isinstance(crop_size, Sequence) else crop_size
+    for reader in readers:
+        sizes = []
+        for sample in reader.samples[:samples]:
+            try:
+                with Image.open(sample.image) as image:
+                    sizes.append(image.size)
+            except (OSError, ValueError):
+                continue
+        if not sizes:
+            continue
+        width, height = max(sizes, key=max)
+        longest = max(width, height) * (base_size / min(width, height) if base_size else 1.0) * max(scale_range)
+        if crop > 2 * longest:
+            log.warning("%s: crop size %d is far larger than its images (%dx%d, at most %d px after rescaling): "
+                        "every crop is mostly padding and costs as much as a full %d px crop; lower data.crop_size",
+                        reader.root, crop, width, height, longest, crop)
 
 
 def lookup(table: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -176,6 +201,7 @@ def build_pretrain_dataset(specs: Sequence[str | DatasetSpec], *, crop_size, mea
     if not specs:
         raise ValueError("build_pretrain_dataset needs at least one dataset spec")
     readers, dropped = open_readers(specs, train=True, skip_bad_samples=skip_bad_samples)
+    warn_if_crop_dwarfs_images(readers, crop_size, base_size=base_size, scale_range=scale_range)
     if isinstance(unify_map, (str, Path)):
         unify_map = load_unify_map(unify_map)
     label_space = LabelSpace([(r.dataset_name, r.class_names) for r in readers], unify_map=unify_map)
@@ -228,6 +254,7 @@ def build_segmentation_dataset(spec: str | DatasetSpec, *, train: bool, crop_siz
     if train:
         if crop_size is None:
             raise ValueError("build_segmentation_dataset(train=True) needs crop_size")
+        warn_if_crop_dwarfs_images(readers, crop_size, base_size=base_size, scale_range=scale_range)
         transform = JointTrainTransform(crop_size=crop_size, mean=mean, std=std, scale_range=scale_range,
                                         cat_max_ratio=cat_max_ratio, base_size=base_size, photometric=photometric)
     else:
