@@ -4,6 +4,7 @@ from pathlib import Path
 
 import test_reliability_bad_data as bad_data
 import test_reliability_disk as disk
+import test_reliability_errors as errors
 import test_reliability_kill as kill
 import test_reliability_weights as weights
 
@@ -21,6 +22,7 @@ def counted_figures() -> dict[str, int]:
         "faults injected in total": killed + disk_faults,
         "tampered or code-carrying weights refused": len(weights.TAMPER_CASES) + len(weights.PICKLE_ROUTES),
         "bad inputs tried": len(bad_data.READER_SPECS) * len(bad_data.FAULTS),
+        "bad command-line inputs, one line each": len(errors.CASES),
         "data lost": 0,
     }
 
