@@ -159,7 +159,8 @@ def test_bad_dataset_spec_is_one_line_and_exit_code_2(tmp_path, capsys):
             "--output", str(tmp_path / "study"), "--results", str(tmp_path / "RESULTS.md")]
     assert experiments.main(argv) == 2
     error = capsys.readouterr().err
-    assert error.startswith("error: ") and "nowhere: dataset folder not found (for camvid)" in error
+    assert error.startswith("python -m training.experiments: error: ")
+    assert "nowhere: dataset folder not found (for camvid)" in error
     assert error.count("\n") == 1 and not (tmp_path / "study").exists()
 
 

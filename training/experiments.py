@@ -757,9 +757,10 @@ def study_setup(budget: Budget, data: StudyData) -> str:
 @command("python -m training.experiments", expected=(ValueError,))  # bad specs, layouts, method lists
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    if args.jobs < 1 or not re.fullmatch(r"[a-z0-9][a-z0-9-]*", args.section):
-        raise UserError(f"--jobs {args.jobs} --section {args.section}: --jobs must be at least 1 and --section "
-                        "lower-case letters, digits and '-'")
+    if args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: must be at least 1")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", args.section):
+        raise UserError(f"--section {args.section!r}: use lower-case letters, digits and '-'")
     budget = study_budget(args)
     data = resolve_study_data(args.pretrain, args.targets, args.unify_map, budget)
     methods = study_methods(args.methods, data.unify_map is not None)

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from mdp_hub.errors import command
 from training.engine.logger import read_metrics
 
 SECTION_BEGIN = "<!-- probes:begin (written by python -m training.probes) -->"
@@ -133,6 +134,7 @@ def write_section(doc: Path, text: str) -> None:
     doc.write_text(current)
 
 
+@command("python -m training.probes")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.probes", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, default=Path("runs/probes"), help="run folders (default: %(default)s)")
