@@ -1,4 +1,4 @@
-"""Every bad input of issue 3 is caught with the file name; --skip-bad-samples skips and counts."""
+"""Every bad input of issue 3 is caught with the file name; skip_bad_samples skips and counts."""
 
 import json
 
@@ -75,7 +75,8 @@ def test_layout_errors_name_the_path(tmp_path):
 
 
 def test_missing_mask_fails_at_startup_unless_skipped(broken_ade):
-    with pytest.raises(BadSampleError, match=r"ADE_train_nomask\.png: mask file not found.*--skip-bad-samples"):
+    with pytest.raises(BadSampleError,
+                       match=r"ADE_train_nomask\.png: mask file not found.*--set data.skip_bad_samples=true"):
         build_pretrain_dataset([f"ade20k:{broken_ade}"], crop_size=8, mean=MEAN, std=STD)
 
 
