@@ -17,9 +17,10 @@ SPACE = LabelSpace([("gt", ["a", "b", "c"]), ("other", ["w", "x", "y", "z"])])
 # The scores read the images through the data layer, the reference below through PIL and torchvision: the inputs
 # differ by one float32 ulp and the logits (about 10 here) by ~3e-6, the confidences by ~5e-7. This untrained
 # model's embeddings are nearly collapsed, so a quarter of the pixels have their top two classes closer than 1e-3:
-# such a pixel can fall to one class through one path and to the other through the other, depending on the CPU. Pixels closer than these margins (~300x the measured differences)
-# to a decision (top-two logits, restricted or open; confidence vs a threshold) are marked ignore, so every
-# remaining decision is the same on any machine and the comparisons below can be exact.
+# such a pixel can fall to one class through one path and to the other through the other, depending on the CPU.
+# Pixels closer than these margins (~300x the measured differences) to a decision (top-two logits, restricted or
+# open; confidence vs a threshold) are marked ignore, so every remaining decision is the same on any machine and
+# the comparisons below can be exact.
 LOGIT_MARGIN = 1e-3
 SCORE_MARGIN = 1e-4
 
