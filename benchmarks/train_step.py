@@ -334,7 +334,7 @@ def main(argv=None) -> None:
     full = reference["MDP full (mixup + CSC2)"]
     lines += [
         "",
-        f"Targets of issue 4: MDP full <= 1.10x lower bound (measured **{full / lower:.3f}x**) and <= 1.05x "
+        f"Targets: MDP full <= 1.10x lower bound (measured **{full / lower:.3f}x**) and <= 1.05x "
         f"MoCo v2 (measured **{full / moco:.3f}x**). FLOPs: MDP full {flops['MDP full (mixup + CSC2)'] / flops['lower bound']:.3f}x "
         "the lower bound's.",
         "",

@@ -1,4 +1,4 @@
-"""Every bad input of issue 3 is caught with the file name; skip_bad_samples skips and counts."""
+"""Every bad input is caught with the file name; skip_bad_samples skips and counts."""
 
 import json
 

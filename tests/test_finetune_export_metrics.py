@@ -1,4 +1,4 @@
-"""Measured downstream numbers reach the exported model card's model-index (issue 5, item 5)."""
+"""Measured downstream numbers reach the exported model card's model-index."""
 import json
 
 import timm
