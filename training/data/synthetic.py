@@ -289,36 +289,43 @@ def _paint(image: np.ndarray, where: np.ndarray, concept: Concept, base: np.ndar
     image[where] = np.clip(base[None, :] * shade, 0, 1)
 
 
-def render(spec: SyntheticDataset, rng: np.random.Generator, background_value: int
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """One image uint8 ``[H, W, 3]`` and its raw label map uint8 ``[H, W]`` (values from ``spec``)."""
-    height = int(rng.integers(spec.size[0][0], spec.size[0][1] + 1))
-    width = int(rng.integers(spec.size[1][0], spec.size[1][1] + 1))
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    image = np.zeros((height, width, 3), dtype=np.float32)
-    label = np.full((height, width), background_value, dtype=np.uint8)
-    shift = np.asarray(spec.color_shift, dtype=np.float32)
+class _Canvas:
+    """An image being rendered, its label map and the pixel grid; shared by the stuff and thing painters."""
 
-    def instance_colour(concept: Concept) -> np.ndarray:
-        return np.clip(np.asarray(concept.color) + shift + rng.normal(0, concept.spread, 3), 0.02, 0.98)
+    def __init__(self, spec: SyntheticDataset, rng: np.random.Generator, height: int, width: int,
+                 background_value: int):
+        self.rng = rng
+        self.height, self.width = height, width
+        self.yy, self.xx = np.mgrid[0:height, 0:width].astype(np.float32)
+        self.image = np.zeros((height, width, 3), dtype=np.float32)
+        self.label = np.full((height, width), background_value, dtype=np.uint8)
+        self.shift = np.asarray(spec.color_shift, dtype=np.float32)
 
-    def fill(region: np.ndarray, name: str, value: int) -> None:
+    def instance_colour(self, concept: Concept) -> np.ndarray:
+        """Base colour of one instance: the concept's colour, the dataset's shift and per-instance jitter."""
+        return np.clip(np.asarray(concept.color) + self.shift + self.rng.normal(0, concept.spread, 3), 0.02, 0.98)
+
+    def fill(self, region: np.ndarray, name: str, value: int) -> None:
+        """Paint ``region`` with a fresh instance of concept ``name`` and label it ``value``."""
         concept = CONCEPTS[name]
-        _paint(image, region, concept, instance_colour(concept), texture(concept, rng, yy, xx))
-        label[region] = value
+        _paint(self.image, region, concept, self.instance_colour(concept), texture(concept, self.rng, self.yy, self.xx))
+        self.label[region] = value
 
-    # Stuff: an upper band with a wavy horizon, an optional skyline band, the ground split in one or two parts.
+
+def _paint_stuff(canvas: _Canvas, spec: SyntheticDataset) -> None:
+    """An upper band with a wavy horizon, an optional skyline band, the ground split in one or two parts."""
+    rng, yy, xx, height, width = canvas.rng, canvas.yy, canvas.xx, canvas.height, canvas.width
     horizon = height * rng.uniform(0.25, 0.55) + height * 0.05 * np.sin(xx[0] / rng.uniform(8, 30) + rng.uniform(0, 6))
     top_name = rng.choice(list(spec.top))
-    fill(yy < horizon[None, :], top_name, spec.top[top_name])
+    canvas.fill(yy < horizon[None, :], top_name, spec.top[top_name])
     ground_line = horizon + height * rng.uniform(0.1, 0.3)
     if rng.random() < 0.8:
         edges = np.cumsum(rng.integers(width // 8, width // 3, size=12))
         block = np.searchsorted(edges, np.arange(width), side="right")
         heights = rng.uniform(0.1, 0.45, size=13)[block] * height
         middle_name = rng.choice(list(spec.middle))
-        fill((yy >= (horizon - heights)[None, :]) & (yy < ground_line[None, :]), middle_name,
-             spec.middle[middle_name])
+        canvas.fill((yy >= (horizon - heights)[None, :]) & (yy < ground_line[None, :]), middle_name,
+                    spec.middle[middle_name])
     else:
         ground_line = horizon
     ground = yy >= ground_line[None, :]
@@ -326,17 +333,21 @@ def render(spec: SyntheticDataset, rng: np.random.Generator, background_value: i
     split = width * rng.uniform(0.2, 0.8)
     slope = rng.uniform(-1.5, 1.5)
     left = (xx - split) < slope * (yy - height)
-    fill(ground & left, names[0], spec.bottom[names[0]])
-    fill(ground & ~left, names[1], spec.bottom[names[1]])
+    canvas.fill(ground & left, names[0], spec.bottom[names[0]])
+    canvas.fill(ground & ~left, names[1], spec.bottom[names[1]])
 
-    # Things, painted back to front so later ones occlude earlier ones.
+
+def _paint_things(canvas: _Canvas, spec: SyntheticDataset) -> None:
+    """Objects, painted back to front so later ones occlude earlier ones."""
+    rng, yy, xx, height, width = canvas.rng, canvas.yy, canvas.xx, canvas.height, canvas.width
+    image, label = canvas.image, canvas.label
     for _ in range(int(rng.integers(1, spec.max_things + 1))):
         name = rng.choice(list(spec.things))
         concept = CONCEPTS[name]
         h = height * rng.uniform(*concept.size) * spec.thing_scale
         cy = rng.uniform(0.35 * height, 0.85 * height)
         cx = rng.uniform(0.1 * width, 0.9 * width)
-        base = instance_colour(concept)
+        base = canvas.instance_colour(concept)
         pattern = texture(concept, rng, yy, xx)
         flip = int(rng.choice([-1, 1]))
         for mask, tone in thing_parts(concept.shape, yy, xx, cy, cx, h, flip, rng):
@@ -344,13 +355,22 @@ def render(spec: SyntheticDataset, rng: np.random.Generator, background_value: i
             label[mask] = spec.things[name]
         if concept.shape == "sign":  # signs stand on a pole
             pole = _box(yy, xx, cy + 0.5 * h, cx - 0.04 * h, cy + 4 * h, cx + 0.04 * h) & (label != spec.things[name])
-            _paint(image, pole, CONCEPTS["pole"], instance_colour(CONCEPTS["pole"]), np.zeros_like(yy))
+            _paint(image, pole, CONCEPTS["pole"], canvas.instance_colour(CONCEPTS["pole"]), np.zeros_like(yy))
             label[pole] = spec.things.get("pole", label[pole])
 
+
+def render(spec: SyntheticDataset, rng: np.random.Generator, background_value: int
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """One image uint8 ``[H, W, 3]`` and its raw label map uint8 ``[H, W]`` (values from ``spec``)."""
+    height = int(rng.integers(spec.size[0][0], spec.size[0][1] + 1))
+    width = int(rng.integers(spec.size[1][0], spec.size[1][1] + 1))
+    canvas = _Canvas(spec, rng, height, width, background_value)
+    _paint_stuff(canvas, spec)
+    _paint_things(canvas, spec)
     # Lighting, sensor noise.
-    image = image * rng.uniform(0.7, 1.2) + rng.uniform(-0.08, 0.08)
+    image = canvas.image * rng.uniform(0.7, 1.2) + rng.uniform(-0.08, 0.08)
     image = image + rng.normal(0, 0.035, image.shape).astype(np.float32)
-    return (np.clip(image, 0, 1) * 255).round().astype(np.uint8), label
+    return (np.clip(image, 0, 1) * 255).round().astype(np.uint8), canvas.label
 
 
 def boundary_band(label: np.ndarray, width: int = 2) -> np.ndarray:

@@ -291,45 +291,8 @@ class Trainer:
                 epoch_start = self.step - skip
                 for batch in self.iterate_epoch(epoch, skip):
                     timer.data_ready()
-                    batch = move_batch(batch, self.dist.device, cfg.channels_last)
-                    set_lr(self.optimizer, self.lr_at(self.step))
-                    with autocast(cfg.amp, self.dist.device):
-                        out = self.model(batch)
-                    self._record_terms(out)
-                    before_log = (self.step + 1) % cfg.log_every == 0 or self.step + 1 == cfg.total_steps
-                    optimizer_step(out["loss"], self.optimizer, self.scaler, parameters, cfg.clip_grad_norm,
-                                   self._measure_gradients if before_log and self.gradient_groups else None)
-                    if self.after_step is not None:
-                        self.after_step(self.step)
-                    self.step += 1
-                    timer.step_done(int(batch["image"].shape[0]))
-
-                    boundary = self.step % cfg.log_every == 0 or self.step == cfg.total_steps
-                    save, snapshot = self._checkpoint_due(self.step)
-                    if boundary or save:
-                        self._guard.check(checkpoint=str(self.checkpoints.resume_path() or "none"))
-                    probed = self.probe(self.step) if self._probe_due(self.step) else None
-                    if probed is not None:
-                        timer.exclude_since_last_mark()  # probing is neither data nor training compute
-                    if boundary:
-                        self._log(timer, probed)
-                    elif probed is not None and self.logger is not None:
-                        self.logger.log(self.step, probed)
-                    if save:
-                        self.save(snapshot=snapshot)
-                    if self.after_checkpoint is not None:
-                        self.after_checkpoint(self.step)
-                    if save or self.after_checkpoint is not None:
-                        timer.exclude_since_last_mark()  # checkpoint I/O and validation are neither data nor compute
-                    # One-process runs look at the flag every step (free); distributed runs agree on it at log
-                    # boundaries, because stopping must happen at the same step on every rank.
-                    if boundary or not self.dist.distributed:
-                        signum = stop.agreed(self.dist.device)
-                        if signum:
-                            self._guard.check(checkpoint=str(self.checkpoints.resume_path() or "none"))
-                            if not save:
-                                self.save()
-                            raise StopRequested(signum, self.step)
+                    self._train_step(batch, parameters, timer)
+                    self._after_step(timer, stop)
                     if self.step >= cfg.total_steps or self.schedule.is_epoch_end(self.step):
                         break
                 else:
@@ -340,6 +303,52 @@ class Trainer:
                             f"{expected}; the data iterator and epoch_lengths disagree"
                         )
         return self.step
+
+    def _train_step(self, batch: dict, parameters: list[torch.nn.Parameter], timer: StepTimer) -> None:
+        """Forward, backward and optimizer step on one batch; advances ``self.step``."""
+        cfg = self.config
+        batch = move_batch(batch, self.dist.device, cfg.channels_last)
+        set_lr(self.optimizer, self.lr_at(self.step))
+        with autocast(cfg.amp, self.dist.device):
+            out = self.model(batch)
+        self._record_terms(out)
+        before_log = (self.step + 1) % cfg.log_every == 0 or self.step + 1 == cfg.total_steps
+        optimizer_step(out["loss"], self.optimizer, self.scaler, parameters, cfg.clip_grad_norm,
+                       self._measure_gradients if before_log and self.gradient_groups else None)
+        if self.after_step is not None:
+            self.after_step(self.step)
+        self.step += 1
+        timer.step_done(int(batch["image"].shape[0]))
+
+    def _after_step(self, timer: StepTimer, stop: StopSignal) -> None:
+        """Guard, probe, log and checkpoint when due; checkpoint and raise :class:`StopRequested` on a signal."""
+        cfg = self.config
+        boundary = self.step % cfg.log_every == 0 or self.step == cfg.total_steps
+        save, snapshot = self._checkpoint_due(self.step)
+        if boundary or save:
+            self._guard.check(checkpoint=str(self.checkpoints.resume_path() or "none"))
+        probed = self.probe(self.step) if self._probe_due(self.step) else None
+        if probed is not None:
+            timer.exclude_since_last_mark()  # probing is neither data nor training compute
+        if boundary:
+            self._log(timer, probed)
+        elif probed is not None and self.logger is not None:
+            self.logger.log(self.step, probed)
+        if save:
+            self.save(snapshot=snapshot)
+        if self.after_checkpoint is not None:
+            self.after_checkpoint(self.step)
+        if save or self.after_checkpoint is not None:
+            timer.exclude_since_last_mark()  # checkpoint I/O and validation are neither data nor compute
+        # One-process runs look at the flag every step (free); distributed runs agree on it at log
+        # boundaries, because stopping must happen at the same step on every rank.
+        if boundary or not self.dist.distributed:
+            signum = stop.agreed(self.dist.device)
+            if signum:
+                self._guard.check(checkpoint=str(self.checkpoints.resume_path() or "none"))
+                if not save:
+                    self.save()
+                raise StopRequested(signum, self.step)
 
 
 def _is_scalar(value: Any) -> bool:
