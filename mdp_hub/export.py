@@ -19,6 +19,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,57 @@ def export(
     src, out_dir = Path(src), Path(out_dir)
     if tag is not None and not _TAG_PATTERN.match(tag):
         raise ValueError(f"tag {tag!r} must be letters, digits, '_' or '-' (it becomes part of the Hub repo name)")
-    results = parse_metrics(metrics)
+    plan = _plan_export(src, tag, parse_metrics(metrics), arch)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_out_dir(out_dir)
+    # Everything is written and verified in a hidden staging folder first and only then renamed into place, so a
+    # full disk or a crash never leaves a half-written model.safetensors next to a config.json that vouches for it.
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
+    except OSError as err:
+        raise write_error(out_dir, err, f"{out_dir} is unchanged") from err
+    publishing = False
+    try:
+        checksums = _write_weights(plan, staging)
+        _write_config(plan, staging, checksums)
+        _write_card(plan, staging, org or catalog.hub_org(), checksums[WEIGHTS_FILENAME])
+        verify_export(staging, plan.tensors, plan.prototypes)
+        publishing = True
+        _publish_staged(staging, out_dir)
+    except OSError as err:
+        if publishing:
+            raise write_error(out_dir, err, "export again: until then the checksums make mdp_hub refuse the "
+                                            "half-updated folder") from err
+        staged_name = Path(err.filename).name if err.filename else ""
+        raise write_error(out_dir / staged_name, err, f"{out_dir} is unchanged") from err
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+@dataclass
+class _ExportPlan:
+    """What an export writes, read and checked from the source before anything touches the output folder."""
+
+    source: Path
+    content: Mapping[str, Any]
+    training: bool
+    run: RunRecord | None
+    tag: str | None
+    arch: str
+    model_name: str
+    model: torch.nn.Module  # on the meta device: names, shapes and timm's pretrained_cfg
+    tensors: dict[str, torch.Tensor]
+    label_space: Mapping[str, Any] | None
+    prototypes: dict[str, torch.Tensor] | None
+    input_size: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    results: list
+
+
+def _plan_export(src: Path, tag: str | None, results: list, arch: str | None) -> _ExportPlan:
+    """Read ``src``, resolve tag and architecture, and fit the headless backbone to timm's model."""
     content = load_file(src)
     state_dict, declared_prefix = unwrap_state_dict(content, source=src)
     training = is_training_checkpoint(content)
@@ -105,71 +156,63 @@ def export(
 
     label_space = content.get("label_space") if training else None
     prototypes = extract_prototypes(state_dict, label_space, source=src) if training else None
+    return _ExportPlan(src, content, training, run, tag, arch, model_name, model, tensors, label_space, prototypes,
+                       input_size, mean, std, results)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _check_out_dir(out_dir)
-    # Everything is written and verified in a hidden staging folder first and only then renamed into place, so a
-    # full disk or a crash never leaves a half-written model.safetensors next to a config.json that vouches for it.
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
-    except OSError as err:
-        raise write_error(out_dir, err, f"{out_dir} is unchanged") from err
-    publishing = False
-    try:
-        weights_path = staging / WEIGHTS_FILENAME
-        _write_tensors(weights_path, tensors, {"format": "pt"})
-        sha256 = sha256_file(weights_path)
-        checksums = {WEIGHTS_FILENAME: sha256}
-        if prototypes is not None:
-            names = class_names_sha256(class_names_of(label_space, source=src))
-            # one metadata entry only: safetensors writes several in a random order, and exports are byte-stable
-            _write_tensors(staging / PROTOTYPES_FILENAME, {k: _as_stored(v) for k, v in prototypes.items()},
-                           {CLASS_NAMES_KEY: names})
-            checksums[PROTOTYPES_FILENAME] = sha256_file(staging / PROTOTYPES_FILENAME)
 
-        model.pretrained_cfg["notes"] = (*model.pretrained_cfg["notes"], f"sha256 of {WEIGHTS_FILENAME}: {sha256}")
-        mdp_section = {
-            "format_version": EXPORT_FORMAT_VERSION,
-            "model_name": model_name,
-            "tag": tag,
-            "recipe": _recipe_dict(tag),
-            "recipe_completed": tag in catalog.RECIPES_BY_TAG,
-            "run": run.to_dict() if run else None,
-            "weights_sha256": sha256,
-            FILES_KEY: checksums,
-            "source": _source_dict(content, training),
-            "metrics": [result.to_dict() for result in results],
-            "label_space": label_space,
-            "prototypes_file": PROTOTYPES_FILENAME if prototypes is not None else None,
-            "training_config": content.get("config") if training else None,
-        }
-        _save_hf_config(model, staging / CONFIG_FILENAME, mdp_section,
-                        data_config={"input_size": input_size, "mean": mean, "std": std, "crop_pct": 1.0,
-                                     "interpolation": "bilinear"})
-        org = org or catalog.hub_org()
-        card = CardInfo(
-            model_name=model_name, arch=arch, tag=tag,
-            repo_id=f"{org}/{model_name}.{tag}" if tag else f"{org}/{model_name}",
-            sha256=sha256, params_m=sum(t.numel() for t in tensors.values() if t.is_floating_point()) / 1e6,
-            input_size=input_size, mean=mean, std=std,
-            training_text=_training_text(run, label_space),
-            dataset_keys=run.dataset_keys if run else (),
-            results=results,
-            num_prototype_classes=None if prototypes is None else int(prototypes["prototypes"].shape[0]),
-        )
-        (staging / CARD_FILENAME).write_text(render_card(card), encoding="utf-8")
-        verify_export(staging, tensors, prototypes)
-        publishing = True
-        _publish_staged(staging, out_dir)
-    except OSError as err:
-        if publishing:
-            raise write_error(out_dir, err, "export again: until then the checksums make mdp_hub refuse the "
-                                            "half-updated folder") from err
-        staged_name = Path(err.filename).name if err.filename else ""
-        raise write_error(out_dir / staged_name, err, f"{out_dir} is unchanged") from err
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
+def _write_weights(plan: _ExportPlan, staging: Path) -> dict[str, str]:
+    """Write the weights (and prototypes) files; returns their sha256 by file name."""
+    weights_path = staging / WEIGHTS_FILENAME
+    _write_tensors(weights_path, plan.tensors, {"format": "pt"})
+    checksums = {WEIGHTS_FILENAME: sha256_file(weights_path)}
+    if plan.prototypes is not None:
+        names = class_names_sha256(class_names_of(plan.label_space, source=plan.source))
+        # one metadata entry only: safetensors writes several in a random order, and exports are byte-stable
+        _write_tensors(staging / PROTOTYPES_FILENAME, {k: _as_stored(v) for k, v in plan.prototypes.items()},
+                       {CLASS_NAMES_KEY: names})
+        checksums[PROTOTYPES_FILENAME] = sha256_file(staging / PROTOTYPES_FILENAME)
+    return checksums
+
+
+def _write_config(plan: _ExportPlan, staging: Path, checksums: dict[str, str]) -> None:
+    """timm's ``config.json`` plus the ``"mdp"`` section: what ran, recipe, label space and checksums."""
+    sha256 = checksums[WEIGHTS_FILENAME]
+    model = plan.model
+    model.pretrained_cfg["notes"] = (*model.pretrained_cfg["notes"], f"sha256 of {WEIGHTS_FILENAME}: {sha256}")
+    mdp_section = {
+        "format_version": EXPORT_FORMAT_VERSION,
+        "model_name": plan.model_name,
+        "tag": plan.tag,
+        "recipe": _recipe_dict(plan.tag),
+        "recipe_completed": plan.tag in catalog.RECIPES_BY_TAG,
+        "run": plan.run.to_dict() if plan.run else None,
+        "weights_sha256": sha256,
+        FILES_KEY: checksums,
+        "source": _source_dict(plan.content, plan.training),
+        "metrics": [result.to_dict() for result in plan.results],
+        "label_space": plan.label_space,
+        "prototypes_file": PROTOTYPES_FILENAME if plan.prototypes is not None else None,
+        "training_config": plan.content.get("config") if plan.training else None,
+    }
+    _save_hf_config(model, staging / CONFIG_FILENAME, mdp_section,
+                    data_config={"input_size": plan.input_size, "mean": plan.mean, "std": plan.std,
+                                 "crop_pct": 1.0, "interpolation": "bilinear"})
+
+
+def _write_card(plan: _ExportPlan, staging: Path, org: str, sha256: str) -> None:
+    """The model card ``README.md``."""
+    model_name, tag, run = plan.model_name, plan.tag, plan.run
+    card = CardInfo(
+        model_name=model_name, arch=plan.arch, tag=tag,
+        repo_id=f"{org}/{model_name}.{tag}" if tag else f"{org}/{model_name}",
+        sha256=sha256, params_m=sum(t.numel() for t in plan.tensors.values() if t.is_floating_point()) / 1e6,
+        input_size=plan.input_size, mean=plan.mean, std=plan.std,
+        training_text=_training_text(run, plan.label_space),
+        dataset_keys=run.dataset_keys if run else (),
+        results=plan.results,
+        num_prototype_classes=None if plan.prototypes is None else int(plan.prototypes["prototypes"].shape[0]),
+    )
+    (staging / CARD_FILENAME).write_text(render_card(card), encoding="utf-8")
 
 
 def _write_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> None:
