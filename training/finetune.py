@@ -14,6 +14,7 @@ SIGTERM/SIGUSR1/Ctrl-C checkpointing, a non-finite-loss stop, metrics.jsonl + Te
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -139,90 +140,18 @@ def finetune(config: FinetuneConfig, run_dir: Path) -> SegmentationMetrics:
 
 
 def _finetune(config: FinetuneConfig, run_dir: Path, dist_info: distributed.DistInfo) -> SegmentationMetrics:
-    train_cfg = config.train
-    device = dist_info.device
-    if train_cfg.threads > 0:
-        torch.set_num_threads(train_cfg.threads)
-    if train_cfg.batch_size % dist_info.world_size:
-        raise ConfigError(f"train.batch_size={train_cfg.batch_size} (global) is not divisible by the "
-                          f"{dist_info.world_size} processes")
-    distributed.seed_everything(train_cfg.seed, dist_info.rank)
-    if config.data.photometric_on == "auto":  # resolved before the config is saved, so the run records what ran
-        config.data.photometric_on = "device" if device.type == "cuda" else "worker"
+    _prepare_process(config, dist_info)
     train_set, val_set = build_datasets(config)
     label_space = LabelSpace([(train_set.reader.dataset_name, train_set.class_names)])
-
     last = CheckpointManager(run_dir).resume_path()
     # A resumed run takes every weight from last.pth: build the architecture only, skip the (maybe remote) init.
     resumed = load_checkpoint(last, kind="finetune") if last is not None else None
-    if resumed is not None:
-        arch = resumed["arch"]
-        model = build_segmentation_model(config.model, train_set.num_classes, arch)
-    else:
-        model, arch = create_segmentation_model(config.model, train_set.num_classes, config.init)
-    model.to(device)
-    if dist_info.distributed and device.type == "cuda" and train_cfg.sync_bn:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    wrapped = model
-    if dist_info.distributed:
-        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    # MMSeg applies weight decay to every parameter (no paramwise_cfg in the R-50-D8 configs).
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.optim.lr, momentum=config.optim.momentum,
-                                weight_decay=config.optim.weight_decay)
-    batches = InfiniteBatches(train_set, batch_size=train_cfg.batch_size // dist_info.world_size,
-                              num_workers=config.data.num_workers, seed=train_cfg.seed,
-                              pin_memory=device.type == "cuda")
+    model, wrapped, arch = _build_model(config, train_set.num_classes, resumed, dist_info)
+    train_cfg = config.train
     logger = RunLogger(run_dir, enabled=dist_info.is_main, total_steps=train_cfg.iterations)
-    state = {"metrics": None, "step": None}  # the last validation, at step
-
-    def evaluate_now(step: int) -> SegmentationMetrics:
-        # validation must not move the training's random streams (its DataLoader draws a seed), so that skipping
-        # or repeating it on a resume changes nothing
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            result = evaluate_dataset(model, val_set, config.eval, device=device, amp=train_cfg.amp,
-                                      mean=config.data.mean, std=config.data.std)
-        logger.log(step, {"mIoU": result.miou, "mAcc": result.macc, "aAcc": result.aacc}, prefix="val")
-        logger.message(f"step {step}: val mIoU {result.miou:.2f}  mAcc {result.macc:.2f}  aAcc {result.aacc:.2f}")
-        state.update(metrics=result, step=step)
-        return result
-
-    def validation_due(step: int) -> bool:
-        return step == train_cfg.iterations or (train_cfg.eval_every > 0 and step % train_cfg.eval_every == 0)
-
-    def validate_after_checkpoint(step: int) -> None:
-        if validation_due(step):
-            evaluate_now(step)
-
-    def checkpoint_extras() -> dict:
-        metrics = state["metrics"]
-        return {"kind": "finetune", "arch": arch, "backbone_prefix": BACKBONE_PREFIX, "config": to_dict(config),
-                "label_space": label_space.to_dict(),
-                "data_config": {"mean": list(config.data.mean), "std": list(config.data.std),
-                                "crop_size": list(config.data.crop_size)},
-                "metrics": {**metrics.to_dict(), "step": state["step"]} if metrics is not None else None}
-
-    def compute_losses(batch: dict) -> dict[str, torch.Tensor]:
-        return segmentation_losses(wrapped(batch["image"]), batch["mask"], config)
-
-    if config.data.photometric_on == "device":  # workers send uint8 crops and local ids; jitter and ids made here
-        compute_losses = DeviceViews(compute_losses, BatchPhotometric(MMSEG_PHOTOMETRIC, config.data.mean,
-                                                                      config.data.std),
-                                     label_tables=train_set.label_tables, views=1)
-    trainer = Trainer(
-        module=model,
-        model=compute_losses,
-        optimizer=optimizer,
-        scaler=make_grad_scaler(train_cfg.amp, device),
-        lr_at=lambda step: poly_lr(step, train_cfg.iterations, config.optim.lr, config.optim.min_lr,
-                                   config.optim.power),
-        iterate_epoch=batches,
-        config=LoopConfig(total_steps=train_cfg.iterations, epoch_lengths=[train_cfg.iterations],
-                          amp=train_cfg.amp, log_every=train_cfg.log_every,
-                          checkpoint_every=train_cfg.checkpoint_every, snapshot_every=train_cfg.eval_every,
-                          keep_snapshots=train_cfg.keep_snapshots),
-        run_dir=run_dir, dist_info=dist_info, checkpoint_extras=checkpoint_extras,
-        after_checkpoint=validate_after_checkpoint, logger=logger)
+    validation = _Validation(model, val_set, config, dist_info.device, logger)
+    extras = functools.partial(_checkpoint_extras, config, arch, label_space, validation)
+    trainer = _build_trainer(config, model, wrapped, train_set, run_dir, dist_info, logger, validation, extras)
     try:
         step = trainer.resume(expected={"kind": "finetune", "arch": arch,
                                         "label_space": label_space.to_dict()})
@@ -231,19 +160,138 @@ def _finetune(config: FinetuneConfig, run_dir: Path, dist_info: distributed.Dist
             logger.message(f"fine-tuning {arch} + {config.model.head} from {config.init!r} on {config.data.train} "
                            f"({train_set.num_classes} classes), step {step}/{train_cfg.iterations}")
         previous = (resumed or {}).get("metrics") or {}
-        if step > 0 and validation_due(step) and previous.get("step") != step:
-            evaluate_now(step)  # the run stopped after this step's checkpoint, before its validation ended
+        if step > 0 and validation.due(step) and previous.get("step") != step:
+            validation.run(step)  # the run stopped after this step's checkpoint, before its validation ended
         trainer.run()
-        metrics = state["metrics"] if state["step"] == trainer.step else evaluate_now(trainer.step)
+        metrics = validation.metrics if validation.step == trainer.step else validation.run(trainer.step)
         if dist_info.is_main:
-            info = {"checkpoint": str(trainer.checkpoints.last_path), "data": config.data.val,
-                    "dataset": val_set.reader.dataset_name, "split": val_set.reader.split, "step": trainer.step,
-                    "arch": arch, "head": config.model.head, "init": config.init,
-                    "mode": config.eval.mode, "flip": config.eval.flip, "test_scale": config.eval.test_scale}
-            write_results(run_dir / "eval", metrics, info)
+            _write_final_results(config, run_dir, trainer, val_set, arch, metrics)
     finally:
         logger.close()
     return metrics
+
+
+def _prepare_process(config: FinetuneConfig, dist_info: distributed.DistInfo) -> None:
+    """Threads, the per-process batch check, seeds, and where photometric jitter runs."""
+    train_cfg = config.train
+    if train_cfg.threads > 0:
+        torch.set_num_threads(train_cfg.threads)
+    if train_cfg.batch_size % dist_info.world_size:
+        raise ConfigError(f"train.batch_size={train_cfg.batch_size} (global) is not divisible by the "
+                          f"{dist_info.world_size} processes")
+    distributed.seed_everything(train_cfg.seed, dist_info.rank)
+    if config.data.photometric_on == "auto":  # resolved before the config is saved, so the run records what ran
+        config.data.photometric_on = "device" if dist_info.device.type == "cuda" else "worker"
+
+
+def _build_model(config: FinetuneConfig, num_classes: int, resumed: dict | None, dist_info: distributed.DistInfo
+                 ) -> tuple[torch.nn.Module, torch.nn.Module, str]:
+    """The segmentation model on its device, the module that runs forward (DDP-wrapped when distributed), arch."""
+    device = dist_info.device
+    if resumed is not None:
+        arch = resumed["arch"]
+        model = build_segmentation_model(config.model, num_classes, arch)
+    else:
+        model, arch = create_segmentation_model(config.model, num_classes, config.init)
+    model.to(device)
+    if dist_info.distributed and device.type == "cuda" and config.train.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    wrapped = model
+    if dist_info.distributed:
+        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model, wrapped, arch
+
+
+class _Validation:
+    """Validation every ``train.eval_every`` steps and at the end; remembers the last result and its step."""
+
+    def __init__(self, model: torch.nn.Module, val_set, config: FinetuneConfig, device: torch.device,
+                 logger: RunLogger):
+        self.model, self.val_set, self.config, self.device, self.logger = model, val_set, config, device, logger
+        self.metrics: SegmentationMetrics | None = None
+        self.step: int | None = None
+
+    def due(self, step: int) -> bool:
+        train_cfg = self.config.train
+        return step == train_cfg.iterations or (train_cfg.eval_every > 0 and step % train_cfg.eval_every == 0)
+
+    def run(self, step: int) -> SegmentationMetrics:
+        config, device = self.config, self.device
+        # validation must not move the training's random streams (its DataLoader draws a seed), so that skipping
+        # or repeating it on a resume changes nothing
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            result = evaluate_dataset(self.model, self.val_set, config.eval, device=device, amp=config.train.amp,
+                                      mean=config.data.mean, std=config.data.std)
+        self.logger.log(step, {"mIoU": result.miou, "mAcc": result.macc, "aAcc": result.aacc}, prefix="val")
+        self.logger.message(f"step {step}: val mIoU {result.miou:.2f}  mAcc {result.macc:.2f}  "
+                            f"aAcc {result.aacc:.2f}")
+        self.metrics, self.step = result, step
+        return result
+
+    def after_checkpoint(self, step: int) -> None:
+        if self.due(step):
+            self.run(step)
+
+
+def _checkpoint_extras(config: FinetuneConfig, arch: str, label_space: LabelSpace, validation: _Validation) -> dict:
+    """What a fine-tuning checkpoint stores beside the engine's state."""
+    metrics = validation.metrics
+    return {"kind": "finetune", "arch": arch, "backbone_prefix": BACKBONE_PREFIX, "config": to_dict(config),
+            "label_space": label_space.to_dict(),
+            "data_config": {"mean": list(config.data.mean), "std": list(config.data.std),
+                            "crop_size": list(config.data.crop_size)},
+            "metrics": {**metrics.to_dict(), "step": validation.step} if metrics is not None else None}
+
+
+class _SegmentationStep:
+    """Batch -> loss terms of the segmentation model."""
+
+    def __init__(self, model: torch.nn.Module, config: FinetuneConfig):
+        self.model, self.config = model, config
+
+    def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
+        return segmentation_losses(self.model(batch["image"]), batch["mask"], self.config)
+
+
+def _build_trainer(config: FinetuneConfig, model: torch.nn.Module, wrapped: torch.nn.Module, train_set,
+                   run_dir: Path, dist_info: distributed.DistInfo, logger: RunLogger, validation: _Validation,
+                   checkpoint_extras) -> Trainer:
+    """SGD with MMSeg's poly schedule over ``train.iterations`` on an endless stream of training batches."""
+    train_cfg, device = config.train, dist_info.device
+    # MMSeg applies weight decay to every parameter (no paramwise_cfg in the R-50-D8 configs).
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.optim.lr, momentum=config.optim.momentum,
+                                weight_decay=config.optim.weight_decay)
+    batches = InfiniteBatches(train_set, batch_size=train_cfg.batch_size // dist_info.world_size,
+                              num_workers=config.data.num_workers, seed=train_cfg.seed,
+                              pin_memory=device.type == "cuda")
+    compute_losses = _SegmentationStep(wrapped, config)
+    if config.data.photometric_on == "device":  # workers send uint8 crops and local ids; jitter and ids made here
+        compute_losses = DeviceViews(compute_losses, BatchPhotometric(MMSEG_PHOTOMETRIC, config.data.mean,
+                                                                      config.data.std),
+                                     label_tables=train_set.label_tables, views=1)
+    return Trainer(
+        module=model,
+        model=compute_losses,
+        optimizer=optimizer,
+        scaler=make_grad_scaler(train_cfg.amp, device),
+        lr_at=functools.partial(poly_lr, total_steps=train_cfg.iterations, base_lr=config.optim.lr,
+                                min_lr=config.optim.min_lr, power=config.optim.power),
+        iterate_epoch=batches,
+        config=LoopConfig(total_steps=train_cfg.iterations, epoch_lengths=[train_cfg.iterations],
+                          amp=train_cfg.amp, log_every=train_cfg.log_every,
+                          checkpoint_every=train_cfg.checkpoint_every, snapshot_every=train_cfg.eval_every,
+                          keep_snapshots=train_cfg.keep_snapshots),
+        run_dir=run_dir, dist_info=dist_info, checkpoint_extras=checkpoint_extras,
+        after_checkpoint=validation.after_checkpoint, logger=logger)
+
+
+def _write_final_results(config: FinetuneConfig, run_dir: Path, trainer: Trainer, val_set, arch: str,
+                         metrics: SegmentationMetrics) -> None:
+    info = {"checkpoint": str(trainer.checkpoints.last_path), "data": config.data.val,
+            "dataset": val_set.reader.dataset_name, "split": val_set.reader.split, "step": trainer.step,
+            "arch": arch, "head": config.model.head, "init": config.init,
+            "mode": config.eval.mode, "flip": config.eval.flip, "test_scale": config.eval.test_scale}
+    write_results(run_dir / "eval", metrics, info)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
