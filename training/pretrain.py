@@ -10,6 +10,7 @@ The run folder holds ``config.yaml`` (resolved), ``label_space.json``, ``last.pt
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from torch.utils.data import Dataset
 
 from mdp_hub.errors import command
 from mdp_hub.help_format import HelpFormatter
+from mdp_hub.integrity import CONFIG_FILENAME
 from training import config as config_lib
 from training.config import ConfigError, PretrainConfig
 from training.data import (
@@ -89,7 +91,7 @@ class UnlabeledAsPretrain(Dataset):
         return {**item, "mask": mask, "dataset_id": self.dataset_ids[index], "unlabeled": torch.tensor(True)}
 
 
-class Concat(Dataset):
+class ConcatWithIndex(Dataset):
     """Concatenation keeping ``dataset_ids`` for MultiDatasetSampler; item ``index`` is the concatenated index."""
 
     def __init__(self, parts: list):
@@ -106,7 +108,7 @@ class Concat(Dataset):
         return {**item, "index": torch.tensor(index)}
 
 
-class Subset(Dataset):
+class DatasetSubset(Dataset):
     """The samples of some datasets only (one stage of sequential pretraining), keeping global ids."""
 
     def __init__(self, dataset, keep_ids: list[int]):
@@ -170,7 +172,7 @@ def build_stages(cfg: PretrainConfig, info: distributed.DistInfo) -> tuple[Label
         source = len(label_space.datasets)
         unlabeled = [UnlabeledAsPretrain(build_unlabeled_dataset(folder, **common), source)
                      for folder in data.unlabeled]
-        dataset = Concat([LabeledWithFlag(dataset), *unlabeled])
+        dataset = ConcatWithIndex([LabeledWithFlag(dataset), *unlabeled])
     stage_configs = cfg.train.stages or [config_lib.StageConfig(list(label_space.dataset_names), cfg.train.epochs)]
     stages = []
     for number, stage in enumerate(stage_configs):
@@ -185,7 +187,7 @@ def build_stages(cfg: PretrainConfig, info: distributed.DistInfo) -> tuple[Label
         ids = [label_space.dataset_index(name) for name in stage.datasets]
         if data.unlabeled:
             ids.append(len(label_space.datasets))  # unlabeled folders join every stage
-        part = dataset if len(stage_configs) == 1 else Subset(dataset, ids)
+        part = dataset if len(stage_configs) == 1 else DatasetSubset(dataset, ids)
         sampler = MultiDatasetSampler(part, mode=data.sampling, num_replicas=info.world_size, rank=info.rank,
                                       seed=cfg.train.seed)
         stages.append(Stage(part, sampler, steps_per_epoch(sampler, cfg.train.batch_size), stage.epochs))
@@ -348,9 +350,101 @@ def export_backbone(cfg: PretrainConfig, run_dir: Path) -> Path:
         return export(source, out_dir, tag=None)
 
 
-def train(cfg: PretrainConfig, run_dir: Path) -> int:
-    """Run (or resume) pretraining into ``run_dir``; returns the process exit code."""
-    info = distributed.init_distributed(cfg.train.device)
+@dataclass
+class Schedule:
+    """Steps of the whole run: epoch lengths over the stages, the stage of each epoch, learning-rate scale."""
+
+    epoch_lengths: list[int]
+    epoch_stage: list[tuple[Stage, int]]
+    total_steps: int
+    base_lr: float
+    warmup_steps: int
+
+
+def build_schedule(cfg: PretrainConfig, stages: list[Stage], info: distributed.DistInfo) -> Schedule:
+    epoch_lengths = [stage.steps_per_epoch for stage in stages for _ in range(stage.epochs)]
+    epoch_stage = [(stage, epoch) for stage in stages for epoch in range(stage.epochs)]
+    total_steps = sum(epoch_lengths)
+    if cfg.train.max_steps > 0:
+        total_steps = min(total_steps, cfg.train.max_steps)
+    global_batch = cfg.train.batch_size * info.world_size
+    base_lr = scaled_lr(cfg.optim.lr, global_batch, cfg.optim.lr_reference_batch)
+    warmup_steps = round(cfg.optim.warmup_epochs * stages[0].steps_per_epoch)
+    return Schedule(epoch_lengths, epoch_stage, total_steps, base_lr, warmup_steps)
+
+
+class StageEpochs:
+    """``(epoch, skip) -> batches`` of the stage that epoch belongs to, resumable mid-epoch."""
+
+    def __init__(self, cfg: PretrainConfig, schedule: Schedule, info: distributed.DistInfo):
+        self.cfg, self.schedule, self.pin_memory = cfg, schedule, info.device.type == "cuda"
+
+    def __call__(self, epoch: int, skip: int):
+        stage, _ = self.schedule.epoch_stage[epoch]
+        return epoch_loader(
+            stage.dataset, stage.sampler, batch_size=self.cfg.train.batch_size, epoch=epoch, skip=skip,
+            seed=self.cfg.train.seed, num_workers=self.cfg.data.num_workers, pin_memory=self.pin_memory,
+        )
+
+
+def update_momentum_encoder(method: nn.Module, cfg: PretrainConfig, total_steps: int, step: int) -> None:
+    method.momentum_update(momentum_schedule(step, total_steps, cfg.method.momentum, cfg.method.momentum_final))
+
+
+def on_device_views(cfg: PretrainConfig, label_space: LabelSpace, model: nn.Module) -> nn.Module:
+    """Workers send uint8 crops and local ids; the views, their jitter and the global ids are made on the device."""
+    tables = torch.stack([label_space.global_lookup_table(i) for i in range(len(label_space.datasets))])
+    if cfg.data.unlabeled:  # the unlabeled folders' source id: every pixel ignored
+        tables = torch.cat([tables, torch.full((1, tables.shape[1]), IGNORE_INDEX)])
+    return DeviceViews(model, BatchPhotometric(cfg.data.photometric, cfg.data.mean, cfg.data.std),
+                       channels_last=cfg.train.channels_last, label_tables=tables)
+
+
+def checkpoint_extras(cfg: PretrainConfig, label_space: LabelSpace) -> dict:
+    """What a pretraining checkpoint stores beside the engine's state (read by export and by resume checks)."""
+    return {
+        "kind": "pretrain",
+        "arch": cfg.method.arch,
+        "backbone_prefix": BACKBONE_PREFIX,
+        "config": config_lib.to_dict(cfg),
+        "label_space": label_space.to_dict(),
+        "data_config": {"mean": list(cfg.data.mean), "std": list(cfg.data.std),
+                        "crop_size": [cfg.data.crop_size, cfg.data.crop_size]},
+    }
+
+
+def build_trainer(cfg: PretrainConfig, run_dir: Path, info: distributed.DistInfo, method: nn.Module,
+                  model: nn.Module, schedule: Schedule, extras: dict, logger: RunLogger) -> Trainer:
+    optimizer = build_optimizer(method, cfg.optim.name, schedule.base_lr, cfg.optim.weight_decay,
+                                cfg.optim.momentum, tuple(cfg.optim.betas))
+    total_steps = schedule.total_steps
+    return Trainer(
+        module=method,
+        model=model,
+        optimizer=optimizer,
+        scaler=make_grad_scaler(cfg.train.amp, info.device),
+        lr_at=functools.partial(warmup_cosine, total_steps=total_steps, warmup_steps=schedule.warmup_steps,
+                                base_lr=schedule.base_lr, min_lr=cfg.optim.min_lr_ratio * schedule.base_lr),
+        iterate_epoch=StageEpochs(cfg, schedule, info),
+        config=LoopConfig(
+            total_steps=total_steps, epoch_lengths=schedule.epoch_lengths, amp=cfg.train.amp,
+            clip_grad_norm=cfg.optim.clip_grad_norm, channels_last=cfg.train.channels_last,
+            log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every,
+            snapshot_every=cfg.train.snapshot_every, keep_snapshots=cfg.train.keep_snapshots,
+            probe_every=cfg.train.probe_every,
+        ),
+        run_dir=run_dir,
+        dist_info=info,
+        checkpoint_extras=lambda: extras,
+        after_step=functools.partial(update_momentum_encoder, method, cfg, total_steps),
+        logger=logger,
+        probe=build_probe(cfg, method),
+        gradient_groups=gradient_groups(method),
+    )
+
+
+def prepare_process(cfg: PretrainConfig, info: distributed.DistInfo) -> None:
+    """Threads, determinism, seeds, and where photometric jitter runs."""
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     if cfg.train.deterministic:
@@ -359,94 +453,59 @@ def train(cfg: PretrainConfig, run_dir: Path) -> int:
     distributed.seed_everything(cfg.train.seed, info.rank)
     if cfg.data.photometric_on == "auto":  # resolved before the config is saved, so the run records what ran
         cfg.data.photometric_on = "device" if info.device.type == "cuda" else "worker"
+
+
+def record_start(cfg: PretrainConfig, run_dir: Path, info: distributed.DistInfo, label_space: LabelSpace,
+                 trainer: Trainer, schedule: Schedule, start: int) -> None:
+    """Write the run's config and label space and say what runs."""
+    if info.is_main:  # only now: a refused resume leaves the earlier run's files as they were
+        config_lib.save_config(cfg, run_dir / "config.yaml")
+        label_space.save(run_dir / "label_space.json")
+    distributed.barrier()
+    trainer.logger.message(
+        f"{cfg.name}: {cfg.method.name} on {', '.join(label_space.dataset_names)} ({label_space.num_classes} "
+        f"classes), {cfg.method.arch} OS{cfg.method.output_stride}, {info.world_size} process(es) x batch "
+        f"{cfg.train.batch_size}, lr {schedule.base_lr:.4g}, steps {start}->{schedule.total_steps}"
+        + (f" (resumed from {trainer.checkpoints.last_path})" if start else "")
+        + f"; run folder {run_dir}"
+    )
+
+
+def finish(cfg: PretrainConfig, run_dir: Path, method: nn.Module, label_space: LabelSpace,
+           logger: RunLogger) -> None:
+    """Plots and the Hub-ready export of the finished run."""
+    if cfg.train.plots:
+        write_plots(run_dir, method, label_space, logger)
+    if cfg.export.enabled:
+        out_dir = export_backbone(cfg, run_dir)
+        tag = json.loads((out_dir / CONFIG_FILENAME).read_text())["mdp"]["tag"]
+        print(f"exported backbone to {out_dir} (weight tag: {tag})")
+        print(f'timm.create_model("local-dir:{out_dir.resolve()}", pretrained=True)')
+
+
+def train(cfg: PretrainConfig, run_dir: Path) -> int:
+    """Run (or resume) pretraining into ``run_dir``; returns the process exit code."""
+    info = distributed.init_distributed(cfg.train.device)
+    prepare_process(cfg, info)
     lock = RunLock(run_dir, enabled=info.is_main)
     try:
         lock.acquire()
         label_space, stages = build_stages(cfg, info)
         method, model = build_model(cfg, label_space, info)
-        if cfg.data.photometric_on == "device":  # workers send uint8 crops and local ids; views and ids made here
-            tables = torch.stack([label_space.global_lookup_table(i) for i in range(len(label_space.datasets))])
-            if cfg.data.unlabeled:  # the unlabeled folders' source id: every pixel ignored
-                tables = torch.cat([tables, torch.full((1, tables.shape[1]), IGNORE_INDEX)])
-            model = DeviceViews(model, BatchPhotometric(cfg.data.photometric, cfg.data.mean, cfg.data.std),
-                                channels_last=cfg.train.channels_last, label_tables=tables)
-        epoch_lengths = [stage.steps_per_epoch for stage in stages for _ in range(stage.epochs)]
-        epoch_stage = [(stage, epoch) for stage in stages for epoch in range(stage.epochs)]
-        total_steps = sum(epoch_lengths)
-        if cfg.train.max_steps > 0:
-            total_steps = min(total_steps, cfg.train.max_steps)
-        global_batch = cfg.train.batch_size * info.world_size
-        base_lr = scaled_lr(cfg.optim.lr, global_batch, cfg.optim.lr_reference_batch)
-        warmup_steps = round(cfg.optim.warmup_epochs * stages[0].steps_per_epoch)
-        optimizer = build_optimizer(method, cfg.optim.name, base_lr, cfg.optim.weight_decay,
-                                    cfg.optim.momentum, tuple(cfg.optim.betas))
-
-        def iterate_epoch(epoch: int, skip: int):
-            stage, stage_epoch = epoch_stage[epoch]
-            return epoch_loader(
-                stage.dataset, stage.sampler, batch_size=cfg.train.batch_size, epoch=epoch, skip=skip,
-                seed=cfg.train.seed, num_workers=cfg.data.num_workers, pin_memory=info.device.type == "cuda",
-            )
-
-        extras = {
-            "kind": "pretrain",
-            "arch": cfg.method.arch,
-            "backbone_prefix": BACKBONE_PREFIX,
-            "config": config_lib.to_dict(cfg),
-            "label_space": label_space.to_dict(),
-            "data_config": {"mean": list(cfg.data.mean), "std": list(cfg.data.std),
-                            "crop_size": [cfg.data.crop_size, cfg.data.crop_size]},
-        }
-        logger = RunLogger(run_dir, enabled=info.is_main, total_steps=total_steps)
-        trainer = Trainer(
-            module=method,
-            model=model,
-            optimizer=optimizer,
-            scaler=make_grad_scaler(cfg.train.amp, info.device),
-            lr_at=lambda step: warmup_cosine(step, total_steps, warmup_steps, base_lr,
-                                             cfg.optim.min_lr_ratio * base_lr),
-            iterate_epoch=iterate_epoch,
-            config=LoopConfig(
-                total_steps=total_steps, epoch_lengths=epoch_lengths, amp=cfg.train.amp,
-                clip_grad_norm=cfg.optim.clip_grad_norm, channels_last=cfg.train.channels_last,
-                log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every,
-                snapshot_every=cfg.train.snapshot_every, keep_snapshots=cfg.train.keep_snapshots,
-                probe_every=cfg.train.probe_every,
-            ),
-            run_dir=run_dir,
-            dist_info=info,
-            checkpoint_extras=lambda: extras,
-            after_step=lambda step: method.momentum_update(
-                momentum_schedule(step, total_steps, cfg.method.momentum, cfg.method.momentum_final)
-            ),
-            logger=logger,
-            probe=build_probe(cfg, method),
-            gradient_groups=gradient_groups(method),
-        )
+        if cfg.data.photometric_on == "device":
+            model = on_device_views(cfg, label_space, model)
+        schedule = build_schedule(cfg, stages, info)
+        extras = checkpoint_extras(cfg, label_space)
+        logger = RunLogger(run_dir, enabled=info.is_main, total_steps=schedule.total_steps)
+        trainer = build_trainer(cfg, run_dir, info, method, model, schedule, extras, logger)
         start = trainer.resume(expected={key: extras[key] for key in ("kind", "arch", "label_space")})
-        if info.is_main:  # only now: a refused resume leaves the earlier run's files as they were
-            config_lib.save_config(cfg, run_dir / "config.yaml")
-            label_space.save(run_dir / "label_space.json")
-        distributed.barrier()
-        logger.message(
-            f"{cfg.name}: {cfg.method.name} on {', '.join(label_space.dataset_names)} ({label_space.num_classes} "
-            f"classes), {cfg.method.arch} OS{cfg.method.output_stride}, {info.world_size} process(es) x batch "
-            f"{cfg.train.batch_size}, lr {base_lr:.4g}, steps {start}->{total_steps}"
-            + (f" (resumed from {trainer.checkpoints.last_path})" if start else "")
-            + f"; run folder {run_dir}"
-        )
+        record_start(cfg, run_dir, info, label_space, trainer, schedule, start)
         try:
             trainer.run()
         finally:
             logger.close()
         if info.is_main:
-            if cfg.train.plots:
-                write_plots(run_dir, method, label_space, logger)
-            if cfg.export.enabled:
-                out_dir = export_backbone(cfg, run_dir)
-                tag = json.loads((out_dir / "config.json").read_text())["mdp"]["tag"]
-                print(f"exported backbone to {out_dir} (weight tag: {tag})")
-                print(f'timm.create_model("local-dir:{out_dir.resolve()}", pretrained=True)')
+            finish(cfg, run_dir, method, label_space, logger)
         return 0
     finally:
         distributed.cleanup()
