@@ -88,10 +88,6 @@ class LabelMap:
         self.shift = int(shifts[0]) if shifts.size == 1 else None
         self.lut = None if self.shift is not None else table.astype(np.uint8).tolist()
 
-    @property
-    def is_identity(self) -> bool:
-        return self.shift == 0
-
     def check(self, raw: np.ndarray, path: Path, valid_hint: str) -> None:
         """Raise ``BadSampleError`` naming ``path`` if any value of the uint8 mask is not in the encoding."""
         if proven_valid(raw, self.table):
