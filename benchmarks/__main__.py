@@ -239,7 +239,45 @@ def replace_block(page: Path, block: list[str]) -> None:
     page.write_text(text)
 
 
-def train_step_section(settings: Settings, device: torch.device) -> tuple[list[str], dict]:
+@dataclasses.dataclass
+class StepMeasurements:
+    """Everything section 1 and 2 report, measured in one go so that load and settings are shared."""
+
+    args: argparse.Namespace
+    label_space: object
+    variants: dict
+    trainers: dict[str, Trainer]
+    wall: dict[str, list[float]]
+    cpu: dict[str, list[float]]
+    peak: dict[str, int]
+    flops: dict[str, float]
+    extra: dict[str, float]  # MDP's own work per step, isolated
+    breakdown: dict[str, float]  # parts of MDP full's own work
+    moco_parts: dict[str, float]  # MoCo v2's pooled head + loss against the dense head + trivial loss
+    elapsed: float
+    load_before: float
+    load_after: float
+    device: torch.device
+
+    @property
+    def median_wall(self) -> dict[str, float]:
+        return {name: statistics.median(v) for name, v in self.wall.items()}
+
+    @property
+    def median_cpu(self) -> dict[str, float]:
+        return {name: statistics.median(v) for name, v in self.cpu.items()}
+
+    @property
+    def reference(self) -> dict[str, float]:
+        # On a shared CPU the process CPU time is far less disturbed by other processes than the wall clock.
+        return self.median_cpu if self.device.type == "cpu" else self.median_wall
+
+    @property
+    def reference_name(self) -> str:
+        return "process CPU time" if self.device.type == "cpu" else "wall clock"
+
+
+def measure_train_steps(settings: Settings, device: torch.device) -> StepMeasurements:
     args = argparse.Namespace(**dataclasses.asdict(settings), amp="none", channels_last=False)
     label_space = paper_label_space()
     torch.manual_seed(0)
@@ -256,34 +294,40 @@ def train_step_section(settings: Settings, device: torch.device) -> tuple[list[s
     moco_parts = {name: statistics.median(v) for name, v in isolated_moco_difference(
         variants["lower bound"], variants[MOCO], batch, settings.extra_repeats).items()}
     elapsed, load_after = time.perf_counter() - started, load_average()
+    return StepMeasurements(args, label_space, variants, trainers, wall, cpu, peak, flops, extra, breakdown,
+                            moco_parts, elapsed, load_before, load_after, device)
 
-    median_wall = {name: statistics.median(v) for name, v in wall.items()}
-    median_cpu = {name: statistics.median(v) for name, v in cpu.items()}
-    # On a shared CPU the process CPU time is far less disturbed by other processes than the wall clock.
-    reference = median_cpu if device.type == "cpu" else median_wall
-    reference_name = "process CPU time" if device.type == "cpu" else "wall clock"
-    lower, moco, full = reference["lower bound"], reference[MOCO], reference[MDP_FULL]
-    implied_full = lower + extra[MDP_FULL]
-    implied_moco = lower - moco_parts["dense"] + moco_parts["pooled"]
+
+def step_table_lines(settings: Settings, m: StepMeasurements) -> list[str]:
+    median_wall, median_cpu, reference = m.median_wall, m.median_cpu, m.reference
+    lower, moco = reference["lower bound"], reference[MOCO]
     lines = [
         "## 1. Training step",
         "",
-        f"Machine: {machine_line(device)}.",
+        f"Machine: {machine_line(m.device)}.",
         f"Settings: backbone **{settings.arch}** OS{settings.output_stride}, crop **{settings.crop}x{settings.crop}**, "
-        f"batch **{settings.batch}**, D = {settings.embed_dim}, C = {label_space.num_classes} (VOC 21 + ADE20K 150 + "
+        f"batch **{settings.batch}**, D = {settings.embed_dim}, C = {m.label_space.num_classes} (VOC 21 + ADE20K 150 + "
         f"COCO-Stuff 171), fp32, SGD. {settings.repeats} interleaved rounds (order rotating) after {settings.warmup} "
-        f"warm-up rounds, medians; {elapsed:.0f} s; load average {load_before:.2f} before, {load_after:.2f} after.",
-        f"Ratios use the median **{reference_name}** per step.",
+        f"warm-up rounds, medians; {m.elapsed:.0f} s; load average {m.load_before:.2f} before, {m.load_after:.2f} after.",
+        f"Ratios use the median **{m.reference_name}** per step.",
         "",
         "| variant | median wall (s) | median CPU (s) | img/s (wall) | vs lower bound | vs MoCo v2 | GFLOP / image |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name in trainers:
+    for name in m.trainers:
         lines.append(
             f"| {name} | {median_wall[name]:.3f} | {median_cpu[name]:.3f} | {settings.batch / median_wall[name]:.1f} | "
-            f"{reference[name] / lower:.3f}x | {reference[name] / moco:.3f}x | {flops[name] / settings.batch / 1e9:.3f} |"
+            f"{reference[name] / lower:.3f}x | {reference[name] / moco:.3f}x | {m.flops[name] / settings.batch / 1e9:.3f} |"
         )
-    lines += [
+    return lines
+
+
+def step_targets_lines(m: StepMeasurements) -> list[str]:
+    reference, flops, moco_parts = m.reference, m.flops, m.moco_parts
+    lower, moco, full = reference["lower bound"], reference[MOCO], reference[MDP_FULL]
+    implied_full = lower + m.extra[MDP_FULL]
+    implied_moco = lower - moco_parts["dense"] + moco_parts["pooled"]
+    return [
         "",
         "Lower bound = query forward+backward of the same encoder (backbone + dense head) + momentum-encoder "
         "forward + SGD step + EMA, with a trivial loss: what any momentum method pays.",
@@ -306,6 +350,14 @@ def train_step_section(settings: Settings, device: torch.device) -> tuple[list[s
         f"{1000 * implied_moco:.0f} ms against {1000 * moco:.0f} ms measured as a whole step. FLOPs of MDP full are "
         f"{flops[MDP_FULL] / flops['lower bound']:.3f}x the "
         f"lower bound's and {flops[MDP_FULL] / flops[MOCO]:.3f}x MoCo v2's.",
+    ]
+
+
+def mdp_parts_lines(settings: Settings, m: StepMeasurements) -> list[str]:
+    extra, breakdown = m.extra, m.breakdown
+    lower, full = m.reference["lower bound"], m.reference[MDP_FULL]
+    without_update = extra[MDP_FULL] - breakdown["prototype update"]
+    lines = [
         "",
         "### MDP parts switched off, isolated",
         "",
@@ -316,9 +368,9 @@ def train_step_section(settings: Settings, device: torch.device) -> tuple[list[s
         "|---|---|---|---|",
         *(f"| {name} | {1000 * value:.1f} | {value / lower:.2%} | {1 + value / lower:.3f}x |" for name, value in extra.items()),
         f"| MDP full, prototype update off (full minus the timed update) | "
-        f"{1000 * (extra[MDP_FULL] - breakdown['prototype update']):.1f} | "
-        f"{(extra[MDP_FULL] - breakdown['prototype update']) / lower:.2%} | "
-        f"{1 + (extra[MDP_FULL] - breakdown['prototype update']) / lower:.3f}x |",
+        f"{1000 * without_update:.1f} | "
+        f"{without_update / lower:.2%} | "
+        f"{1 + without_update / lower:.3f}x |",
         "",
         "### Where the time of an MDP step goes",
         "",
@@ -328,8 +380,13 @@ def train_step_section(settings: Settings, device: torch.device) -> tuple[list[s
     total = lower + sum(breakdown.values())
     for name, value in {"encoders: query fwd+bwd, momentum fwd, SGD, EMA (lower bound)": lower, **breakdown}.items():
         lines.append(f"| {name} | {1000 * value:.1f} | {value / total:.1%} |")
-    lines += [
-        f"| sum | {1000 * total:.1f} | measured whole MDP step: {1000 * full:.1f} ms |",
+    lines.append(f"| sum | {1000 * total:.1f} | measured whole MDP step: {1000 * full:.1f} ms |")
+    return lines
+
+
+def step_memory_lines(settings: Settings, m: StepMeasurements) -> list[str]:
+    peak = m.peak
+    return [
         "",
         "## 2. Memory",
         "",
@@ -338,21 +395,28 @@ def train_step_section(settings: Settings, device: torch.device) -> tuple[list[s
         ("CPU: increase of the resident set (Linux VmHWM, reset via /proc/self/clear_refs right before one "
          "steady-state step, after malloc_trim) over the resident set at the step's start: activations, gradients "
          "and temporaries. State = parameters + buffers (momentum encoder, memories) + optimizer state, held "
-         "between steps." if device.type == "cpu" else
+         "between steps." if m.device.type == "cpu" else
          "CUDA: torch.cuda.max_memory_allocated over one steady-state step minus the allocation at its start."),
-        f"Same settings and load as section 1.",
+        "Same settings and load as section 1.",
         "",
         "| variant | step peak (MB) | vs lower bound | state between steps (MB) |",
         "|---|---|---|---|",
         *(f"| {name} | {peak[name] / 1e6:.1f} | {peak[name] / max(peak['lower bound'], 1):.2f}x | "
-          f"{state_bytes(trainer) / 1e6:.1f} |" for name, trainer in trainers.items()),
+          f"{state_bytes(trainer) / 1e6:.1f} |" for name, trainer in m.trainers.items()),
         "",
         "### Memory the methods keep, at the paper's label space",
         "",
-        *memory_report(variants, settings.embed_dim, label_space.num_classes),
+        *memory_report(m.variants, settings.embed_dim, m.label_space.num_classes),
     ]
-    results = {"flops_per_image": {k: v / settings.batch for k, v in flops.items()}, "args": args,
-               "label_space": label_space}
+
+
+def train_step_section(settings: Settings, device: torch.device) -> tuple[list[str], dict]:
+    """Sections 1 (training step) and 2 (memory) of the report, and what later sections reuse."""
+    m = measure_train_steps(settings, device)
+    lines = [*step_table_lines(settings, m), *step_targets_lines(m), *mdp_parts_lines(settings, m),
+             *step_memory_lines(settings, m)]
+    results = {"flops_per_image": {k: v / settings.batch for k, v in m.flops.items()}, "args": m.args,
+               "label_space": m.label_space}
     return lines, results
 
 
@@ -461,7 +525,9 @@ def paper_section(settings: Settings, args: argparse.Namespace, label_space, flo
     return lines, {"h100_images_per_s": images_per_s}
 
 
-def data_pipeline_section(settings: Settings, h100_images_per_s: dict[float, float]) -> list[str]:
+def run_data_pipeline_script(settings: Settings) -> tuple[dict, str]:
+    """Run benchmarks/data_pipeline.py in a subprocess (one torch thread, as a DataLoader worker has);
+    returns its JSON report and the timing/load sentence for the section."""
     script = Path(__file__).resolve().parent / "data_pipeline.py"
     load_before, started = load_average(), time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -473,26 +539,18 @@ def data_pipeline_section(settings: Settings, h100_images_per_s: dict[float, flo
             raise RuntimeError(f"{script} failed (exit {completed.returncode}):\n{completed.stderr}")
         report = json.loads(out.read_text())
     elapsed, load_after = time.perf_counter() - started, load_average()
-    per_worker = report["images_per_s"]
-    rates = {f"1x H100 at {u:.0%} ({rate:.0f} img/s)": rate for u, rate in h100_images_per_s.items()}
-    rates[f"script default ({report['gpu_images_per_s']:g} img/s, V100 fp32)"] = report["gpu_images_per_s"]
+    return report, f"{elapsed:.0f} s; load average {load_before:.2f} before, {load_after:.2f} after"
+
+
+def data_pipeline_table(report: dict, rates: dict[str, float]) -> list[str]:
+    """One row per pipeline: rate per worker, cost against the bare loop, workers needed per GPU rate."""
     lines = [
-        "## 3. Data pipeline",
-        "",
-        f"Machine: {machine_line(torch.device('cpu'))}; the benchmark runs in a subprocess with 1 torch thread, "
-        f"as a DataLoader worker does; files decoded with {report['decoder']}.",
-        f"Settings: {report['images']} synthetic {report['image_size_wh'][0]}x{report['image_size_wh'][1]} JPEGs "
-        f"with ADE20K-layout label PNGs, {report['crop']}x{report['crop']} crops, {report['repeats']} interleaved "
-        f"passes (bare, then each pipeline, repeated); rates are medians over passes, costs the median of the "
-        f"per-pass ratios to bare (range over passes in brackets); {elapsed:.0f} s; load average "
-        f"{load_before:.2f} before, {load_after:.2f} after.",
-        "",
         "| pipeline | images/s per worker | cost vs bare decode+crop | target <= "
         f"{TARGET_PIPELINE_VS_BARE}x | MB sent per item | " + " | ".join(f"workers for {name}" for name in rates)
         + " |",
         "|---|---|---|---|---|" + "---|" * len(rates),
     ]
-    for name, value in per_worker.items():
+    for name, value in report["images_per_s"].items():
         cost, (low, high) = report["cost_vs_bare"][name], report["cost_vs_bare_range"][name]
         met = "(reference)" if name == "bare" else verdict(cost, TARGET_PIPELINE_VS_BARE)
         sent = report["bytes_per_item"].get(name)
@@ -500,9 +558,26 @@ def data_pipeline_section(settings: Settings, h100_images_per_s: dict[float, flo
         workers = " | ".join(str(math.ceil(rate / value)) for rate in rates.values())
         lines.append(f"| {name} | {value:.1f} | {cost:.2f}x [{low:.2f}-{high:.2f}] | {met} | {sent_text} | "
                      f"{workers} |")
-    ms = {name: 1000 / value for name, value in per_worker.items()}
+    return lines
+
+
+def data_pipeline_section(settings: Settings, h100_images_per_s: dict[float, float]) -> list[str]:
+    report, timing = run_data_pipeline_script(settings)
+    rates = {f"1x H100 at {u:.0%} ({rate:.0f} img/s)": rate for u, rate in h100_images_per_s.items()}
+    rates[f"script default ({report['gpu_images_per_s']:g} img/s, V100 fp32)"] = report["gpu_images_per_s"]
+    ms = {name: 1000 / value for name, value in report["images_per_s"].items()}
     device = report["device_views"]["ms_per_image_cpu_1_thread"]
-    lines += [
+    return [
+        "## 3. Data pipeline",
+        "",
+        f"Machine: {machine_line(torch.device('cpu'))}; the benchmark runs in a subprocess with 1 torch thread, "
+        f"as a DataLoader worker does; files decoded with {report['decoder']}.",
+        f"Settings: {report['images']} synthetic {report['image_size_wh'][0]}x{report['image_size_wh'][1]} JPEGs "
+        f"with ADE20K-layout label PNGs, {report['crop']}x{report['crop']} crops, {report['repeats']} interleaved "
+        f"passes (bare, then each pipeline, repeated); rates are medians over passes, costs the median of the "
+        f"per-pass ratios to bare (range over passes in brackets); {timing}.",
+        "",
+        *data_pipeline_table(report, rates),
         "",
         f"The default on a GPU is `data.photometric_on: device` (pretrain, finetune rows): a worker's item costs "
         f"{ms['pretrain']:.1f} ms against {ms['bare']:.1f} ms for the bare decode + crop, and sends one uint8 "
@@ -525,7 +600,6 @@ def data_pipeline_section(settings: Settings, h100_images_per_s: dict[float, flo
         "rounded up; at H100 rates the loader, not the GPU, sets the pace unless decoding moves to the GPU "
         "(TorchCodec's nvJPEG, DALI) or the host has that many cores per GPU.",
     ]
-    return lines
 
 
 def hub_section(settings: Settings) -> list[str]:

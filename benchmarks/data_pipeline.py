@@ -103,7 +103,7 @@ def device_views_rate(config: PhotometricConfig, views: int, batch: int, repeats
     return batch / float(np.median(seconds))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=5)
@@ -112,33 +112,58 @@ def main() -> None:
                         help="training step rate to feed, images/s per GPU (default: MDP R50 OS8 at 512x512, "
                              "~0.8 TFLOP per image at ~5.5 TFLOP/s fp32 on a V100)")
     parser.add_argument("--out", type=Path, help="also write the report as JSON here")
-    args = parser.parse_args()
-    torch.set_num_threads(1)  # what a DataLoader worker gets
-    torch.manual_seed(0)
+    return parser.parse_args()
 
+
+def build_pipelines(spec: str) -> dict:
+    """The datasets whose item cost is measured: device-side views (GPU default) and worker-side jitter."""
+    common = dict(crop_size=CROP, mean=MEAN, std=STD, base_size=512)
+    return {
+        "pretrain": build_pretrain_dataset([spec], photometric_on="device", **common)[0],
+        "finetune": build_segmentation_dataset(spec, train=True, photometric=MMSEG_PHOTOMETRIC,
+                                               photometric_on="device", **common),
+        "pretrain_worker_jitter": build_pretrain_dataset([spec], two_views=True, photometric_on="worker",
+                                                         **common)[0],
+        "finetune_worker_jitter": build_segmentation_dataset(spec, train=True, photometric=MMSEG_PHOTOMETRIC,
+                                                             photometric_on="worker", **common),
+    }
+
+
+def measure_pipelines(images: int, repeats: int) -> tuple[int, dict[str, list[float]], dict[str, int], float]:
+    """Number of samples, seconds per pass of each pipeline (bare included), bytes per item, share of items
+    whose region is left for the device to resize."""
     with tempfile.TemporaryDirectory() as tmp:
-        ade = write_files(Path(tmp), args.images)
-        spec = f"ade20k:{ade}:training"
-        common = dict(crop_size=CROP, mean=MEAN, std=STD, base_size=512)
-        pipelines = {
-            "pretrain": build_pretrain_dataset([spec], photometric_on="device", **common)[0],
-            "finetune": build_segmentation_dataset(spec, train=True, photometric=MMSEG_PHOTOMETRIC,
-                                                   photometric_on="device", **common),
-            "pretrain_worker_jitter": build_pretrain_dataset([spec], two_views=True, photometric_on="worker",
-                                                             **common)[0],
-            "finetune_worker_jitter": build_segmentation_dataset(spec, train=True, photometric=MMSEG_PHOTOMETRIC,
-                                                                 photometric_on="worker", **common),
-        }
+        ade = write_files(Path(tmp), images)
+        pipelines = build_pipelines(f"ade20k:{ade}:training")
         samples = pipelines["finetune"].reader.samples
         rng = np.random.default_rng(0)
         steps = {"bare": lambda i: bare_item(samples[i].image, samples[i].mask, rng)}
         steps.update({name: dataset.__getitem__ for name, dataset in pipelines.items()})
         for step in steps.values():  # warm-up: page cache, allocator, lazy imports
             step(0)
-        seconds = interleaved_seconds(steps, len(samples), args.repeats)
+        seconds = interleaved_seconds(steps, len(samples), repeats)
         sent = {name: item_bytes(dataset[0]) for name, dataset in pipelines.items()}
         left_to_device = float(np.mean([left_unresampled(pipelines["pretrain"][i]) for i in range(len(samples))]))
-    results = {name: len(samples) / float(np.median(values)) for name, values in seconds.items()}
+    return len(samples), seconds, sent, left_to_device
+
+
+def print_report(report: dict, args: argparse.Namespace, moco_rate: float, mmseg_rate: float) -> None:
+    print("| pipeline | images/s per worker | cost vs bare | MB sent per item | workers per GPU at "
+          f"{args.gpu_images_per_s:g} img/s |\n|---|---|---|---|---|")
+    for key in report["images_per_s"]:
+        megabytes = report["bytes_per_item"].get(key, 0) / 1e6
+        print(f"| {key} | {report['images_per_s'][key]} | {report['cost_vs_bare'][key]}x | {megabytes:.2f} | "
+              f"{report['workers_per_gpu'][key]} |")
+    print(f"\ndevice-side views per image (this CPU, 1 thread, batch {args.device_batch}): two MoCo-v2 views "
+          f"{1000 / moco_rate:.1f} ms, one MMSeg view {1000 / mmseg_rate:.1f} ms; decoder {report['decoder']}")
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(1)  # what a DataLoader worker gets
+    torch.manual_seed(0)
+    count, seconds, sent, left_to_device = measure_pipelines(args.images, args.repeats)
+    results = {name: count / float(np.median(values)) for name, values in seconds.items()}
     ratios = {name: np.asarray(values) / np.asarray(seconds["bare"]) for name, values in seconds.items()}
     cost = {name: float(np.median(values)) for name, values in ratios.items()}
     moco = device_views_rate(PhotometricConfig(), 2, args.device_batch, args.repeats)
@@ -158,14 +183,7 @@ def main() -> None:
                          "ms_per_image_cpu_1_thread": {"pretrain_moco_v2_two_views": round(1000 / moco, 2),
                                                        "finetune_mmseg_one_view": round(1000 / mmseg, 2)}},
     }
-    print("| pipeline | images/s per worker | cost vs bare | MB sent per item | workers per GPU at "
-          f"{args.gpu_images_per_s:g} img/s |\n|---|---|---|---|---|")
-    for key in results:
-        megabytes = sent.get(key, 0) / 1e6
-        print(f"| {key} | {report['images_per_s'][key]} | {report['cost_vs_bare'][key]}x | {megabytes:.2f} | "
-              f"{report['workers_per_gpu'][key]} |")
-    print(f"\ndevice-side views per image (this CPU, 1 thread, batch {args.device_batch}): two MoCo-v2 views "
-          f"{1000 / moco:.1f} ms, one MMSeg view {1000 / mmseg:.1f} ms; decoder {report['decoder']}")
+    print_report(report, args, moco, mmseg)
     if args.out:
         args.out.write_text(json.dumps(report, indent=1) + "\n")
 

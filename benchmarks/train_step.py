@@ -267,7 +267,7 @@ def memory_report(variants: dict[str, nn.Module], embed_dim: int, num_classes: i
     return rows
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--crop", type=int, default=128)
@@ -284,10 +284,11 @@ def main(argv=None) -> None:
     # The project's report is docs/BENCHMARKS.md, written by `python -m benchmarks`; this script alone prints
     # its section and writes a file only when asked, so it never leaves a second, diverging report in docs/.
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown report to this file")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    device = torch.device(args.device)
-    label_space = paper_label_space()
+
+def step_report(args: argparse.Namespace, device: torch.device, label_space: LabelSpace) -> list[str]:
+    """Time, count and compare one training step of every variant; the markdown lines of the result."""
     torch.manual_seed(0)
     variants = make_variants(args, label_space)
     trainers = {name: Trainer(model, args, device) for name, model in variants.items()}
@@ -332,11 +333,22 @@ def main(argv=None) -> None:
             f"| {ratio_base / lower:.3f}x | {ratio_base / moco:.3f}x | {flops[name] / args.batch / 1e9:.2f} |"
         )
     full = reference["MDP full (mixup + CSC2)"]
-    lines += [
+    return lines + [
         "",
         f"Targets: MDP full <= 1.10x lower bound (measured **{full / lower:.3f}x**) and <= 1.05x "
         f"MoCo v2 (measured **{full / moco:.3f}x**). FLOPs: MDP full {flops['MDP full (mixup + CSC2)'] / flops['lower bound']:.3f}x "
         "the lower bound's.",
+        *isolated_work_lines(args, extra, lower),
+        "",
+        "## Memory of the method (independent of the run)",
+        "",
+        *memory_report(variants, args.embed_dim, label_space.num_classes),
+    ]
+
+
+def isolated_work_lines(args: argparse.Namespace, extra: dict[str, list[float]], lower: float) -> list[str]:
+    """MDP's own work per step, timed on fixed encoder outputs, against the lower bound's step."""
+    return [
         "",
         "### MDP's own work, isolated",
         "",
@@ -352,49 +364,60 @@ def main(argv=None) -> None:
             f"{1 + statistics.median(values) / lower:.3f}x |"
             for name, values in extra.items()
         ),
-        "",
-        "## Memory of the method (independent of the run)",
-        "",
-        *memory_report(variants, args.embed_dim, label_space.num_classes),
     ]
 
-    if not args.skip_projection:
-        gflops_512, linearity = projection_flops_per_image(args, label_space)
-        total_flops = gflops_512 * 1e9 * PAPER_IMAGES * PAPER_EPOCHS
-        lines += [
-            "",
-            "## Projection: the paper's 200-epoch VOC+ADE20K+COCO recipe (ResNet-50, OS8, 512^2)",
-            "",
-            f"Counted with torch.utils.flop_counter: one full MDP step (query fwd+bwd, momentum fwd, prototype "
-            f"logits, CSC2) costs **{gflops_512:.0f} GFLOP per image** at 512^2 (count at 128^2 x 16; the "
-            f"128^2/64^2 ratio is {linearity:.3f}, i.e. cost proportional to pixels). "
-            f"{PAPER_IMAGES:,} images x {PAPER_EPOCHS} epochs = {total_flops / 1e18:.2f} EFLOP.",
-            "",
-            "| hardware | assumed sustained bf16 throughput | GPU hours | wall clock |",
-            "|---|---|---|---|",
-        ]
-        for utilisation in (0.25, 0.40):
-            sustained = H100_BF16_DENSE_TFLOPS * utilisation * 1e12
-            hours = total_flops / sustained / 3600
-            lines.append(f"| 1x H100 SXM | {utilisation:.0%} of {H100_BF16_DENSE_TFLOPS:.0f} TFLOP/s | "
-                         f"{hours:.0f} | {hours / 24:.1f} days |")
-            scaled = hours / 0.9  # 90% data-parallel scaling efficiency on one node
-            lines.append(f"| 8x H100 SXM (90% scaling) | {utilisation:.0%} per GPU | {scaled:.0f} | "
-                         f"{scaled / 8:.1f} h |")
-        lines += [
-            "",
-            "Utilisation is an assumption, not a measurement: dilated ResNet-50 training in bf16 with "
-            "channels_last typically sustains a quarter to two fifths of the tensor-core peak; data loading "
-            "must keep up (TRAINING_REFERENCES.md 3.1). Re-run this script with `--device cuda --amp bf16 "
-            "--channels-last --arch resnet50 --crop 512` on the target GPU before quoting a number.",
-        ]
-    lines += [
+
+def projection_report(args: argparse.Namespace, label_space: LabelSpace) -> list[str]:
+    """GPU hours of the paper's 200-epoch recipe from the counted FLOPs and an assumed H100 utilisation."""
+    gflops_512, linearity = projection_flops_per_image(args, label_space)
+    total_flops = gflops_512 * 1e9 * PAPER_IMAGES * PAPER_EPOCHS
+    lines = [
         "",
-        "CPU numbers compare the method's extra work with the encoder's at a small scale (the loss and memory "
-        "terms scale with pixels x classes, the encoder with pixels x channels^2). On a GPU the small loss, "
-        "mixing and memory kernels cost launch latency rather than FLOPs, so the GPU ratio must be measured "
-        "there with this same script.",
+        "## Projection: the paper's 200-epoch VOC+ADE20K+COCO recipe (ResNet-50, OS8, 512^2)",
+        "",
+        f"Counted with torch.utils.flop_counter: one full MDP step (query fwd+bwd, momentum fwd, prototype "
+        f"logits, CSC2) costs **{gflops_512:.0f} GFLOP per image** at 512^2 (count at 128^2 x 16; the "
+        f"128^2/64^2 ratio is {linearity:.3f}, i.e. cost proportional to pixels). "
+        f"{PAPER_IMAGES:,} images x {PAPER_EPOCHS} epochs = {total_flops / 1e18:.2f} EFLOP.",
+        "",
+        "| hardware | assumed sustained bf16 throughput | GPU hours | wall clock |",
+        "|---|---|---|---|",
     ]
+    for utilisation in (0.25, 0.40):
+        sustained = H100_BF16_DENSE_TFLOPS * utilisation * 1e12
+        hours = total_flops / sustained / 3600
+        lines.append(f"| 1x H100 SXM | {utilisation:.0%} of {H100_BF16_DENSE_TFLOPS:.0f} TFLOP/s | "
+                     f"{hours:.0f} | {hours / 24:.1f} days |")
+        scaled = hours / 0.9  # 90% data-parallel scaling efficiency on one node
+        lines.append(f"| 8x H100 SXM (90% scaling) | {utilisation:.0%} per GPU | {scaled:.0f} | "
+                     f"{scaled / 8:.1f} h |")
+    return lines + [
+        "",
+        "Utilisation is an assumption, not a measurement: dilated ResNet-50 training in bf16 with "
+        "channels_last typically sustains a quarter to two fifths of the tensor-core peak; data loading "
+        "must keep up (TRAINING_REFERENCES.md 3.1). Re-run this script with `--device cuda --amp bf16 "
+        "--channels-last --arch resnet50 --crop 512` on the target GPU before quoting a number.",
+    ]
+
+
+# CPU and GPU behave differently: say so beside the numbers.
+CLOSING_NOTE = [
+    "",
+    "CPU numbers compare the method's extra work with the encoder's at a small scale (the loss and memory "
+    "terms scale with pixels x classes, the encoder with pixels x channels^2). On a GPU the small loss, "
+    "mixing and memory kernels cost launch latency rather than FLOPs, so the GPU ratio must be measured "
+    "there with this same script.",
+]
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    label_space = paper_label_space()
+    lines = step_report(args, device, label_space)
+    if not args.skip_projection:
+        lines += projection_report(args, label_space)
+    lines += CLOSING_NOTE
     print("\n".join(lines))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
