@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,11 +38,11 @@ from .checkpoint_io import (
     load_file,
     select_backbone,
     split_prefix,
-    state_dict_mismatch,
     unwrap_state_dict,
     verify_state_dict,
 )
 from .errors import CheckpointError, PrototypesNotFoundError, UserError
+from .heads import load_dense_projection_head
 from .integrity import WEIGHTS_FILENAME, verify_checksum
 from .prototypes import CONFIG_FILENAME, HEAD_PREFIX, PROTOTYPES_KEY, extract_prototypes, load_prototypes
 
@@ -76,29 +75,6 @@ class PrototypeSegmentation:
     @property
     def id_space(self) -> str:
         return "global" if self.dataset is None else "local"
-
-
-def build_projection_head(state_dict: Mapping[str, torch.Tensor], in_channels: int, *, source: str) -> nn.Module:
-    """The dense projection head (1x1 conv -> BN -> ReLU -> 1x1 conv, keys ``proj``/``bn``/``out``) sized from
-    its tensors and loaded strictly: ``[B, in_channels, h, w] -> [B, D, h, w]``."""
-    if "proj.weight" not in state_dict or "out.weight" not in state_dict:
-        raise CheckpointError(f"{source}: projection head has tensors {sorted(state_dict)}; expected the dense "
-                              "head's proj.weight, bn.*, out.weight, out.bias")
-    hidden, width = state_dict["proj.weight"].shape[:2]
-    embed_dim = state_dict["out.weight"].shape[0]
-    if width != in_channels:
-        raise CheckpointError(f"{source}: projection head takes {width} channels but the backbone gives {in_channels}")
-    head = nn.Sequential(OrderedDict(
-        proj=nn.Conv2d(in_channels, hidden, 1, bias=False),
-        bn=nn.BatchNorm2d(hidden),
-        act=nn.ReLU(inplace=True),
-        out=nn.Conv2d(hidden, embed_dim, 1),
-    ))
-    problems = state_dict_mismatch(state_dict, head.state_dict())
-    if problems:
-        raise CheckpointError(f"{source}: projection head does not fit the dense head layout: {problems}")
-    head.load_state_dict(state_dict, strict=True)
-    return head
 
 
 def dataset_class_ids(label_space: Mapping[str, Any], dataset: str) -> list[int]:
@@ -207,7 +183,7 @@ class PrototypeSegmenter(nn.Module):
         verify_checksum(folder / WEIGHTS_FILENAME)  # timm's local-dir: route does not check it
         backbone = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True, num_classes=0,
                                      global_pool="", output_stride=output_stride or _stride_of(method))
-        head = build_projection_head(head_state, backbone.num_features, source=str(folder))
+        head = load_dense_projection_head(head_state, backbone.num_features, source=str(folder))
         return cls(backbone, head, prototypes, label_space, mean=cfg["mean"], std=cfg["std"], tau=_tau_of(method),
                    restrict_to=restrict_to)
 
@@ -231,7 +207,7 @@ class PrototypeSegmenter(nn.Module):
         verify_state_dict(weights, backbone, source=path)
         backbone.load_state_dict(weights, strict=True)
         head_state, _ = split_prefix(tensors, "head.")
-        head = build_projection_head(head_state, backbone.num_features, source=str(path))
+        head = load_dense_projection_head(head_state, backbone.num_features, source=str(path))
         data_config = content.get("data_config") or {}
         if "mean" not in data_config or "std" not in data_config:
             raise CheckpointError(f"{path}: data_config has no mean/std to preprocess images with")

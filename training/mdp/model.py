@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mdp_hub.heads import DenseProjectionHead
+
 
 def create_backbone(arch: str = "resnet50", output_stride: int = 8, pretrained: bool = False) -> nn.Module:
     """A headless timm backbone whose ``forward_features`` returns ``[B, num_features, H/os, W/os]``."""
@@ -29,24 +31,6 @@ def create_backbone(arch: str = "resnet50", output_stride: int = 8, pretrained: 
     return timm.create_model(
         arch, pretrained=pretrained, num_classes=0, global_pool="", output_stride=output_stride
     )
-
-
-class DenseProjectionHead(nn.Module):
-    """1x1 conv -> BN -> ReLU -> 1x1 conv, applied at every position: ``[B, C_in, h, w] -> [B, D, h, w]``.
-
-    At output stride 8 a wide hidden layer is expensive (2048->2048 costs ~20% of a ResNet-50 forward at
-    512^2), hence the narrow default; the head is discarded after pretraining.
-    """
-
-    def __init__(self, in_channels: int, hidden_channels: int = 512, out_channels: int = 128):
-        super().__init__()
-        self.proj = nn.Conv2d(in_channels, hidden_channels, 1, bias=False)
-        self.bn = nn.BatchNorm2d(hidden_channels)
-        self.act = nn.ReLU(inplace=True)
-        self.out = nn.Conv2d(hidden_channels, out_channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.act(self.bn(self.proj(x))))
 
 
 class PooledProjectionHead(nn.Module):

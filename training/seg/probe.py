@@ -25,8 +25,10 @@ from training.data.datasets import build_segmentation_dataset
 from training.data.label_space import LabelSpace
 from training.engine.checkpoint import load_checkpoint
 from training.evaluate import evaluate_dataset, write_results
-from training.mdp.model import DenseProjectionHead, Encoder, create_backbone
-from training.seg.config import IMAGENET_MEAN, IMAGENET_STD, EvalConfig, resolve_data_spec
+from mdp_hub.catalog import IMAGENET_MEAN, IMAGENET_STD
+from mdp_hub.heads import DenseProjectionHead
+from training.mdp.model import Encoder, create_backbone
+from training.seg.config import EvalConfig, resolve_data_spec
 from training.seg.losses import segmentation_cross_entropy
 from training.seg.metrics import SegmentationMetrics
 from training.seg.models import create_backbone as create_feature_backbone
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    norm = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    norm = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
     eval_config = EvalConfig(test_scale=[], overlays=0)
     if args.probe == "linear":
         train_set = build_segmentation_dataset(resolve_data_spec(args.train, train=True), train=True,
