@@ -16,16 +16,12 @@ import numpy as np
 import torch
 
 from mdp_hub.checkpoint_io import not_a_torch_file
-from mdp_hub.errors import UserError, failure_cause, write_error
+from mdp_hub.errors import CheckpointError, failure_cause, write_error
 
 FORMAT = "mdp-hub/train-checkpoint"
 FORMAT_VERSION = 1
 LAST_NAME = "last.pth"
 SNAPSHOT_PATTERN = re.compile(r"^checkpoint_(\d+)\.pth$")
-
-
-class CheckpointError(UserError, RuntimeError):
-    """A checkpoint that cannot be read or does not fit the run."""
 
 
 # ---------------------------------------------------------------- RNG state
