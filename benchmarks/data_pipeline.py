@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mdp_hub.catalog import IMAGENET_MEAN as MEAN
+from mdp_hub.catalog import IMAGENET_STD as STD
 from training.data import build_pretrain_dataset, build_segmentation_dataset
 from training.data.synthetic import DATASETS, render
 from training.data.decode import fast_decoding
@@ -40,7 +42,6 @@ from training.data.device_augment import BatchPhotometric
 from training.data.transforms import PhotometricConfig
 from training.finetune import MMSEG_PHOTOMETRIC
 
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CROP = 512
 
 

@@ -18,11 +18,11 @@ from huggingface_hub.errors import EntryNotFoundError
 
 from . import catalog
 from .errors import WeightsNotAvailableError
-from .export import EXPORT_FILES, WEIGHTS_FILENAME
-from .integrity import recorded_checksums, verify_export_files
+from .export import EXPORT_FILES
+from .integrity import CARD_FILENAME, CONFIG_FILENAME, WEIGHTS_FILENAME, recorded_checksums, verify_export_files
 from .models.mdp_resnet import list_as_pretrained
 
-_DOWNLOADED = ["config.json", WEIGHTS_FILENAME, "README.md"]
+_DOWNLOADED = [CONFIG_FILENAME, WEIGHTS_FILENAME, CARD_FILENAME]
 
 
 def resolve_repo_id(name: str) -> str:
@@ -73,8 +73,8 @@ def install_export(
     """
     folder = Path(folder)
     files = [folder / name for name in EXPORT_FILES if (folder / name).is_file()]
-    if not (folder / WEIGHTS_FILENAME).is_file() or not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder}: not an export folder (needs {WEIGHTS_FILENAME} and config.json)")
+    if not (folder / WEIGHTS_FILENAME).is_file() or not (folder / CONFIG_FILENAME).is_file():
+        raise FileNotFoundError(f"{folder}: not an export folder (needs {WEIGHTS_FILENAME} and {CONFIG_FILENAME})")
     if recorded_checksums(folder):
         verify_export_files(folder)  # a tampered file must not become a "cached download"
     digest = hashlib.sha1()

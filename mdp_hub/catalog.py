@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
 from .errors import WeightsNotAvailableError
 
 ORG_ENV_VAR = "MDP_HUB_ORG"
@@ -31,8 +33,8 @@ PAPER_URL = "https://arxiv.org/abs/2106.04121"
 LICENSE = "apache-2.0"
 
 # The trainer normalises with ImageNet statistics and pretrains on 512x512 crops.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN = IMAGENET_DEFAULT_MEAN  # (0.485, 0.456, 0.406), timm's normalisation of ImageNet models
+IMAGENET_STD = IMAGENET_DEFAULT_STD
 INPUT_SIZE = (3, 512, 512)
 
 CITATION = """@article{shi2021mdp,

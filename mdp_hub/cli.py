@@ -13,6 +13,7 @@ from .convert import FORMATS, convert
 from .errors import command
 from .export import export
 from .help_format import HelpFormatter
+from .integrity import CONFIG_FILENAME
 from .integrity import verify_export_files
 from .listing import format_table, list_weights
 from .overlays import segment_files
@@ -109,7 +110,7 @@ def _metrics(value: str | None):
 def run(args: argparse.Namespace) -> None:
     if args.command == "export":
         out = export(args.src, args.out_dir, tag=args.tag, metrics=_metrics(args.metrics), arch=args.arch, org=args.org)
-        tag = json.loads((out / "config.json").read_text(encoding="utf-8"))["mdp"]["tag"]
+        tag = json.loads((out / CONFIG_FILENAME).read_text(encoding="utf-8"))["mdp"]["tag"]
         print(f"exported {args.src} -> {out} (weight tag: {tag}; {', '.join(sorted(p.name for p in out.iterdir()))})")
     elif args.command == "push":
         plan = plan_upload(args.out_dir, args.repo_id, revision=args.revision, tag=args.git_tag, private=args.private)

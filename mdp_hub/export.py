@@ -39,12 +39,18 @@ from .checkpoint_io import (
     unwrap_state_dict,
 )
 from .errors import CheckpointError, write_error
-from .integrity import CLASS_NAMES_KEY, FILES_KEY, WEIGHTS_FILENAME, class_names_sha256, sha256_file
+from .integrity import (
+    CARD_FILENAME,
+    CLASS_NAMES_KEY,
+    FILES_KEY,
+    WEIGHTS_FILENAME,
+    class_names_sha256,
+    sha256_file,
+)
 from .model_card import CardInfo, parse_metrics, render_card
 from .prototypes import CONFIG_FILENAME, PROTOTYPES_FILENAME, class_names_of, extract_prototypes
 from .provenance import PARTIAL_SUFFIX, RunRecord, resolve_tag
 
-CARD_FILENAME = "README.md"
 EXPORT_FILES = (WEIGHTS_FILENAME, CONFIG_FILENAME, CARD_FILENAME, PROTOTYPES_FILENAME)
 EXPORT_FORMAT_VERSION = 1
 STAGING_PREFIX = ".export-staging-"

@@ -25,6 +25,7 @@ from .errors import CheckpointError
 
 CONFIG_FILENAME = "config.json"
 WEIGHTS_FILENAME = "model.safetensors"
+CARD_FILENAME = "README.md"
 FILES_KEY = "files"  # config.json "mdp" section: {file name: sha256}
 CLASS_NAMES_KEY = "class_names_sha256"  # metadata of mdp_prototypes.safetensors
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from .export import EXPORT_FILES, WEIGHTS_FILENAME
-from .integrity import recorded_checksums, verify_export_files
+from .export import EXPORT_FILES
+from .integrity import CARD_FILENAME, CONFIG_FILENAME, WEIGHTS_FILENAME, recorded_checksums, verify_export_files
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -48,10 +48,10 @@ def plan_upload(
         raise ValueError(f"repo id {repo_id!r} must look like ORG/NAME")
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such export folder")
-    for required in (WEIGHTS_FILENAME, "config.json", "README.md"):
+    for required in (WEIGHTS_FILENAME, CONFIG_FILENAME, CARD_FILENAME):
         if not (folder / required).is_file():
             raise FileNotFoundError(f"{folder}: incomplete export, {required} is missing (run `mdp-hub export` first)")
-    config = json.loads((folder / "config.json").read_text())
+    config = json.loads((folder / CONFIG_FILENAME).read_text())
     if "architecture" not in config or "pretrained_cfg" not in config:
         raise ValueError(f"{folder / 'config.json'}: not a timm config (needs 'architecture' and 'pretrained_cfg')")
     if recorded_checksums(folder):

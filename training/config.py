@@ -21,6 +21,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from mdp_hub.catalog import IMAGENET_MEAN, IMAGENET_STD
 from mdp_hub.errors import UserError
 from training.data.transforms import PhotometricConfig
 
@@ -45,8 +46,8 @@ class DataConfig:
     crop_size: int = 512
     base_size: int = 0  # short-side base of the random rescale; 0 = the data layer's default
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     photometric: PhotometricConfig = field(default_factory=PhotometricConfig)  # MoCo-v2 jitter per view
     # where that jitter runs: device = batched on the training device (workers send one uint8 crop), worker = PIL
     # in the data workers, auto = device on CUDA, worker on CPU (where the workers run in parallel with the step)
@@ -283,17 +284,19 @@ def resolve_recipe_path(recipe: str, finetune: Optional[bool] = None) -> Path:
     raise ConfigError(f"{problem}; the {kind}s are: {', '.join(names)}")
 
 
-def _merge(base: dict, child: dict) -> dict:
+def merge_recipes(base: dict, child: dict) -> dict:
+    """``child`` over ``base``, nested dicts merged key by key (how ``base:`` recipes and ``--set`` combine)."""
     merged = dict(base)
     for key, value in child.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_recipes(merged[key], value)
         else:
             merged[key] = value
     return merged
 
 
-def _load_recipe_dict(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+def load_recipe_dict(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """The values of a recipe file with its ``base:`` chain merged in (cycles are a ``ConfigError``)."""
     path = path.resolve()
     if path in seen:
         chain = " -> ".join(str(p) for p in (*seen, path))
@@ -310,13 +313,13 @@ def _load_recipe_dict(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not isinstance(parent, str):
         raise ConfigError(f"{path}: 'base' must be a recipe name or file, got {parent!r}")
     parent_path = path.parent / parent if parent.endswith((".yaml", ".yml")) else resolve_recipe_path(parent)
-    inherited = _load_recipe_dict(parent_path, (*seen, path))
+    inherited = load_recipe_dict(parent_path, (*seen, path))
     child_method = values.get("method") or {}
     parent_method = inherited.get("method") or {}
     if "name" in child_method and child_method["name"] != parent_method.get("name"):
         # Options belong to one method; a recipe that switches methods starts from that method's defaults.
         inherited["method"] = {k: v for k, v in parent_method.items() if k != "options"}
-    return _merge(inherited, values)
+    return merge_recipes(inherited, values)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -337,7 +340,7 @@ FREE_MAPPINGS = {("method", "options"), ("data", "synthetic_sizes")}
 
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
     """Apply ``key=value`` strings to a plain config dict; keys are checked later by :func:`from_dict`."""
-    values = _merge({}, values)
+    values = merge_recipes({}, values)
     defaults = to_dict(PretrainConfig())
     for text in overrides:
         keys, value = parse_override(text)
@@ -357,7 +360,7 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
 def load_config(recipe: str = "demo", overrides: Optional[list[str]] = None) -> PretrainConfig:
     """Load a recipe (name or file) with its ``base`` chain, apply ``--set`` overrides, type-check the result."""
     path = resolve_recipe_path(recipe, finetune=False)
-    values = _load_recipe_dict(path)
+    values = load_recipe_dict(path)
     leaf = yaml.safe_load(path.read_text()) or {}
     if "name" not in leaf:  # an inherited name would mislabel the child recipe's runs and exports
         values["name"] = path.stem

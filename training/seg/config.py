@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from training.config import ConfigError, _load_recipe_dict, _merge, from_dict, parse_override, resolve_recipe_path
+from mdp_hub.catalog import IMAGENET_MEAN, IMAGENET_STD
+from training.config import ConfigError, load_recipe_dict, merge_recipes, from_dict, parse_override, resolve_recipe_path
 from training.seg.inference import MODES
 from training.seg.models import SegModelConfig
 
 DEFAULT_RECIPE = "finetune_synthetic"
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 @dataclass
@@ -122,14 +121,14 @@ def overrides_to_dict(overrides: list[str]) -> dict:
 def load_finetune_config(recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None) -> FinetuneConfig:
     """A recipe (name under training/recipes or a YAML file), its ``base`` chain, then ``--set`` overrides."""
     path = resolve_recipe_path(recipe, finetune=True)
-    values = _load_recipe_dict(path)
+    values = load_recipe_dict(path)
     values.setdefault("name", path.stem)
     try:
         from_dict(values, FinetuneConfig)
     except (ConfigError, TypeError) as error:
         raise ConfigError(f"{path}: {error}") from None
     try:
-        return from_dict(_merge(values, overrides_to_dict(overrides or [])), FinetuneConfig)
+        return from_dict(merge_recipes(values, overrides_to_dict(overrides or [])), FinetuneConfig)
     except ConfigError as error:
         raise ConfigError(f"--set: {error}") from None
 

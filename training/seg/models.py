@@ -26,7 +26,7 @@ from torch import nn
 
 import mdp_hub  # noqa: F401  (registers the mdp_* architectures with timm so exports naming them resolve)
 from mdp_hub import checkpoint_io
-from mdp_hub.integrity import verify_checksum
+from mdp_hub.integrity import CONFIG_FILENAME, verify_checksum
 
 HEADS = ("deeplabv3", "fcn")
 
@@ -181,7 +181,7 @@ def _file_weights(path: Path) -> tuple[str | None, dict[str, torch.Tensor]]:
 
 
 def _export_folder_weights(folder: Path) -> tuple[str, dict[str, torch.Tensor]]:
-    config_path = folder / "config.json"
+    config_path = folder / CONFIG_FILENAME
     if not config_path.is_file():
         raise FileNotFoundError(f"init={str(folder)!r}: an MDP export folder needs config.json, not found")
     arch = json.loads(config_path.read_text()).get("architecture")
