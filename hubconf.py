@@ -62,7 +62,8 @@ def mdp_resnet18(*, pretrained=None, weights=None, **kwargs):
 def mdp_prototype_segmenter(*, weights, restrict_to=None, output_stride=None, revision=None):
     """MDP backbone + projection head + class prototypes as a segmenter before any fine-tuning.
 
-    ``weights`` (required: the prototypes only exist after MDP pretraining): an export folder with ``mdp_prototypes.safetensors``, an MDP pretraining checkpoint, a Hub repo
+    ``weights`` (required: the prototypes only exist after MDP pretraining): an export folder with
+    ``mdp_prototypes.safetensors``, an MDP pretraining checkpoint, a Hub repo
     ``ORG/NAME`` or ``mdp_resnet50[.tag]``. ``segmenter.segment(image)`` gives labels over the pretraining label
     space (global ids), or local ids of one dataset with ``restrict_to="voc"`` etc. (``mdp_hub.PrototypeSegmenter``).
     """

@@ -34,7 +34,6 @@ import timm
 import torch
 import torchvision
 
-from mdp_hub.help_format import HelpFormatter, plain
 from benchmarks import hub_load
 from benchmarks.instruments import instrument_costs, instruments_lines
 from benchmarks.train_step import (
@@ -53,6 +52,7 @@ from benchmarks.train_step import (
     time_interleaved,
 )
 from mdp_hub.errors import command
+from mdp_hub.help_format import HelpFormatter, plain
 from training.data.label_space import IGNORE_INDEX
 from training.mdp.memory import ClassPrototypeMemory, KeyQueue, RegionMemoryBank
 from training.mdp.mixing import resize_labels
@@ -308,7 +308,8 @@ def step_table_lines(settings: Settings, m: StepMeasurements) -> list[str]:
         f"Settings: backbone **{settings.arch}** OS{settings.output_stride}, crop **{settings.crop}x{settings.crop}**, "
         f"batch **{settings.batch}**, D = {settings.embed_dim}, C = {m.label_space.num_classes} (VOC 21 + ADE20K 150 + "
         f"COCO-Stuff 171), fp32, SGD. {settings.repeats} interleaved rounds (order rotating) after {settings.warmup} "
-        f"warm-up rounds, medians; {m.elapsed:.0f} s; load average {m.load_before:.2f} before, {m.load_after:.2f} after.",
+        f"warm-up rounds, medians; {m.elapsed:.0f} s; load average {m.load_before:.2f} before, "
+        f"{m.load_after:.2f} after.",
         f"Ratios use the median **{m.reference_name}** per step.",
         "",
         "| variant | median wall (s) | median CPU (s) | img/s (wall) | vs lower bound | vs MoCo v2 | GFLOP / image |",
@@ -317,7 +318,8 @@ def step_table_lines(settings: Settings, m: StepMeasurements) -> list[str]:
     for name in m.trainers:
         lines.append(
             f"| {name} | {median_wall[name]:.3f} | {median_cpu[name]:.3f} | {settings.batch / median_wall[name]:.1f} | "
-            f"{reference[name] / lower:.3f}x | {reference[name] / moco:.3f}x | {m.flops[name] / settings.batch / 1e9:.3f} |"
+            f"{reference[name] / lower:.3f}x | {reference[name] / moco:.3f}x | "
+            f"{m.flops[name] / settings.batch / 1e9:.3f} |"
         )
     return lines
 
@@ -496,7 +498,8 @@ def paper_section(settings: Settings, args: argparse.Namespace, label_space, flo
         f"torch.utils.flop_counter (matmul/conv family, 2 FLOPs per multiply-add) on one full MDP step (query "
         f"fwd+bwd, momentum fwd, prototype logits, CSC2): **{gflops_512:.0f} GFLOP per training image** at 512^2 "
         f"(counted at {large}^2 and x{(512 / large) ** 2:g}; the {large}^2/{small}^2 count ratio is {linearity:.3f}, "
-        f"against {(large / small) ** 2:g} if cost is proportional to pixels). Total {total_flops / 1e18:.2f} EFLOP. At the section-1 scale MDP full costs "
+        f"against {(large / small) ** 2:g} if cost is proportional to pixels). Total {total_flops / 1e18:.2f} EFLOP. "
+        f"At the section-1 scale MDP full costs "
         f"{flops_per_image[MDP_FULL] / flops_per_image['lower bound']:.3f}x the lower bound's FLOPs and "
         f"{flops_per_image[MDP_FULL] / flops_per_image[MOCO]:.3f}x MoCo v2's, so the recipe's cost is the "
         "encoder's.",

@@ -256,7 +256,8 @@ def memory_report(variants: dict[str, nn.Module], embed_dim: int, num_classes: i
     rows = [
         "| memory | size | grows with |",
         "|---|---|---|",
-        f"| MDP class prototypes [{num_classes}, {embed_dim}] fp32 + counts | {proto_bytes / 1e6:.3f} MB | classes only |",
+        f"| MDP class prototypes [{num_classes}, {embed_dim}] fp32 + counts | {proto_bytes / 1e6:.3f} MB "
+        "| classes only |",
         f"| region bank (4096 regions, fp32) | {region_bytes / 1e6:.2f} MB | bank size |",
         f"| MoCo v2 key queue (65536 x {embed_dim}, fp32) | {moco_bytes / 1e6:.1f} MB | queue size |",
         f"| pixel queue, 5000 pixels per class x {num_classes} classes (ContrastiveSeg-style), fp32 | "
@@ -312,7 +313,8 @@ def step_report(args: argparse.Namespace, device: torch.device, label_space: Lab
         "# Training-step benchmark (benchmarks/train_step.py)",
         "",
         f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on **{device.type.upper()}** "
-        f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}), "
+        f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}), "
         f"backbone **{args.arch}** OS{args.output_stride}, crop **{args.crop}x{args.crop}**, batch **{args.batch}**, "
         f"D = {args.embed_dim}, C = {label_space.num_classes} (VOC 21 + ADE20K 150 + COCO-Stuff 171), "
         f"AMP {args.amp}, channels_last {args.channels_last}.",
@@ -336,7 +338,8 @@ def step_report(args: argparse.Namespace, device: torch.device, label_space: Lab
     return lines + [
         "",
         f"Targets: MDP full <= 1.10x lower bound (measured **{full / lower:.3f}x**) and <= 1.05x "
-        f"MoCo v2 (measured **{full / moco:.3f}x**). FLOPs: MDP full {flops['MDP full (mixup + CSC2)'] / flops['lower bound']:.3f}x "
+        f"MoCo v2 (measured **{full / moco:.3f}x**). "
+        f"FLOPs: MDP full {flops['MDP full (mixup + CSC2)'] / flops['lower bound']:.3f}x "
         "the lower bound's.",
         *isolated_work_lines(args, extra, lower),
         "",

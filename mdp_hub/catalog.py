@@ -37,12 +37,15 @@ IMAGENET_MEAN = IMAGENET_DEFAULT_MEAN  # (0.485, 0.456, 0.406), timm's normalisa
 IMAGENET_STD = IMAGENET_DEFAULT_STD
 INPUT_SIZE = (3, 512, 512)
 
-CITATION = """@article{shi2021mdp,
-  title   = {Multi-dataset Pretraining: A Unified Model for Semantic Segmentation},
-  author  = {Shi, Bowen and Zhang, Xiaopeng and Xu, Haohang and Dai, Wenrui and Zou, Junni and Xiong, Hongkai and Tian, Qi},
-  journal = {arXiv preprint arXiv:2106.04121},
-  year    = {2021}
-}"""
+CITATION = (
+    "@article{shi2021mdp,\n"
+    "  title   = {Multi-dataset Pretraining: A Unified Model for Semantic Segmentation},\n"
+    "  author  = {Shi, Bowen and Zhang, Xiaopeng and Xu, Haohang and Dai, Wenrui and Zou, Junni and Xiong, Hongkai "
+    "and Tian, Qi},\n"
+    "  journal = {arXiv preprint arXiv:2106.04121},\n"
+    "  year    = {2021}\n"
+    "}"
+)
 
 
 @dataclass(frozen=True)

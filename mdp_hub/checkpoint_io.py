@@ -56,7 +56,8 @@ def load_file(path: str | os.PathLike) -> dict[str, Any]:
             raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {err}") from None
     if not name.endswith(TORCH_SUFFIXES):
         raise CheckpointError(
-            f"{path}: unsupported weights file type; expected {SAFETENSORS_SUFFIX} or one of {', '.join(TORCH_SUFFIXES)}"
+            f"{path}: unsupported weights file type; expected {SAFETENSORS_SUFFIX} or one of "
+            f"{', '.join(TORCH_SUFFIXES)}"
         )
     problem = not_a_torch_file(path)
     if problem:

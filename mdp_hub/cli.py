@@ -13,13 +13,11 @@ from .convert import FORMATS, convert
 from .errors import command
 from .export import export
 from .help_format import HelpFormatter
-from .integrity import CONFIG_FILENAME
-from .integrity import verify_export_files
+from .integrity import CONFIG_FILENAME, verify_export_files
 from .listing import format_table, list_weights
 from .overlays import segment_files
-from .segmenter import PrototypeSegmenter
 from .publish import plan_upload, push
-
+from .segmenter import PrototypeSegmenter
 
 DESCRIPTION = """\
 MDP backbones for timm and the Hugging Face Hub: export a training checkpoint,

@@ -4,8 +4,14 @@ seeded determinism, padding, and the trainer wrapper on a uint8 batch from the d
 import pytest
 import torch
 
-from training.data.device_augment import (BatchPhotometric, DeviceViews, gaussian_blur, hsv_to_rgb, resize_regions,
-                                         rgb_to_hsv)
+from training.data.device_augment import (
+    BatchPhotometric,
+    DeviceViews,
+    gaussian_blur,
+    hsv_to_rgb,
+    resize_regions,
+    rgb_to_hsv,
+)
 from training.data.transforms import NO_PHOTOMETRIC, JointTrainTransform, Normalize, PhotometricConfig, crop_image
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_data_readers import grid, make_ade, write_image, write_mask
 from torch.utils.data import DataLoader
 
-from test_data_readers import grid, make_ade, write_image, write_mask
 from training.data import BadSampleError, DatasetLayoutError, build_pretrain_dataset, build_segmentation_dataset
 from training.data.__main__ import main
 from training.data.doctor import check_spec

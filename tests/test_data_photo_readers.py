@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import scipy.io
 from PIL import Image
+from test_data_readers import grid, local_mask, write_image, write_mask
 from torchvision.datasets import OxfordIIITPet
 
-from test_data_readers import grid, local_mask, write_image, write_mask
 from training.data import BadSampleError, DatasetLayoutError, open_reader
 from training.data.__main__ import main
 from training.data.classes import CCP_CLASSES

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.data.transforms import (NO_PHOTOMETRIC, JointTrainTransform, Normalize, PhotometricConfig,
-                                      crop_ratio_ok)
+from training.data.transforms import NO_PHOTOMETRIC, JointTrainTransform, Normalize, PhotometricConfig, crop_ratio_ok
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 

@@ -11,8 +11,7 @@ from training import experiments
 from training.data import classes
 from training.data.label_space import LabelSpace
 from training.data.synthetic import DATASETS, _local_class_name, unify_map
-from training.experiments import (METHODS, SECTION_BEGIN, SECTION_END, check_orderings, replace_section,
-                                  summarise)
+from training.experiments import METHODS, SECTION_BEGIN, SECTION_END, check_orderings, replace_section, summarise
 
 
 def _record(method, target, seed, miou):
@@ -187,8 +186,8 @@ def test_quick_study_on_dataset_specs_writes_its_own_section(tmp_path):
     assert "## The paper's tables in miniature: pretrained on camvid + ccp + oxford_pet" in page
     assert "fine-tune camvid (seen) | vs scratch | fine-tune my_scenes (held out) |" in page
     assert "camvid on its test split, my_scenes on its val split" in page and "### Pretraining dynamics" in page
-    command = (f"paper-tables --quick --pretrain camvid:CamVid ccp:ccp oxford_pet:pets --targets camvid:CamVid:test "
-               f"folder:my_scenes --methods supervised_ce --seeds 0 --section real-images`")
+    command = ("paper-tables --quick --pretrain camvid:CamVid ccp:ccp oxford_pet:pets --targets camvid:CamVid:test "
+               "folder:my_scenes --methods supervised_ce --seeds 0 --section real-images`")
     assert command in page
     assert (results.parent / "RESULTS_real_images.png").is_file()
     assert (results.parent / "RESULTS_real_images_pretraining.png").is_file()

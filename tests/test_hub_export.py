@@ -12,8 +12,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from mdp_hub import catalog
-from mdp_hub import CheckpointError, PrototypesNotFoundError, install_export, load_prototypes
+from mdp_hub import CheckpointError, PrototypesNotFoundError, catalog, install_export, load_prototypes
 from mdp_hub.cli import main
 from mdp_hub.export import export
 from mdp_hub.model_card import CardInfo, render_card

@@ -1,4 +1,4 @@
-"""Every load path of the issue, offline: Hub cache, hf-hub:, local-dir:, file overlay, torch.hub; strictness and errors."""
+"""Every load path, offline: Hub cache, hf-hub:, local-dir:, file overlay, torch.hub; strictness and errors."""
 
 import ast
 import importlib.util

@@ -7,7 +7,6 @@ import sys
 import pytest
 import timm
 import torch
-
 from safetensors.torch import save_file
 from timm.models import _registry as timm_registry
 

@@ -2,6 +2,7 @@
 with the export as its timm backbone, from an export folder and from a Hub repo in the local cache."""
 
 import torch
+from test_hub_load import assert_same_weights, exported, offline  # noqa: F401  (fixtures)
 from transformers import (
     AutoBackbone,
     AutoModel,
@@ -13,8 +14,6 @@ from transformers import (
 )
 
 from mdp_hub import install_export
-
-from test_hub_load import assert_same_weights, exported, offline  # noqa: F401  (fixtures)
 
 REPO = "someone/mdp_resnet18.custom"
 OUT_INDICES = (1, 2, 3, 4)

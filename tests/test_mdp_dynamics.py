@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from training.data.label_space import LabelSpace
-from training.mdp import build_method
-from training.mdp import dynamics
+from training.mdp import build_method, dynamics
 from training.mdp.probe import LearningProbe, batchnorm_stats_preserved
 
 

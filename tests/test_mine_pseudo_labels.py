@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from prototype_checkpoints import LABEL_SPACE, make_export, write_image
 
 from mdp_hub import PrototypeSegmenter
-from prototype_checkpoints import LABEL_SPACE, make_export, write_image
 from training.data import LabelSpace, build_segmentation_dataset
 from training.data.readers import FolderReader
 from training.mine import main, threshold_labels

@@ -8,18 +8,16 @@ The dataset on disk stays intact: a sample's paths are pointed at a broken copy 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from test_finetune_roundtrip import make_shapes_dataset
+from test_pretrain_run import synthetic_root  # noqa: F401  (fixture)
 
 from training.data.errors import BadSampleError, DatasetLayoutError
 from training.data.readers import open_reader, read_label_png
 from training.data.synthetic import synthetic_specs
-
-from test_finetune_roundtrip import make_shapes_dataset
-from test_pretrain_run import synthetic_root  # noqa: F401  (fixture)
 
 READER_SPECS = {
     "voc": lambda root, shapes: f"voc:{root / 'VOCdevkit' / 'VOC2012'}:val",

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from prototype_checkpoints import build_method_with_prototypes, save_checkpoint
+from test_engine_loop import build_trainer
 
 import training.engine.checkpoint as checkpoint_module
 from mdp_hub import CheckpointError
@@ -23,9 +25,6 @@ from mdp_hub.errors import WriteError, describe, exit_code
 from mdp_hub.export import export
 from mdp_hub.integrity import verify_checksum
 from training.engine.checkpoint import load_checkpoint
-
-from prototype_checkpoints import build_method_with_prototypes, save_checkpoint
-from test_engine_loop import build_trainer
 
 TAG = "tiny_run"  # a custom tag: the checkpoints are no run of a paper recipe
 # mdp_hub re-exports the function export() under the submodule's name, so fetch the module itself

@@ -23,12 +23,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from test_engine_loop import build_trainer
+from test_reliability_kill import _arm
 
 from training.engine import distributed
 from training.engine.checkpoint import load_checkpoint
-
-from test_engine_loop import build_trainer
-from test_reliability_kill import _arm
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, CHECKPOINT_EVERY, KILL_AT_STEP = 8, 2, 5

@@ -20,10 +20,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from mdp_hub.export import export
 from prototype_checkpoints import build_method_with_prototypes, save_checkpoint
 from test_finetune_roundtrip import make_shapes_dataset
+
+from mdp_hub.export import export
 from training.data import build_pretrain_dataset, build_segmentation_dataset
 from training.engine.run_lock import RunLock
 

@@ -17,15 +17,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from training import finetune as finetune_cli
-from training import pretrain as pretrain_cli
-from training.engine.checkpoint import load_checkpoint
-
 from test_finetune_roundtrip import make_shapes_dataset
 from test_finetune_roundtrip import tiny_overrides as finetune_overrides
 from test_pretrain_run import TINY_SIZES, synthetic_root  # noqa: F401  (fixture)
 from test_pretrain_run import tiny_overrides as pretrain_overrides
+
+from training import finetune as finetune_cli
+from training import pretrain as pretrain_cli
+from training.engine.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TOTAL_STEPS = 8

@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import pytest
-
 from test_finetune_roundtrip import make_shapes_dataset, tiny_overrides
+
 from training import finetune as finetune_cli
 from training import pretrain as pretrain_cli
 from training.engine.checkpoint import load_checkpoint

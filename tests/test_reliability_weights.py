@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from prototype_checkpoints import build_method_with_prototypes, save_checkpoint
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from test_hub_load import offline  # noqa: F401  (fixture: HF offline, private empty cache)
 
 from mdp_hub import CheckpointError, PrototypeSegmenter, install_export
 from mdp_hub.checkpoint_io import load_file as load_weights_file
@@ -21,9 +23,6 @@ from training.engine.checkpoint import CheckpointError as TrainCheckpointError
 from training.engine.checkpoint import load_checkpoint
 from training.pretrain import load_pretrained_backbone
 from training.seg.models import resolve_init
-
-from test_hub_load import offline  # noqa: F401  (fixture: HF offline, private empty cache)
-from prototype_checkpoints import build_method_with_prototypes, save_checkpoint
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 TAG = "voc_ade20k_200ep"

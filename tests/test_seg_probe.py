@@ -4,9 +4,9 @@ import timm
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from test_finetune_roundtrip import CLASSES, make_shapes_dataset
 
 from mdp_hub.errors import CheckpointError
-from test_finetune_roundtrip import CLASSES, make_shapes_dataset
 from training.data.datasets import build_segmentation_dataset
 from training.data.label_space import LabelSpace
 from training.evaluate import evaluate_dataset

@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from prototype_checkpoints import LABEL_SPACE, MEAN, STD, UNSEEN_CLASS, make_export, write_image
 
 from mdp_hub import PrototypeSegmenter, PrototypesNotFoundError, install_export
 from mdp_hub.cli import main
 from mdp_hub.export import export
 from mdp_hub.segmenter import NotAnImageError, class_colour, dataset_class_ids, open_image
-from prototype_checkpoints import LABEL_SPACE, MEAN, STD, UNSEEN_CLASS, make_export, write_image
 from training.data import LabelSpace
 
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from prototype_checkpoints import build_method_with_prototypes, save_checkpoint, write_image
 
 from mdp_hub import PrototypeSegmenter
-from prototype_checkpoints import build_method_with_prototypes, save_checkpoint, write_image
 from training.data import LabelSpace
 from training.experiments_prototypes import zero_finetune_scores
 

@@ -26,8 +26,8 @@ from mdp_hub.errors import command
 from mdp_hub.help_format import HelpFormatter, plain
 from training.config import ConfigError, list_recipes, save_config, to_dict
 from training.data.datasets import build_segmentation_dataset
-from training.data.doctor import check_reader
 from training.data.device_augment import BatchPhotometric, DeviceViews
+from training.data.doctor import check_reader
 from training.data.errors import BadSampleError
 from training.data.label_space import LabelSpace
 from training.data.specs import parse_spec

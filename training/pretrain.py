@@ -35,6 +35,7 @@ from training.data import (
 )
 from training.data.device_augment import BatchPhotometric, DeviceViews
 from training.data.label_space import IGNORE_INDEX, LOCAL_IGNORE
+from training.data.transforms import PhotometricConfig
 from training.engine import distributed
 from training.engine.data import epoch_loader, steps_per_epoch
 from training.engine.logger import METRICS_NAME, RunLogger
@@ -43,7 +44,6 @@ from training.engine.numerics import make_grad_scaler
 from training.engine.optim import build_optimizer, scaled_lr, warmup_cosine
 from training.engine.plots import plot_loss_curves, plot_prototype_similarity
 from training.engine.run_lock import RunLock
-from training.data.transforms import PhotometricConfig
 from training.mdp import build_method, method_options, momentum_schedule
 from training.mdp.model import create_momentum_copy
 from training.mdp.probe import PROBE_SEED, LearningProbe

@@ -9,7 +9,6 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Optional
 
 from tqdm import tqdm
 

@@ -20,8 +20,16 @@ import torch
 from torch import nn
 
 from . import distributed
-from .checkpoint import FORMAT, FORMAT_VERSION, CheckpointError, CheckpointManager, capture_rng_state
-from .checkpoint import check_compatible, load_checkpoint, restore_rng_state
+from .checkpoint import (
+    FORMAT,
+    FORMAT_VERSION,
+    CheckpointError,
+    CheckpointManager,
+    capture_rng_state,
+    check_compatible,
+    load_checkpoint,
+    restore_rng_state,
+)
 from .logger import RunLogger, StepTimer
 from .numerics import NonFiniteGuard, autocast, group_gradient_norms, optimizer_step
 from .optim import set_lr

@@ -22,6 +22,7 @@ import inspect
 import torch
 from torch import nn
 
+from ..data.label_space import IGNORE_INDEX
 from .losses import (
     csc1_exclusion,
     moco_infonce,
@@ -37,7 +38,6 @@ from .memory import ClassPrototypeMemory, KeyQueue, RegionMemoryBank
 from .mixing import NO_MIX, MixedBatch, cross_dataset_mix, resize_labels, unmixed_batch
 from .model import Encoder, build_encoder, create_momentum_copy, ema_update_
 from .pseudo_label import pseudo_labels_from_embeddings
-from ..data.label_space import IGNORE_INDEX
 
 
 def _flatten_pixels(embeddings: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,8 @@
 
 The crops are drawn once (fixed seed, no colour jitter) and never trained on as such. The even-numbered crops
 fit the class centroids and the linear probe, the odd-numbered ones are scored (on the classes the fit crops
-hold), so the probe measures how well pixel features separate classes on images they were not fitted on. Every rank calls it at the same step: under SyncBN
+hold), so the probe measures how well pixel features separate classes on images they were not fitted on.
+Every rank calls it at the same step: under SyncBN
 the forward pass is a collective. Batch-norm layers run on the probe batch's own statistics in chunks of the
 training batch size, as in training, and their running statistics are restored afterwards, so probing changes
 nothing in the run.

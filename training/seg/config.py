@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mdp_hub.catalog import IMAGENET_MEAN, IMAGENET_STD
-from training.config import ConfigError, load_recipe_dict, merge_recipes, from_dict, parse_override, resolve_recipe_path
+from training.config import ConfigError, from_dict, load_recipe_dict, merge_recipes, parse_override, resolve_recipe_path
 from training.seg.inference import MODES
 from training.seg.models import SegModelConfig
 

@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mdp_hub.catalog import IMAGENET_MEAN, IMAGENET_STD
+from mdp_hub.heads import DenseProjectionHead
 from training.data.datasets import build_segmentation_dataset
 from training.data.label_space import LabelSpace
 from training.engine.checkpoint import load_checkpoint
 from training.evaluate import evaluate_dataset, write_results
-from mdp_hub.catalog import IMAGENET_MEAN, IMAGENET_STD
-from mdp_hub.heads import DenseProjectionHead
 from training.mdp.model import Encoder, create_backbone
 from training.seg.config import EvalConfig, resolve_data_spec
 from training.seg.losses import segmentation_cross_entropy
