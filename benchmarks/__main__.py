@@ -636,8 +636,7 @@ def hub_section(settings: Settings) -> list[str]:
     return lines
 
 
-@command("python -m benchmarks")
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=plain(__doc__),
                                      formatter_class=HelpFormatter)
     parser.add_argument("--quick", action="store_const", const="quick", dest="preset", help="same as --preset quick")
@@ -648,7 +647,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="Markdown report to write (default docs/BENCHMARKS.md)")
     parser.add_argument("--only", choices=("instruments",),
                         help="refresh only this section of an existing report")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+@command("python -m benchmarks")
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     settings = PRESETS[args.preset]
     device = torch.device(args.device)
     out = args.out.resolve()

@@ -38,14 +38,7 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mdp-hub", description=DESCRIPTION, formatter_class=HelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
-    add = {name: commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".",
-                                     formatter_class=HelpFormatter)
-           for name, text in COMMANDS.items()}
-
-    p = add["export"]
+def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", type=Path, metavar="SRC", help="training checkpoint (.pth) or state dict (.safetensors, .pth)")
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder to write (created; may hold an earlier export)")
     p.add_argument("--tag", help="weight tag, the part after the dot in mdp_resnet50.TAG; a paper recipe tag "
@@ -55,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--org", help=f"Hub organisation named in the card (default: ${catalog.ORG_ENV_VAR} or "
                                  f"{catalog.DEFAULT_ORG})")
 
-    p = add["push"]
+
+def _push_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("repo_id", metavar="REPO_ID", help="ORG/NAME, e.g. mdp-hub/mdp_resnet50.voc_ade20k_coco_200ep")
     p.add_argument("out_dir", type=Path, metavar="EXPORT_DIR", help="folder written by mdp-hub export")
     p.add_argument("--revision", help="branch to upload to (created if needed; default: main)")
@@ -63,34 +57,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true", help="create the repository as private")
     p.add_argument("--dry-run", action="store_true", help="only list what would be uploaded")
 
-    p = add["list"]
+
+def _list_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, help="Hugging Face cache to look in (default: $HF_HUB_CACHE)")
 
-    p = add["convert"]
+
+def _convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", type=Path, metavar="SRC", help="export folder, weights file or training checkpoint")
     p.add_argument("out", type=Path, metavar="OUT", help="output file (.pth, or .pkl for detectron2)")
     p.add_argument("--to", required=True, choices=FORMATS, help="target library")
 
-    p = add["prefetch"]
+
+def _prefetch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="NAME", help="mdp_resnet50[.TAG] or ORG/NAME")
     p.add_argument("--cache-dir", type=Path, help="Hugging Face cache to fill (default: $HF_HUB_CACHE)")
     p.add_argument("--revision", help="branch, tag or commit to download (default: main)")
 
-    p = add["segment"]
+
+def _segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files to segment")
     p.add_argument("--model", required=True,
                    help="export folder with prototypes, MDP pretraining checkpoint, or Hub repo ORG/NAME")
     p.add_argument("--out", required=True, type=Path, help="folder for the overlays (<image stem>.png)")
     p.add_argument("--dataset", help="restrict predictions to one pretraining dataset's classes, e.g. voc")
 
-    p = add["install-cache"]
+
+def _install_cache_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("repo_id", metavar="REPO_ID", help="ORG/NAME the folder is installed as, e.g. "
                                                       "mdp-hub/mdp_resnet50.voc_ade20k_200ep")
     p.add_argument("folder", type=Path, metavar="EXPORT_DIR", help="folder written by mdp-hub export")
     p.add_argument("--cache-dir", type=Path, help="Hugging Face cache to fill (default: $HF_HUB_CACHE)")
 
-    p = add["verify"]
+
+def _verify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", type=Path, metavar="EXPORT_DIR", help="folder written by mdp-hub export")
+
+
+ARGUMENTS = {  # command -> what adds its arguments
+    "export": _export_arguments,
+    "push": _push_arguments,
+    "list": _list_arguments,
+    "convert": _convert_arguments,
+    "prefetch": _prefetch_arguments,
+    "segment": _segment_arguments,
+    "install-cache": _install_cache_arguments,
+    "verify": _verify_arguments,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mdp-hub", description=DESCRIPTION, formatter_class=HelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
+    add = {name: commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".",
+                                     formatter_class=HelpFormatter)
+           for name, text in COMMANDS.items()}
+    for name, add_arguments in ARGUMENTS.items():
+        add_arguments(add[name])
     return parser
 
 

@@ -680,15 +680,7 @@ def study_wall_minutes(records: list[dict]) -> float:
     return (max(end for _, end in spans) - min(start for start, _ in spans)) / 60 if spans else 0.0
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    from mdp_hub.help_format import HelpFormatter, plain  # here: the study driver needs no timm otherwise
-
-    parser = argparse.ArgumentParser(prog="python -m training.experiments", description=plain(__doc__),
-                                     formatter_class=HelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
-    summary = "pretrain every method, fine-tune on seen and held-out datasets, write a section of docs/RESULTS.md"
-    tables = sub.add_parser("paper-tables", help=summary, description=summary[0].upper() + summary[1:] + ".",
-                            formatter_class=HelpFormatter)
+def _add_paper_tables_arguments(tables: argparse.ArgumentParser) -> None:
     tables.add_argument("--pretrain", nargs="+", default=[SYNTHETIC], metavar="SPEC",
                         help="pretraining datasets NAME:PATH[:split], concatenated in this order (default: "
                              "synthetic, the generated VOC-aug + ADE20K + COCO-Stuff look-alikes)")
@@ -708,6 +700,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="Markdown file whose section is (re)written; .json and .png next to it")
     tables.add_argument("--section", default=DEFAULT_SECTION,
                         help="name of the section (its markers, its .json key and plot names; default paper-tables)")
+
+
+def _add_override_arguments(tables: argparse.ArgumentParser) -> None:
+    """Overrides of the recipes: backbone, crop, schedule lengths, where the synthetic data lives, quick mode."""
     tables.add_argument("--arch", default=None, help="backbone (timm name; default resnet18)")
     tables.add_argument("--crop", type=int, default=None, help="square training crop in pixels (default 96)")
     tables.add_argument("--base-size", type=int, default=None,
@@ -718,6 +714,19 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     tables.add_argument("--synthetic-root", default="", help="synthetic benchmark folder (default: the cache)")
     tables.add_argument("--quick", action="store_true",
                         help="a few steps per run (and a tiny synthetic benchmark): a smoke test, numbers meaningless")
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    from mdp_hub.help_format import HelpFormatter, plain  # here: the study driver needs no timm otherwise
+
+    parser = argparse.ArgumentParser(prog="python -m training.experiments", description=plain(__doc__),
+                                     formatter_class=HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
+    summary = "pretrain every method, fine-tune on seen and held-out datasets, write a section of docs/RESULTS.md"
+    tables = sub.add_parser("paper-tables", help=summary, description=summary[0].upper() + summary[1:] + ".",
+                            formatter_class=HelpFormatter)
+    _add_paper_tables_arguments(tables)
+    _add_override_arguments(tables)
     return parser.parse_args(argv)
 
 

@@ -224,24 +224,13 @@ def _box(yy, xx, top, left, bottom, right):
     return (yy >= top) & (yy < bottom) & (xx >= left) & (xx < right)
 
 
-def thing_parts(shape: str, yy, xx, cy: float, cx: float, h: float, flip: int, rng: np.random.Generator):
-    """Boolean masks of a thing's parts and their brightness factors: ``[(mask [H, W], tone)]``."""
+def _figure_parts(shape: str, yy, xx, cy: float, cx: float, h: float, flip: int, rng: np.random.Generator):
+    """A person or a four-legged animal. ``None`` for other shapes."""
     if shape == "person":
         return [(_ellipse(yy, xx, cy - 0.40 * h, cx, 0.10 * h, 0.08 * h), 1.6),
                 (_box(yy, xx, cy - 0.30 * h, cx - 0.13 * h, cy + 0.10 * h, cx + 0.13 * h), 1.0),
                 (_box(yy, xx, cy + 0.10 * h, cx - 0.11 * h, cy + 0.50 * h, cx - 0.02 * h), 0.6),
                 (_box(yy, xx, cy + 0.10 * h, cx + 0.02 * h, cy + 0.50 * h, cx + 0.11 * h), 0.6)]
-    if shape == "car":
-        w = 1.0 * h
-        return [(_box(yy, xx, cy - 0.1 * h, cx - w, cy + 0.3 * h, cx + w), 1.0),
-                (_box(yy, xx, cy - 0.4 * h, cx - 0.55 * w, cy - 0.1 * h, cx + 0.45 * w), 0.7),
-                (_ellipse(yy, xx, cy + 0.3 * h, cx - 0.6 * w, 0.18 * h, 0.18 * h), 0.15),
-                (_ellipse(yy, xx, cy + 0.3 * h, cx + 0.6 * w, 0.18 * h, 0.18 * h), 0.15)]
-    if shape == "bus":
-        w = 1.1 * h
-        return [(_box(yy, xx, cy - 0.45 * h, cx - w, cy + 0.35 * h, cx + w), 1.0),
-                (_ellipse(yy, xx, cy + 0.38 * h, cx - 0.7 * w, 0.12 * h, 0.12 * h), 0.15),
-                (_ellipse(yy, xx, cy + 0.38 * h, cx + 0.7 * w, 0.12 * h, 0.12 * h), 0.15)]
     if shape in ("animal", "quadruped"):
         body_w = 0.55 * h if shape == "animal" else 0.7 * h
         ear = 0.12 * h
@@ -253,6 +242,22 @@ def thing_parts(shape: str, yy, xx, cy: float, cx: float, h: float, flip: int, r
             parts.append((_box(yy, xx, cy + 0.1 * h, cx + offset * body_w - 0.05 * h, cy + 0.5 * h,
                                cx + offset * body_w + 0.05 * h), 0.8))
         return parts
+    return None
+
+
+def _vehicle_parts(shape: str, yy, xx, cy: float, cx: float, h: float, flip: int, rng: np.random.Generator):
+    """Car, bus, boat or plane. ``None`` for other shapes."""
+    if shape == "car":
+        w = 1.0 * h
+        return [(_box(yy, xx, cy - 0.1 * h, cx - w, cy + 0.3 * h, cx + w), 1.0),
+                (_box(yy, xx, cy - 0.4 * h, cx - 0.55 * w, cy - 0.1 * h, cx + 0.45 * w), 0.7),
+                (_ellipse(yy, xx, cy + 0.3 * h, cx - 0.6 * w, 0.18 * h, 0.18 * h), 0.15),
+                (_ellipse(yy, xx, cy + 0.3 * h, cx + 0.6 * w, 0.18 * h, 0.18 * h), 0.15)]
+    if shape == "bus":
+        w = 1.1 * h
+        return [(_box(yy, xx, cy - 0.45 * h, cx - w, cy + 0.35 * h, cx + w), 1.0),
+                (_ellipse(yy, xx, cy + 0.38 * h, cx - 0.7 * w, 0.12 * h, 0.12 * h), 0.15),
+                (_ellipse(yy, xx, cy + 0.38 * h, cx + 0.7 * w, 0.12 * h, 0.12 * h), 0.15)]
     if shape == "boat":
         hull = (yy >= cy) & (yy < cy + 0.3 * h) & (np.abs(xx - cx) < h * (0.9 - (yy - cy) / h))
         sail = (yy >= cy - 0.6 * h) & (yy < cy) & (flip * (xx - cx) >= 0) & \
@@ -263,6 +268,11 @@ def thing_parts(shape: str, yy, xx, cy: float, cx: float, h: float, flip: int, r
                 (_box(yy, xx, cy - 0.05 * h, cx - 0.15 * h, cy + 0.5 * h, cx + 0.15 * h), 0.9),
                 (_box(yy, xx, cy - 0.4 * h, cx - flip * 0.85 * h - 0.08 * h, cy, cx - flip * 0.85 * h + 0.08 * h),
                  0.8)]
+    return None
+
+
+def _object_parts(shape: str, yy, xx, cy: float, cx: float, h: float, flip: int, rng: np.random.Generator):
+    """Bottle, chair, pole, sign or a random blob. ``None`` for other shapes."""
     if shape == "bottle":
         return [(_box(yy, xx, cy - 0.15 * h, cx - 0.15 * h, cy + 0.5 * h, cx + 0.15 * h), 1.0),
                 (_box(yy, xx, cy - 0.5 * h, cx - 0.06 * h, cy - 0.15 * h, cx + 0.06 * h), 0.8)]
@@ -280,8 +290,16 @@ def thing_parts(shape: str, yy, xx, cy: float, cx: float, h: float, flip: int, r
         theta = np.arctan2(yy - cy, xx - cx)
         wobble = sum(rng.uniform(0.05, 0.2) * np.sin(k * theta + rng.uniform(0, 6.3)) for k in (2, 3, 5))
         return [(radius < 0.5 * h * (1 + wobble), 1.0)]
-    raise ValueError(f"unknown shape {shape!r}")
+    return None
 
+
+def thing_parts(shape: str, yy, xx, cy: float, cx: float, h: float, flip: int, rng: np.random.Generator):
+    """Boolean masks of a thing's parts and their brightness factors: ``[(mask [H, W], tone)]``."""
+    for parts_of in (_figure_parts, _vehicle_parts, _object_parts):
+        parts = parts_of(shape, yy, xx, cy, cx, h, flip, rng)
+        if parts is not None:
+            return parts
+    raise ValueError(f"unknown shape {shape!r}")
 
 def _paint(image: np.ndarray, where: np.ndarray, concept: Concept, base: np.ndarray, pattern: np.ndarray,
            tone: float = 1.0) -> None:
