@@ -69,5 +69,6 @@ def mdp_prototype_segmenter(*, weights, restrict_to=None, output_stride=None, re
     """
     from mdp_hub.segmenter import PrototypeSegmenter as _PrototypeSegmenter
 
-    return _PrototypeSegmenter.from_pretrained(weights, restrict_to=restrict_to, output_stride=output_stride,
-                                               revision=revision)
+    return _PrototypeSegmenter.from_pretrained(
+        weights, restrict_to=restrict_to, output_stride=output_stride, revision=revision
+    )

@@ -90,15 +90,43 @@ class Settings:
 
 
 PRESETS = {
-    "full": Settings("resnet18", crop=128, batch=8, warmup=2, repeats=7, extra_repeats=30,
-                     data_images=40, data_repeats=9, hub_repeats=21),
-    "quick": Settings("resnet18", crop=64, batch=4, warmup=1, repeats=3, extra_repeats=10,
-                      data_images=12, data_repeats=2, hub_repeats=3),
+    "full": Settings(
+        "resnet18",
+        crop=128,
+        batch=8,
+        warmup=2,
+        repeats=7,
+        extra_repeats=30,
+        data_images=40,
+        data_repeats=9,
+        hub_repeats=21,
+    ),
+    "quick": Settings(
+        "resnet18",
+        crop=64,
+        batch=4,
+        warmup=1,
+        repeats=3,
+        extra_repeats=10,
+        data_images=12,
+        data_repeats=2,
+        hub_repeats=3,
+    ),
     # Seconds-long run that only checks the command end to end (tests); its numbers mean nothing.
-    "smoke": Settings("resnet18", crop=32, batch=2, warmup=0, repeats=1, extra_repeats=1,
-                      data_images=2, data_repeats=1, hub_repeats=1,
-                      variants=("lower bound", "MDP full (mixup + CSC2)", "MoCo v2 (queue 65536)", "region bank"),
-                      projection_arch="resnet18", projection_crops=(16, 32)),
+    "smoke": Settings(
+        "resnet18",
+        crop=32,
+        batch=2,
+        warmup=0,
+        repeats=1,
+        extra_repeats=1,
+        data_images=2,
+        data_repeats=1,
+        hub_repeats=1,
+        variants=("lower bound", "MDP full (mixup + CSC2)", "MoCo v2 (queue 65536)", "region bank"),
+        projection_arch="resnet18",
+        projection_crops=(16, 32),
+    ),
 }
 
 
@@ -174,8 +202,12 @@ def step_peak_memory(trainer: Trainer, batch: dict) -> int:
 def state_bytes(trainer: Trainer) -> int:
     """Parameters, buffers (momentum encoder, memories) and optimizer state held between steps."""
     tensors = [*trainer.model.parameters(), *trainer.model.buffers()]
-    tensors += [value for state in trainer.optimizer.state.values() for value in state.values()
-                if isinstance(value, torch.Tensor)]
+    tensors += [
+        value
+        for state in trainer.optimizer.state.values()
+        for value in state.values()
+        if isinstance(value, torch.Tensor)
+    ]
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -221,10 +253,12 @@ def instruments_section(settings: Settings, device: torch.device) -> list[str]:
     load_before = load_average()
     costs = instrument_costs(args, label_space, batch, device, max(3, settings.repeats))
     when = datetime.datetime.now(datetime.timezone.utc)
-    settings_line = (f"Measured {when:%Y-%m-%d %H:%M} UTC (`python -m benchmarks --only instruments` refreshes this "
-                     f"section alone). Machine: {machine_line(device)}; backbone {settings.arch} OS{settings.output_stride}, crop "
-                     f"{settings.crop}, batch {settings.batch}, 342 classes; load average {load_before:.2f} -> "
-                     f"{load_average():.2f}.")
+    settings_line = (
+        f"Measured {when:%Y-%m-%d %H:%M} UTC (`python -m benchmarks --only instruments` refreshes this "
+        f"section alone). Machine: {machine_line(device)}; backbone {settings.arch} OS{settings.output_stride}, crop "
+        f"{settings.crop}, batch {settings.batch}, 342 classes; load average {load_before:.2f} -> "
+        f"{load_average():.2f}."
+    )
     return [INSTRUMENTS_BEGIN, *instruments_lines(costs, settings_line), INSTRUMENTS_END]
 
 
@@ -289,13 +323,34 @@ def measure_train_steps(settings: Settings, device: torch.device) -> StepMeasure
     peak = {name: step_peak_memory(trainer, batch) for name, trainer in trainers.items()}
     flops = {name: count_step_flops(trainer, batch) for name, trainer in trainers.items()}
     mdp_methods = {name: model for name, model in variants.items() if name.startswith("MDP")}
-    extra = {name: statistics.median(v) for name, v in isolated_mdp_extra(mdp_methods, batch, settings.extra_repeats).items()}
+    extra = {
+        name: statistics.median(v) for name, v in isolated_mdp_extra(mdp_methods, batch, settings.extra_repeats).items()
+    }
     breakdown = mdp_breakdown(variants[MDP_FULL], batch, settings.extra_repeats)
-    moco_parts = {name: statistics.median(v) for name, v in isolated_moco_difference(
-        variants["lower bound"], variants[MOCO], batch, settings.extra_repeats).items()}
+    moco_parts = {
+        name: statistics.median(v)
+        for name, v in isolated_moco_difference(
+            variants["lower bound"], variants[MOCO], batch, settings.extra_repeats
+        ).items()
+    }
     elapsed, load_after = time.perf_counter() - started, load_average()
-    return StepMeasurements(args, label_space, variants, trainers, wall, cpu, peak, flops, extra, breakdown,
-                            moco_parts, elapsed, load_before, load_after, device)
+    return StepMeasurements(
+        args,
+        label_space,
+        variants,
+        trainers,
+        wall,
+        cpu,
+        peak,
+        flops,
+        extra,
+        breakdown,
+        moco_parts,
+        elapsed,
+        load_before,
+        load_after,
+        device,
+    )
 
 
 def step_table_lines(settings: Settings, m: StepMeasurements) -> list[str]:
@@ -368,7 +423,10 @@ def mdp_parts_lines(settings: Settings, m: StepMeasurements) -> list[str]:
         "",
         "| variant | MDP's own work (ms) | / lower bound step | implied step / lower bound |",
         "|---|---|---|---|",
-        *(f"| {name} | {1000 * value:.1f} | {value / lower:.2%} | {1 + value / lower:.3f}x |" for name, value in extra.items()),
+        *(
+            f"| {name} | {1000 * value:.1f} | {value / lower:.2%} | {1 + value / lower:.3f}x |"
+            for name, value in extra.items()
+        ),
         f"| MDP full, prototype update off (full minus the timed update) | "
         f"{1000 * without_update:.1f} | "
         f"{without_update / lower:.2%} | "
@@ -394,17 +452,23 @@ def step_memory_lines(settings: Settings, m: StepMeasurements) -> list[str]:
         "",
         "### Peak memory per training-step variant",
         "",
-        ("CPU: increase of the resident set (Linux VmHWM, reset via /proc/self/clear_refs right before one "
-         "steady-state step, after malloc_trim) over the resident set at the step's start: activations, gradients "
-         "and temporaries. State = parameters + buffers (momentum encoder, memories) + optimizer state, held "
-         "between steps." if m.device.type == "cpu" else
-         "CUDA: torch.cuda.max_memory_allocated over one steady-state step minus the allocation at its start."),
+        (
+            "CPU: increase of the resident set (Linux VmHWM, reset via /proc/self/clear_refs right before one "
+            "steady-state step, after malloc_trim) over the resident set at the step's start: activations, gradients "
+            "and temporaries. State = parameters + buffers (momentum encoder, memories) + optimizer state, held "
+            "between steps."
+            if m.device.type == "cpu"
+            else "CUDA: torch.cuda.max_memory_allocated over one steady-state step minus the allocation at its start."
+        ),
         "Same settings and load as section 1.",
         "",
         "| variant | step peak (MB) | vs lower bound | state between steps (MB) |",
         "|---|---|---|---|",
-        *(f"| {name} | {peak[name] / 1e6:.1f} | {peak[name] / max(peak['lower bound'], 1):.2f}x | "
-          f"{state_bytes(trainer) / 1e6:.1f} |" for name, trainer in m.trainers.items()),
+        *(
+            f"| {name} | {peak[name] / 1e6:.1f} | {peak[name] / max(peak['lower bound'], 1):.2f}x | "
+            f"{state_bytes(trainer) / 1e6:.1f} |"
+            for name, trainer in m.trainers.items()
+        ),
         "",
         "### Memory the methods keep, at the paper's label space",
         "",
@@ -415,10 +479,17 @@ def step_memory_lines(settings: Settings, m: StepMeasurements) -> list[str]:
 def train_step_section(settings: Settings, device: torch.device) -> tuple[list[str], dict]:
     """Sections 1 (training step) and 2 (memory) of the report, and what later sections reuse."""
     m = measure_train_steps(settings, device)
-    lines = [*step_table_lines(settings, m), *step_targets_lines(m), *mdp_parts_lines(settings, m),
-             *step_memory_lines(settings, m)]
-    results = {"flops_per_image": {k: v / settings.batch for k, v in m.flops.items()}, "args": m.args,
-               "label_space": m.label_space}
+    lines = [
+        *step_table_lines(settings, m),
+        *step_targets_lines(m),
+        *mdp_parts_lines(settings, m),
+        *step_memory_lines(settings, m),
+    ]
+    results = {
+        "flops_per_image": {k: v / settings.batch for k, v in m.flops.items()},
+        "args": m.args,
+        "label_space": m.label_space,
+    }
     return lines, results
 
 
@@ -429,7 +500,9 @@ def memory_scaling_rows(embed_dim: int) -> list[dict]:
         for classes in PROTOTYPE_SCALING_CLASSES:
             row = {"classes": classes, "prototypes": _buffer_bytes(ClassPrototypeMemory(classes, embed_dim))}
             for per_class in PIXELS_PER_CLASS:
-                row[f"pixel queue {per_class}"] = _buffer_bytes(RegionMemoryBank(classes, embed_dim, classes * per_class))
+                row[f"pixel queue {per_class}"] = _buffer_bytes(
+                    RegionMemoryBank(classes, embed_dim, classes * per_class)
+                )
             rows.append(row)
         moco_queue = _buffer_bytes(KeyQueue(embed_dim, 65536))
     for row in rows:
@@ -450,13 +523,24 @@ def memory_scaling_section(embed_dim: int, plot_path: Path, report_dir: Path) ->
     rows = memory_scaling_rows(embed_dim)
     figure, axes = plt.subplots(figsize=(6, 4))
     classes = [row["classes"] for row in rows]
-    axes.plot(classes, [row["prototypes"] / 1e6 for row in rows], "o-", label=f"MDP prototypes [C, {embed_dim}] + counts")
+    axes.plot(
+        classes, [row["prototypes"] / 1e6 for row in rows], "o-", label=f"MDP prototypes [C, {embed_dim}] + counts"
+    )
     for per_class in PIXELS_PER_CLASS:
-        axes.plot(classes, [row[f"pixel queue {per_class}"] / 1e6 for row in rows], "s--",
-                  label=f"pixel queue, {per_class} pixels per class")
+        axes.plot(
+            classes,
+            [row[f"pixel queue {per_class}"] / 1e6 for row in rows],
+            "s--",
+            label=f"pixel queue, {per_class} pixels per class",
+        )
     axes.plot(classes, [row["moco queue"] / 1e6 for row in rows], ":", label="MoCo v2 key queue (65536)")
-    axes.set(xscale="log", yscale="log", xlabel="classes C", ylabel="MB (fp32)",
-             title="Memory of the method vs number of classes")
+    axes.set(
+        xscale="log",
+        yscale="log",
+        xlabel="classes C",
+        ylabel="MB (fp32)",
+        title="Memory of the method vs number of classes",
+    )
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
@@ -481,7 +565,9 @@ def memory_scaling_section(embed_dim: int, plot_path: Path, report_dir: Path) ->
     return lines
 
 
-def paper_section(settings: Settings, args: argparse.Namespace, label_space, flops_per_image: dict) -> tuple[list[str], dict]:
+def paper_section(
+    settings: Settings, args: argparse.Namespace, label_space, flops_per_image: dict
+) -> tuple[list[str], dict]:
     load_before, started = load_average(), time.perf_counter()
     arch = settings.projection_arch
     small, large = settings.projection_crops
@@ -513,11 +599,15 @@ def paper_section(settings: Settings, args: argparse.Namespace, label_space, flo
         rate = sustained / (gflops_512 * 1e9)
         images_per_s[utilisation] = rate
         hours = total_flops / sustained / 3600
-        lines.append(f"| 1x H100 SXM | {utilisation:.0%} of {H100_BF16_DENSE_TFLOPS:.0f} TFLOP/s | {rate:.0f} | "
-                     f"{hours:.1f} | {hours:.1f} h |")
+        lines.append(
+            f"| 1x H100 SXM | {utilisation:.0%} of {H100_BF16_DENSE_TFLOPS:.0f} TFLOP/s | {rate:.0f} | "
+            f"{hours:.1f} | {hours:.1f} h |"
+        )
         scaled = hours / DATA_PARALLEL_EFFICIENCY
-        lines.append(f"| 8x H100 SXM ({DATA_PARALLEL_EFFICIENCY:.0%} scaling) | {utilisation:.0%} per GPU | "
-                     f"{8 * rate * DATA_PARALLEL_EFFICIENCY:.0f} | {scaled:.1f} | {scaled / 8:.1f} h |")
+        lines.append(
+            f"| 8x H100 SXM ({DATA_PARALLEL_EFFICIENCY:.0%} scaling) | {utilisation:.0%} per GPU | "
+            f"{8 * rate * DATA_PARALLEL_EFFICIENCY:.0f} | {scaled:.1f} | {scaled / 8:.1f} h |"
+        )
     lines += [
         "",
         f"Utilisation is an assumption, stated, not measured: {max(UTILISATIONS):.0%} is the headline, "
@@ -535,8 +625,16 @@ def run_data_pipeline_script(settings: Settings) -> tuple[dict, str]:
     load_before, started = load_average(), time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "data_pipeline.json"
-        command = [sys.executable, str(script), "--images", str(settings.data_images),
-                   "--repeats", str(settings.data_repeats), "--out", str(out)]
+        command = [
+            sys.executable,
+            str(script),
+            "--images",
+            str(settings.data_images),
+            "--repeats",
+            str(settings.data_repeats),
+            "--out",
+            str(out),
+        ]
         completed = subprocess.run(command, capture_output=True, text=True)
         if completed.returncode != 0:
             raise RuntimeError(f"{script} failed (exit {completed.returncode}):\n{completed.stderr}")
@@ -549,7 +647,8 @@ def data_pipeline_table(report: dict, rates: dict[str, float]) -> list[str]:
     """One row per pipeline: rate per worker, cost against the bare loop, workers needed per GPU rate."""
     lines = [
         "| pipeline | images/s per worker | cost vs bare decode+crop | target <= "
-        f"{TARGET_PIPELINE_VS_BARE}x | MB sent per item | " + " | ".join(f"workers for {name}" for name in rates)
+        f"{TARGET_PIPELINE_VS_BARE}x | MB sent per item | "
+        + " | ".join(f"workers for {name}" for name in rates)
         + " |",
         "|---|---|---|---|---|" + "---|" * len(rates),
     ]
@@ -559,8 +658,7 @@ def data_pipeline_table(report: dict, rates: dict[str, float]) -> list[str]:
         sent = report["bytes_per_item"].get(name)
         sent_text = "-" if sent is None else f"{sent / 1e6:.2f}"
         workers = " | ".join(str(math.ceil(rate / value)) for rate in rates.values())
-        lines.append(f"| {name} | {value:.1f} | {cost:.2f}x [{low:.2f}-{high:.2f}] | {met} | {sent_text} | "
-                     f"{workers} |")
+        lines.append(f"| {name} | {value:.1f} | {cost:.2f}x [{low:.2f}-{high:.2f}] | {met} | {sent_text} | {workers} |")
     return lines
 
 
@@ -611,8 +709,10 @@ def hub_section(settings: Settings) -> list[str]:
     elapsed, load_after = time.perf_counter() - started, load_average()
     medians = {label: statistics.median(values) for label, values in times.items()}
     # Each run loads every model once, back to back: per-run ratios cancel the drift of a shared machine.
-    ratio = {label: statistics.median(m / t for m, t in zip(times["mdp_resnet50"], values))
-             for label, values in times.items()}
+    ratio = {
+        label: statistics.median(m / t for m, t in zip(times["mdp_resnet50"], values))
+        for label, values in times.items()
+    }
     lines = [
         "## 4. Hub loading",
         "",
@@ -637,16 +737,20 @@ def hub_section(settings: Settings) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=plain(__doc__),
-                                     formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=plain(__doc__), formatter_class=HelpFormatter
+    )
     parser.add_argument("--quick", action="store_const", const="quick", dest="preset", help="same as --preset quick")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="size of the run (default: full)")
     parser.set_defaults(preset="full")  # one default for the two flags that share ``preset``
     parser.add_argument("--device", default="cpu", help="device of the training-step section (cpu or cuda)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md",
-                        help="Markdown report to write (default docs/BENCHMARKS.md)")
-    parser.add_argument("--only", choices=("instruments",),
-                        help="refresh only this section of an existing report")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md",
+        help="Markdown report to write (default docs/BENCHMARKS.md)",
+    )
+    parser.add_argument("--only", choices=("instruments",), help="refresh only this section of an existing report")
     return parser.parse_args(argv)
 
 
@@ -686,8 +790,18 @@ def main(argv: list[str] | None = None) -> None:
         "number below comes from that run; re-run the command to refresh the page. Each section states its "
         "machine, versions, settings and the load average around it (the machine may be shared).",
         "",
-        *train_lines, "", *memory_lines, "", *data_lines, "", *hub_lines, "", *paper_lines, "",
-        *instrument_lines, "",
+        *train_lines,
+        "",
+        *memory_lines,
+        "",
+        *data_lines,
+        "",
+        *hub_lines,
+        "",
+        *paper_lines,
+        "",
+        *instrument_lines,
+        "",
     ]
     out.write_text("\n".join(lines))
     print(f"[5/5] wrote {out} and {plot_path}", file=sys.stderr)

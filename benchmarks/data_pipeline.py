@@ -64,8 +64,8 @@ def bare_item(image_path: Path, mask_path: Path, rng: np.random.Generator) -> tu
     mask = np.array(Image.open(mask_path))
     top = rng.integers(0, max(1, image.shape[0] - CROP + 1))
     left = rng.integers(0, max(1, image.shape[1] - CROP + 1))
-    crop = image[top:top + CROP, left:left + CROP]
-    return torch.from_numpy(crop).permute(2, 0, 1), torch.from_numpy(mask[top:top + CROP, left:left + CROP])
+    crop = image[top : top + CROP, left : left + CROP]
+    return torch.from_numpy(crop).permute(2, 0, 1), torch.from_numpy(mask[top : top + CROP, left : left + CROP])
 
 
 def interleaved_seconds(steps: dict, count: int, repeats: int) -> dict[str, list[float]]:
@@ -99,8 +99,9 @@ def device_views_rate(config: PhotometricConfig, views: int, batch: int, repeats
     sizes = torch.full((batch, 2), CROP, dtype=torch.int64)
     regions = torch.tensor([[384, 384, i % 4 == 0] if i % 2 == 0 else [CROP, CROP, 0] for i in range(batch)])
     augment(images, sizes, views=views, regions=regions)  # warm-up
-    seconds = interleaved_seconds({"views": lambda i: augment(images, sizes, views=views, regions=regions)},
-                                  1, repeats)["views"]
+    seconds = interleaved_seconds(
+        {"views": lambda i: augment(images, sizes, views=views, regions=regions)}, 1, repeats
+    )["views"]
     return batch / float(np.median(seconds))
 
 
@@ -109,9 +110,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device-batch", type=int, default=8, help="batch size for the device-side views")
-    parser.add_argument("--gpu-images-per-s", type=float, default=7.0,
-                        help="training step rate to feed, images/s per GPU (default: MDP R50 OS8 at 512x512, "
-                             "~0.8 TFLOP per image at ~5.5 TFLOP/s fp32 on a V100)")
+    parser.add_argument(
+        "--gpu-images-per-s",
+        type=float,
+        default=7.0,
+        help="training step rate to feed, images/s per GPU (default: MDP R50 OS8 at 512x512, "
+        "~0.8 TFLOP per image at ~5.5 TFLOP/s fp32 on a V100)",
+    )
     parser.add_argument("--out", type=Path, help="also write the report as JSON here")
     return parser.parse_args()
 
@@ -121,12 +126,13 @@ def build_pipelines(spec: str) -> dict:
     common = dict(crop_size=CROP, mean=MEAN, std=STD, base_size=512)
     return {
         "pretrain": build_pretrain_dataset([spec], photometric_on="device", **common)[0],
-        "finetune": build_segmentation_dataset(spec, train=True, photometric=MMSEG_PHOTOMETRIC,
-                                               photometric_on="device", **common),
-        "pretrain_worker_jitter": build_pretrain_dataset([spec], two_views=True, photometric_on="worker",
-                                                         **common)[0],
-        "finetune_worker_jitter": build_segmentation_dataset(spec, train=True, photometric=MMSEG_PHOTOMETRIC,
-                                                             photometric_on="worker", **common),
+        "finetune": build_segmentation_dataset(
+            spec, train=True, photometric=MMSEG_PHOTOMETRIC, photometric_on="device", **common
+        ),
+        "pretrain_worker_jitter": build_pretrain_dataset([spec], two_views=True, photometric_on="worker", **common)[0],
+        "finetune_worker_jitter": build_segmentation_dataset(
+            spec, train=True, photometric=MMSEG_PHOTOMETRIC, photometric_on="worker", **common
+        ),
     }
 
 
@@ -149,14 +155,20 @@ def measure_pipelines(images: int, repeats: int) -> tuple[int, dict[str, list[fl
 
 
 def print_report(report: dict, args: argparse.Namespace, moco_rate: float, mmseg_rate: float) -> None:
-    print("| pipeline | images/s per worker | cost vs bare | MB sent per item | workers per GPU at "
-          f"{args.gpu_images_per_s:g} img/s |\n|---|---|---|---|---|")
+    print(
+        "| pipeline | images/s per worker | cost vs bare | MB sent per item | workers per GPU at "
+        f"{args.gpu_images_per_s:g} img/s |\n|---|---|---|---|---|"
+    )
     for key in report["images_per_s"]:
         megabytes = report["bytes_per_item"].get(key, 0) / 1e6
-        print(f"| {key} | {report['images_per_s'][key]} | {report['cost_vs_bare'][key]}x | {megabytes:.2f} | "
-              f"{report['workers_per_gpu'][key]} |")
-    print(f"\ndevice-side views per image (this CPU, 1 thread, batch {args.device_batch}): two MoCo-v2 views "
-          f"{1000 / moco_rate:.1f} ms, one MMSeg view {1000 / mmseg_rate:.1f} ms; decoder {report['decoder']}")
+        print(
+            f"| {key} | {report['images_per_s'][key]} | {report['cost_vs_bare'][key]}x | {megabytes:.2f} | "
+            f"{report['workers_per_gpu'][key]} |"
+        )
+    print(
+        f"\ndevice-side views per image (this CPU, 1 thread, batch {args.device_batch}): two MoCo-v2 views "
+        f"{1000 / moco_rate:.1f} ms, one MMSeg view {1000 / mmseg_rate:.1f} ms; decoder {report['decoder']}"
+    )
 
 
 def main() -> None:
@@ -170,7 +182,10 @@ def main() -> None:
     moco = device_views_rate(PhotometricConfig(), 2, args.device_batch, args.repeats)
     mmseg = device_views_rate(MMSEG_PHOTOMETRIC, 1, args.device_batch, args.repeats)
     report = {
-        "images": args.images, "image_size_wh": [640, 480], "crop": CROP, "threads": 1,
+        "images": args.images,
+        "image_size_wh": [640, 480],
+        "crop": CROP,
+        "threads": 1,
         "decoder": "torchcodec" if fast_decoding() else "PIL",
         "images_per_s": {k: round(v, 1) for k, v in results.items()},
         "cost_vs_bare": {k: round(v, 3) for k, v in cost.items()},  # the verdict reads this: no 2-digit rounding
@@ -180,9 +195,13 @@ def main() -> None:
         "share_resized_on_device": round(left_to_device, 3),
         "gpu_images_per_s": args.gpu_images_per_s,
         "workers_per_gpu": {k: int(np.ceil(args.gpu_images_per_s / v)) for k, v in results.items()},
-        "device_views": {"batch": args.device_batch,
-                         "ms_per_image_cpu_1_thread": {"pretrain_moco_v2_two_views": round(1000 / moco, 2),
-                                                       "finetune_mmseg_one_view": round(1000 / mmseg, 2)}},
+        "device_views": {
+            "batch": args.device_batch,
+            "ms_per_image_cpu_1_thread": {
+                "pretrain_moco_v2_two_views": round(1000 / moco, 2),
+                "finetune_mmseg_one_view": round(1000 / mmseg, 2),
+            },
+        },
     }
     print_report(report, args, moco, mmseg)
     if args.out:

@@ -42,8 +42,9 @@ def fill_cache(root: Path) -> Path:
     timm_folder.mkdir()
     save_file(timm_model.state_dict(), str(timm_folder / "model.safetensors"))
     cfg = timm.models.get_pretrained_cfg("resnet50")
-    (timm_folder / "config.json").write_text(json.dumps({"architecture": "resnet50", "num_classes": 1000,
-                                                         "pretrained_cfg": cfg.to_dict(remove_source=True)}))
+    (timm_folder / "config.json").write_text(
+        json.dumps({"architecture": "resnet50", "num_classes": 1000, "pretrained_cfg": cfg.to_dict(remove_source=True)})
+    )
     mdp_hub.install_export(timm_folder, cfg.hf_hub_id, cache_dir=cache)
     return cache
 
@@ -87,8 +88,12 @@ def report(times: dict[str, list[float]], repeats: int) -> str:
     ]
     for label, values in times.items():
         lines.append(f"| {label} | {medians[label]:.3f} | {min(values):.3f} | {mdp / medians[label]:.2f} |")
-    lines += ["", f"Target: `mdp_resnet50` / timm `resnet50` <= 1.1; measured "
-              f"{mdp / medians['resnet50 (timm, 1000-class head)']:.2f}.", END]
+    lines += [
+        "",
+        f"Target: `mdp_resnet50` / timm `resnet50` <= 1.1; measured "
+        f"{mdp / medians['resnet50 (timm, 1000-class head)']:.2f}.",
+        END,
+    ]
     return "\n".join(lines)
 
 

@@ -44,16 +44,21 @@ def _timed(function, device: torch.device) -> float:
 def instrument_costs(args, label_space, batch: dict, device: torch.device, repeats: int) -> dict[str, float]:
     """Median seconds of the MDP step and of each instrument, ``repeats`` interleaved rounds."""
     torch.manual_seed(0)
-    method = build_method("mdp", label_space=label_space, arch=args.arch, output_stride=args.output_stride,
-                          embed_dim=args.embed_dim)
+    method = build_method(
+        "mdp", label_space=label_space, arch=args.arch, output_stride=args.output_stride, embed_dim=args.embed_dim
+    )
     trainer = Trainer(method, args, device)
     images = batch["image"].repeat(PROBE_IMAGES // batch["image"].shape[0] + 1, 1, 1, 1)[:PROBE_IMAGES]
     labels = batch["mask"].repeat(PROBE_IMAGES // batch["mask"].shape[0] + 1, 1, 1)[:PROBE_IMAGES]
     probe = LearningProbe(method, images.cpu(), labels.cpu(), chunk=batch["image"].shape[0])
     groups = gradient_groups(method)
     trainer.step(batch)  # warm-up; leaves gradients and seen prototypes to measure
-    timings: dict[str, list[float]] = {"training step": [], "gradient norms": [], "probe": [],
-                                       "prototype statistics": []}
+    timings: dict[str, list[float]] = {
+        "training step": [],
+        "gradient norms": [],
+        "probe": [],
+        "prototype statistics": [],
+    }
     memory = method.memory
     pixels = torch.nn.functional.normalize(torch.randn(4096, memory.prototypes.shape[1], device=device), dim=1)
     pixel_labels = torch.randint(0, memory.num_classes, (4096,), device=device)
@@ -62,7 +67,8 @@ def instrument_costs(args, label_space, batch: dict, device: torch.device, repea
         timings["gradient norms"].append(_timed(lambda: group_gradient_norms(groups), device))
         timings["probe"].append(_timed(lambda: probe(step), device))
         timings["prototype statistics"].append(
-            _timed(lambda: probe._prototype_metrics(memory, pixels, pixel_labels), device))
+            _timed(lambda: probe._prototype_metrics(memory, pixels, pixel_labels), device)
+        )
     return {name: statistics.median(values) for name, values in timings.items()}
 
 

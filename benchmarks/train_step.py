@@ -114,7 +114,9 @@ class Trainer:
         self.total_steps = args.warmup + args.repeats + 2
 
     def step(self, batch: dict) -> None:
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        ):
             out = self.model(batch)
         self.optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
@@ -389,11 +391,12 @@ def projection_report(args: argparse.Namespace, label_space: LabelSpace) -> list
     for utilisation in (0.25, 0.40):
         sustained = H100_BF16_DENSE_TFLOPS * utilisation * 1e12
         hours = total_flops / sustained / 3600
-        lines.append(f"| 1x H100 SXM | {utilisation:.0%} of {H100_BF16_DENSE_TFLOPS:.0f} TFLOP/s | "
-                     f"{hours:.0f} | {hours / 24:.1f} days |")
+        lines.append(
+            f"| 1x H100 SXM | {utilisation:.0%} of {H100_BF16_DENSE_TFLOPS:.0f} TFLOP/s | "
+            f"{hours:.0f} | {hours / 24:.1f} days |"
+        )
         scaled = hours / 0.9  # 90% data-parallel scaling efficiency on one node
-        lines.append(f"| 8x H100 SXM (90% scaling) | {utilisation:.0%} per GPU | {scaled:.0f} | "
-                     f"{scaled / 8:.1f} h |")
+        lines.append(f"| 8x H100 SXM (90% scaling) | {utilisation:.0%} per GPU | {scaled:.0f} | {scaled / 8:.1f} h |")
     return lines + [
         "",
         "Utilisation is an assumption, not a measurement: dilated ResNet-50 training in bf16 with "

@@ -54,8 +54,14 @@ def prefetch(name: str, *, cache_dir: str | os.PathLike | None = None, revision:
     repo_id = resolve_repo_id(name)
     require_fetchable(repo_id, cache_dir=cache_dir, revision=revision)
     try:
-        snapshot = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
-                                          allow_patterns=_DOWNLOADED + ["mdp_prototypes.safetensors"]))
+        snapshot = Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                cache_dir=cache_dir,
+                allow_patterns=_DOWNLOADED + ["mdp_prototypes.safetensors"],
+            )
+        )
     except (OSError, EntryNotFoundError) as err:  # OSError covers HTTP, offline and connection errors
         raise WeightsNotAvailableError(
             f"Hugging Face Hub repo '{repo_id}' could not be downloaded ({type(err).__name__}: {err})"

@@ -100,25 +100,45 @@ class Recipe:
 
 # Order matters: the first recipe is every architecture's default tag (timm convention).
 RECIPES: tuple[Recipe, ...] = (
-    Recipe("voc_ade20k_coco_200ep", ("voc", "ade20k", "coco_stuff"), 200,
-           paper_miou={"voc": 77.79, "ade20k": 42.69, "cityscapes": 80.64, "coco_stuff": 38.37},
-           note="the paper's headline model; COCO-Stuff is fine-tuned for 80k iterations"),
+    Recipe(
+        "voc_ade20k_coco_200ep",
+        ("voc", "ade20k", "coco_stuff"),
+        200,
+        paper_miou={"voc": 77.79, "ade20k": 42.69, "cityscapes": 80.64, "coco_stuff": 38.37},
+        note="the paper's headline model; COCO-Stuff is fine-tuned for 80k iterations",
+    ),
     Recipe("voc_ade20k_200ep", ("voc", "ade20k"), 200, paper_miou={"voc": 74.30, "ade20k": 40.83}),
-    Recipe("voc_ade20k_100ep", ("voc", "ade20k"), 100,
-           paper_miou={"voc": 73.32, "ade20k": 40.17, "cityscapes": 77.75},
-           note="ADE20K is quoted as 40.17 and 40.15 in two rebuttal drafts"),
-    Recipe("in1k_voc_ade20k_200ep", ("voc", "ade20k"), 200, init="imagenet",
-           paper_miou={"voc": 76.24, "ade20k": 41.93}),
-    Recipe("in1k_voc_ade20k_100ep", ("voc", "ade20k"), 100, init="imagenet",
-           paper_miou={"voc": 75.70, "ade20k": 41.57}),
+    Recipe(
+        "voc_ade20k_100ep",
+        ("voc", "ade20k"),
+        100,
+        paper_miou={"voc": 73.32, "ade20k": 40.17, "cityscapes": 77.75},
+        note="ADE20K is quoted as 40.17 and 40.15 in two rebuttal drafts",
+    ),
+    Recipe(
+        "in1k_voc_ade20k_200ep", ("voc", "ade20k"), 200, init="imagenet", paper_miou={"voc": 76.24, "ade20k": 41.93}
+    ),
+    Recipe(
+        "in1k_voc_ade20k_100ep", ("voc", "ade20k"), 100, init="imagenet", paper_miou={"voc": 75.70, "ade20k": 41.57}
+    ),
     Recipe("coco_100ep", ("coco_stuff",), 100, paper_miou={"voc": 76.85}),
     Recipe("in1k_coco_100ep", ("coco_stuff",), 100, init="imagenet", paper_miou={"voc": 77.56}),
     Recipe("voc_ade20k_cocounl_100ep", ("voc", "ade20k", "coco_unlabeled"), 100, paper_miou={"voc": 74.74}),
     Recipe("voc_100ep", ("voc",), 100, paper_miou={"voc": 70.92}),
-    Recipe("voc_200ep", ("voc",), 200, paper_miou={"voc": 70.56},
-           note="paper number measured with the pixel-to-prototype loss only (no mixing, no sparse coding)"),
-    Recipe("voc_400ep", ("voc",), 400, paper_miou={"voc": 72.26},
-           note="paper number measured with the pixel-to-prototype loss only (no mixing, no sparse coding)"),
+    Recipe(
+        "voc_200ep",
+        ("voc",),
+        200,
+        paper_miou={"voc": 70.56},
+        note="paper number measured with the pixel-to-prototype loss only (no mixing, no sparse coding)",
+    ),
+    Recipe(
+        "voc_400ep",
+        ("voc",),
+        400,
+        paper_miou={"voc": 72.26},
+        note="paper number measured with the pixel-to-prototype loss only (no mixing, no sparse coding)",
+    ),
 )
 RECIPES_BY_TAG = {recipe.tag: recipe for recipe in RECIPES}
 
@@ -165,12 +185,17 @@ def weights_not_available(repo_id: str, reason: str) -> WeightsNotAvailableError
     """The error for weights neither in the local cache nor fetchable (``reason``), saying how to get them."""
     name = repo_id.partition("/")[2]
     tag = name.partition(".")[2]
-    produce = (f"produce them with `python -m training.pretrain --recipe {tag}` then `mdp-hub export <run>/last.pth "
-               f"<out_dir> --tag {tag}` and `mdp-hub push {repo_id} <out_dir>`, or set "
-               f"{ORG_ENV_VAR} to the organisation hosting them" if tag in RECIPES_BY_TAG
-               else "check the repo id, or fill the cache with `mdp-hub prefetch` / `mdp-hub install-cache`")
-    return WeightsNotAvailableError(f"Pretrained weights '{name}' are not available: the Hugging Face Hub repo "
-                                    f"'{repo_id}' is not in the local cache and {reason}; {produce}.")
+    produce = (
+        f"produce them with `python -m training.pretrain --recipe {tag}` then `mdp-hub export <run>/last.pth "
+        f"<out_dir> --tag {tag}` and `mdp-hub push {repo_id} <out_dir>`, or set "
+        f"{ORG_ENV_VAR} to the organisation hosting them"
+        if tag in RECIPES_BY_TAG
+        else "check the repo id, or fill the cache with `mdp-hub prefetch` / `mdp-hub install-cache`"
+    )
+    return WeightsNotAvailableError(
+        f"Pretrained weights '{name}' are not available: the Hugging Face Hub repo "
+        f"'{repo_id}' is not in the local cache and {reason}; {produce}."
+    )
 
 
 def get_recipe(tag: str) -> Recipe:

@@ -75,7 +75,9 @@ def load_file(path: str | os.PathLike) -> dict[str, Any]:
     except (RuntimeError, EOFError, OSError) as err:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {err}") from None
     if not isinstance(content, dict):
-        raise CheckpointError(f"{path}: expected a dict of tensors or a checkpoint dict, found {type(content).__name__}")
+        raise CheckpointError(
+            f"{path}: expected a dict of tensors or a checkpoint dict, found {type(content).__name__}"
+        )
     return content
 
 
@@ -110,12 +112,14 @@ def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, 
 
 def split_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Entries under ``prefix`` with the prefix removed, and the names of all other entries."""
-    inside = {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
+    inside = {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
     outside = [key for key in state_dict if not key.startswith(prefix)]
     return inside, outside
 
 
-def unwrap_state_dict(content: Mapping[str, Any], *, source: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str | None]:
+def unwrap_state_dict(
+    content: Mapping[str, Any], *, source: str | os.PathLike
+) -> tuple[dict[str, torch.Tensor], str | None]:
     """The flat tensor dict inside a file's content and the backbone prefix the file declares.
 
     Training checkpoints declare ``backbone_prefix``; other checkpoints may nest the state dict under

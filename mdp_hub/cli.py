@@ -39,14 +39,24 @@ COMMANDS = {
 
 
 def _export_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src", type=Path, metavar="SRC", help="training checkpoint (.pth) or state dict (.safetensors, .pth)")
-    p.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder to write (created; may hold an earlier export)")
-    p.add_argument("--tag", help="weight tag, the part after the dot in mdp_resnet50.TAG; a paper recipe tag "
-                                 "(mdp-hub list) is kept only for a completed run of that recipe")
-    p.add_argument("--metrics", help='downstream results as JSON or a JSON file, e.g. {"dataset": "ADE20K", "mIoU": 42.1}')
+    p.add_argument(
+        "src", type=Path, metavar="SRC", help="training checkpoint (.pth) or state dict (.safetensors, .pth)"
+    )
+    p.add_argument(
+        "out_dir", type=Path, metavar="OUT_DIR", help="folder to write (created; may hold an earlier export)"
+    )
+    p.add_argument(
+        "--tag",
+        help="weight tag, the part after the dot in mdp_resnet50.TAG; a paper recipe tag "
+        "(mdp-hub list) is kept only for a completed run of that recipe",
+    )
+    p.add_argument(
+        "--metrics", help='downstream results as JSON or a JSON file, e.g. {"dataset": "ADE20K", "mIoU": 42.1}'
+    )
     p.add_argument("--arch", help="timm architecture of a plain state dict (default: inferred from its tensors)")
-    p.add_argument("--org", help=f"Hub organisation named in the card (default: ${catalog.ORG_ENV_VAR} or "
-                                 f"{catalog.DEFAULT_ORG})")
+    p.add_argument(
+        "--org", help=f"Hub organisation named in the card (default: ${catalog.ORG_ENV_VAR} or {catalog.DEFAULT_ORG})"
+    )
 
 
 def _push_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,15 +86,19 @@ def _prefetch_arguments(p: argparse.ArgumentParser) -> None:
 
 def _segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files to segment")
-    p.add_argument("--model", required=True,
-                   help="export folder with prototypes, MDP pretraining checkpoint, or Hub repo ORG/NAME")
+    p.add_argument(
+        "--model", required=True, help="export folder with prototypes, MDP pretraining checkpoint, or Hub repo ORG/NAME"
+    )
     p.add_argument("--out", required=True, type=Path, help="folder for the overlays (<image stem>.png)")
     p.add_argument("--dataset", help="restrict predictions to one pretraining dataset's classes, e.g. voc")
 
 
 def _install_cache_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("repo_id", metavar="REPO_ID", help="ORG/NAME the folder is installed as, e.g. "
-                                                      "mdp-hub/mdp_resnet50.voc_ade20k_200ep")
+    p.add_argument(
+        "repo_id",
+        metavar="REPO_ID",
+        help="ORG/NAME the folder is installed as, e.g. mdp-hub/mdp_resnet50.voc_ade20k_200ep",
+    )
     p.add_argument("folder", type=Path, metavar="EXPORT_DIR", help="folder written by mdp-hub export")
     p.add_argument("--cache-dir", type=Path, help="Hugging Face cache to fill (default: $HF_HUB_CACHE)")
 
@@ -108,9 +122,12 @@ ARGUMENTS = {  # command -> what adds its arguments
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mdp-hub", description=DESCRIPTION, formatter_class=HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
-    add = {name: commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".",
-                                     formatter_class=HelpFormatter)
-           for name, text in COMMANDS.items()}
+    add = {
+        name: commands.add_parser(
+            name, help=text, description=text[0].upper() + text[1:] + ".", formatter_class=HelpFormatter
+        )
+        for name, text in COMMANDS.items()
+    }
     for name, add_arguments in ARGUMENTS.items():
         add_arguments(add[name])
     return parser

@@ -103,8 +103,9 @@ def export(
         _publish_staged(staging, out_dir)
     except OSError as err:
         if publishing:
-            raise write_error(out_dir, err, "export again: until then the checksums make mdp_hub refuse the "
-                                            "half-updated folder") from err
+            raise write_error(
+                out_dir, err, "export again: until then the checksums make mdp_hub refuse the half-updated folder"
+            ) from err
         staged_name = Path(err.filename).name if err.filename else ""
         raise write_error(out_dir / staged_name, err, f"{out_dir} is unchanged") from err
     finally:
@@ -152,8 +153,12 @@ def _plan_export(src: Path, tag: str | None, results: list, arch: str | None) ->
     crop = data_config.get("crop_size")
     input_size = (3, int(crop[0]), int(crop[1])) if crop else catalog.INPUT_SIZE
     with torch.device("meta"):  # names, shapes and config only; the real load happens in verify_export
-        model = timm.create_model(arch, num_classes=0, pretrained=False,
-                                  pretrained_cfg=_pretrained_cfg(arch, model_name, tag, run, input_size, mean, std))
+        model = timm.create_model(
+            arch,
+            num_classes=0,
+            pretrained=False,
+            pretrained_cfg=_pretrained_cfg(arch, model_name, tag, run, input_size, mean, std),
+        )
     problems = state_dict_mismatch(backbone, model.state_dict())
     if problems:
         raise CheckpointError(f"{src}: backbone does not fit timm {arch}: {problems}")
@@ -162,8 +167,23 @@ def _plan_export(src: Path, tag: str | None, results: list, arch: str | None) ->
 
     label_space = content.get("label_space") if training else None
     prototypes = extract_prototypes(state_dict, label_space, source=src) if training else None
-    return _ExportPlan(src, content, training, run, tag, arch, model_name, model, tensors, label_space, prototypes,
-                       input_size, mean, std, results)
+    return _ExportPlan(
+        src,
+        content,
+        training,
+        run,
+        tag,
+        arch,
+        model_name,
+        model,
+        tensors,
+        label_space,
+        prototypes,
+        input_size,
+        mean,
+        std,
+        results,
+    )
 
 
 def _write_weights(plan: _ExportPlan, staging: Path) -> dict[str, str]:
@@ -174,8 +194,11 @@ def _write_weights(plan: _ExportPlan, staging: Path) -> dict[str, str]:
     if plan.prototypes is not None:
         names = class_names_sha256(class_names_of(plan.label_space, source=plan.source))
         # one metadata entry only: safetensors writes several in a random order, and exports are byte-stable
-        _write_tensors(staging / PROTOTYPES_FILENAME, {k: _as_stored(v) for k, v in plan.prototypes.items()},
-                       {CLASS_NAMES_KEY: names})
+        _write_tensors(
+            staging / PROTOTYPES_FILENAME,
+            {k: _as_stored(v) for k, v in plan.prototypes.items()},
+            {CLASS_NAMES_KEY: names},
+        )
         checksums[PROTOTYPES_FILENAME] = sha256_file(staging / PROTOTYPES_FILENAME)
     return checksums
 
@@ -200,19 +223,33 @@ def _write_config(plan: _ExportPlan, staging: Path, checksums: dict[str, str]) -
         "prototypes_file": PROTOTYPES_FILENAME if plan.prototypes is not None else None,
         "training_config": plan.content.get("config") if plan.training else None,
     }
-    _save_hf_config(model, staging / CONFIG_FILENAME, mdp_section,
-                    data_config={"input_size": plan.input_size, "mean": plan.mean, "std": plan.std,
-                                 "crop_pct": 1.0, "interpolation": "bilinear"})
+    _save_hf_config(
+        model,
+        staging / CONFIG_FILENAME,
+        mdp_section,
+        data_config={
+            "input_size": plan.input_size,
+            "mean": plan.mean,
+            "std": plan.std,
+            "crop_pct": 1.0,
+            "interpolation": "bilinear",
+        },
+    )
 
 
 def _write_card(plan: _ExportPlan, staging: Path, org: str, sha256: str) -> None:
     """The model card ``README.md``."""
     model_name, tag, run = plan.model_name, plan.tag, plan.run
     card = CardInfo(
-        model_name=model_name, arch=plan.arch, tag=tag,
+        model_name=model_name,
+        arch=plan.arch,
+        tag=tag,
         repo_id=f"{org}/{model_name}.{tag}" if tag else f"{org}/{model_name}",
-        sha256=sha256, params_m=sum(t.numel() for t in plan.tensors.values() if t.is_floating_point()) / 1e6,
-        input_size=plan.input_size, mean=plan.mean, std=plan.std,
+        sha256=sha256,
+        params_m=sum(t.numel() for t in plan.tensors.values() if t.is_floating_point()) / 1e6,
+        input_size=plan.input_size,
+        mean=plan.mean,
+        std=plan.std,
         training_text=_training_text(run, plan.label_space),
         dataset_keys=run.dataset_keys if run else (),
         results=plan.results,
@@ -237,7 +274,9 @@ def verify_export(
     if prototypes is not None:
         stored = load_safetensors(str(out_dir / PROTOTYPES_FILENAME))
         problems = "; ".join(filter(None, [problems, state_dict_mismatch(stored, prototypes)]))
-        differing += [key for key in prototypes if key in stored and not torch.equal(stored[key], _as_stored(prototypes[key]))]
+        differing += [
+            key for key in prototypes if key in stored and not torch.equal(stored[key], _as_stored(prototypes[key]))
+        ]
     if problems or differing:
         raise CheckpointError(f"{out_dir}: export verification failed: {problems or ''} differing tensors {differing}")
 
@@ -261,18 +300,32 @@ def _resolve_arch(arch: str | None, backbone: Mapping[str, torch.Tensor], *, sou
         return match_architecture(backbone, list(_MODEL_NAMES), source=source)
     arch = catalog.ARCHITECTURES.get(arch, arch)
     if arch not in _MODEL_NAMES:
-        raise CheckpointError(f"{source}: architecture {arch!r} is not exportable; supported: {', '.join(_MODEL_NAMES)}")
+        raise CheckpointError(
+            f"{source}: architecture {arch!r} is not exportable; supported: {', '.join(_MODEL_NAMES)}"
+        )
     return arch
 
 
 def _pretrained_cfg(
-    arch: str, model_name: str, tag: str | None, run: RunRecord | None, input_size: tuple[int, int, int],
-    mean: tuple, std: tuple,
+    arch: str,
+    model_name: str,
+    tag: str | None,
+    run: RunRecord | None,
+    input_size: tuple[int, int, int],
+    mean: tuple,
+    std: tuple,
 ) -> dict[str, Any]:
     registered_tag = tag if tag in catalog.RECIPES_BY_TAG else catalog.DEFAULT_TAG
     cfg = timm.models.get_pretrained_cfg(f"{model_name}.{registered_tag}").to_dict()
-    cfg.update(architecture=arch, tag=tag, input_size=input_size, pool_size=(input_size[1] // 32, input_size[2] // 32),
-               mean=mean, std=std, hf_hub_id=None)
+    cfg.update(
+        architecture=arch,
+        tag=tag,
+        input_size=input_size,
+        pool_size=(input_size[1] // 32, input_size[2] // 32),
+        mean=mean,
+        std=std,
+        hf_hub_id=None,
+    )
     if tag not in catalog.RECIPES_BY_TAG:  # the recipe's description is only claimed by a completed run of it
         cfg["description"] = "MDP backbone from a custom run" + (f": {run.summary()}" if run else "")
     return cfg
@@ -283,26 +336,39 @@ def _recipe_dict(tag: str | None) -> dict[str, Any] | None:
     recipe = catalog.RECIPES_BY_TAG.get(tag.removesuffix(PARTIAL_SUFFIX)) if tag else None
     if recipe is None:
         return None
-    return {"tag": recipe.tag, "datasets": list(recipe.datasets), "epochs": recipe.epochs, "init": recipe.init,
-            "description": recipe.description}
+    return {
+        "tag": recipe.tag,
+        "datasets": list(recipe.datasets),
+        "epochs": recipe.epochs,
+        "init": recipe.init,
+        "description": recipe.description,
+    }
 
 
 def _source_dict(content: Mapping[str, Any], training: bool) -> dict[str, Any]:
     if not training:
         return {"kind": "state-dict"}
-    return {"kind": f"train-checkpoint/{content.get('kind', 'unknown')}", "step": content.get("step"),
-            "epoch": content.get("epoch"), "backbone_prefix": content.get("backbone_prefix")}
+    return {
+        "kind": f"train-checkpoint/{content.get('kind', 'unknown')}",
+        "step": content.get("step"),
+        "epoch": content.get("epoch"),
+        "backbone_prefix": content.get("backbone_prefix"),
+    }
 
 
 def _training_text(run: RunRecord | None, label_space: Mapping[str, Any] | None) -> str:
     if run is None:
         return "Exported from a plain state dict: no training metadata was available."
-    text = (f"Exported from a checkpoint of mdp-hub's trainer: {run.summary()} The resolved training configuration "
-            "is stored in `config.json` under `mdp.training_config`, what ran under `mdp.run`.")
+    text = (
+        f"Exported from a checkpoint of mdp-hub's trainer: {run.summary()} The resolved training configuration "
+        "is stored in `config.json` under `mdp.training_config`, what ran under `mdp.run`."
+    )
     if isinstance(label_space, Mapping) and isinstance(label_space.get("datasets"), list):
         parts = [f"{d.get('name')} ({len(d.get('class_names', []))} classes)" for d in label_space["datasets"]]
-        text += (f" Pretraining label space: {label_space.get('num_classes')} global classes from "
-                 f"{', '.join(parts)}, concatenated as in the paper.")
+        text += (
+            f" Pretraining label space: {label_space.get('num_classes')} global classes from "
+            f"{', '.join(parts)}, concatenated as in the paper."
+        )
     return text
 
 
@@ -336,8 +402,11 @@ def _fsync_file(path: Path) -> None:
 
 
 def _check_out_dir(out_dir: Path) -> None:
-    foreign = sorted(p.name for p in out_dir.iterdir()
-                     if p.name not in EXPORT_FILES and not p.name.startswith(STAGING_PREFIX))
+    foreign = sorted(
+        p.name for p in out_dir.iterdir() if p.name not in EXPORT_FILES and not p.name.startswith(STAGING_PREFIX)
+    )
     if foreign:
-        raise FileExistsError(f"{out_dir}: not empty and not an earlier export (found {', '.join(foreign[:5])}); "
-                              "choose a new output folder")
+        raise FileExistsError(
+            f"{out_dir}: not empty and not an earlier export (found {', '.join(foreign[:5])}); "
+            "choose a new output folder"
+        )

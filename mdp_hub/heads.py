@@ -30,12 +30,15 @@ class DenseProjectionHead(nn.Module):
         return self.out(self.act(self.bn(self.proj(x))))
 
 
-def load_dense_projection_head(state_dict: Mapping[str, torch.Tensor], in_channels: int, *, source: str
-                               ) -> DenseProjectionHead:
+def load_dense_projection_head(
+    state_dict: Mapping[str, torch.Tensor], in_channels: int, *, source: str
+) -> DenseProjectionHead:
     """A :class:`DenseProjectionHead` sized from its tensors (keys ``proj``/``bn``/``out``) and loaded strictly."""
     if "proj.weight" not in state_dict or "out.weight" not in state_dict:
-        raise CheckpointError(f"{source}: projection head has tensors {sorted(state_dict)}; expected the dense "
-                              "head's proj.weight, bn.*, out.weight, out.bias")
+        raise CheckpointError(
+            f"{source}: projection head has tensors {sorted(state_dict)}; expected the dense "
+            "head's proj.weight, bn.*, out.weight, out.bias"
+        )
     hidden, width = state_dict["proj.weight"].shape[:2]
     embed_dim = state_dict["out.weight"].shape[0]
     if width != in_channels:

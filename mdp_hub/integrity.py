@@ -123,9 +123,13 @@ def verify_export_files(folder: str | os.PathLike) -> list[str]:
             lines.append(f"class names in {CONFIG_FILENAME}: the ones {prototypes} was exported with")
         except CheckpointError:
             problems.append(f"the class names in {CONFIG_FILENAME} are not the ones {prototypes} was exported with")
-    lines += [f"{path.name}: not checksummed" for path in sorted(folder.iterdir())
-              if path.is_file() and path.name not in recorded and path.name != CONFIG_FILENAME]
+    lines += [
+        f"{path.name}: not checksummed"
+        for path in sorted(folder.iterdir())
+        if path.is_file() and path.name not in recorded and path.name != CONFIG_FILENAME
+    ]
     if problems:
-        raise CheckpointError(f"{folder}: " + "; ".join(problems) + ": modified or corrupted after export; "
-                              "re-download or re-export it")
+        raise CheckpointError(
+            f"{folder}: " + "; ".join(problems) + ": modified or corrupted after export; re-download or re-export it"
+        )
     return lines

@@ -40,12 +40,16 @@ def list_weights(*, cache_dir: str | os.PathLike | None = None) -> list[WeightIn
 
 def format_table(rows: list[WeightInfo]) -> str:
     """Markdown table of ``rows`` (readable in a terminal, pasteable into docs)."""
-    lines = ["| weights | pretraining data | epochs | init | paper mIoU (R-50) | published | cached |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| weights | pretraining data | epochs | init | paper mIoU (R-50) | published | cached |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         miou = ", ".join(f"{catalog.DATASETS[k].name.split(' ')[0]} {v:.2f}" for k, v in row.paper_miou.items())
-        lines.append(f"| {row.name} | {row.recipe.dataset_names} | {row.recipe.epochs} | {row.recipe.init} | "
-                     f"{miou or '-'} | {_yes_no(row.published)} | {_yes_no(row.cached)} |")
+        lines.append(
+            f"| {row.name} | {row.recipe.dataset_names} | {row.recipe.epochs} | {row.recipe.init} | "
+            f"{miou or '-'} | {_yes_no(row.published)} | {_yes_no(row.cached)} |"
+        )
     return "\n".join(lines)
 
 

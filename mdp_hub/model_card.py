@@ -33,16 +33,28 @@ class DownstreamResult:
         missing = {"dataset", "mIoU"} - set(entry)
         if unknown or missing:
             raise ValueError(
-                f"metrics entry {dict(entry)!r}: " + "; ".join(
-                    filter(None, [f"unknown keys {sorted(unknown)}" if unknown else "",
-                                  f"missing keys {sorted(missing)}" if missing else ""])
-                ) + f" (allowed: {sorted(METRIC_KEYS)})"
+                f"metrics entry {dict(entry)!r}: "
+                + "; ".join(
+                    filter(
+                        None,
+                        [
+                            f"unknown keys {sorted(unknown)}" if unknown else "",
+                            f"missing keys {sorted(missing)}" if missing else "",
+                        ],
+                    )
+                )
+                + f" (allowed: {sorted(METRIC_KEYS)})"
             )
         miou = entry["mIoU"]
         if isinstance(miou, bool) or not isinstance(miou, (int, float)) or not 0.0 <= miou <= 100.0:
             raise ValueError(f"metrics entry {dict(entry)!r}: mIoU must be a number in [0, 100] (percent)")
-        return cls(str(entry["dataset"]), float(miou), str(entry.get("split", "validation")),
-                   entry.get("source_name"), entry.get("source_url"))
+        return cls(
+            str(entry["dataset"]),
+            float(miou),
+            str(entry.get("split", "validation")),
+            entry.get("source_name"),
+            entry.get("source_url"),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out = {"dataset": self.dataset, "mIoU": self.miou, "split": self.split}
@@ -51,11 +63,17 @@ class DownstreamResult:
 
     def eval_result(self) -> EvalResult:
         known = _dataset_by_name(self.dataset)
-        dataset_type = (known.hub_id if known and known.hub_id else re.sub(r"[^a-z0-9]+", "_", self.dataset.lower()))
+        dataset_type = known.hub_id if known and known.hub_id else re.sub(r"[^a-z0-9]+", "_", self.dataset.lower())
         return EvalResult(
-            task_type="image-segmentation", dataset_type=dataset_type, dataset_name=self.dataset,
-            dataset_split=self.split, metric_type="mean_iou", metric_name="mIoU", metric_value=self.miou,
-            source_name=self.source_name, source_url=self.source_url,
+            task_type="image-segmentation",
+            dataset_type=dataset_type,
+            dataset_name=self.dataset,
+            dataset_split=self.split,
+            metric_type="mean_iou",
+            metric_name="mIoU",
+            metric_value=self.miou,
+            source_name=self.source_name,
+            source_url=self.source_url,
         )
 
 
@@ -105,8 +123,10 @@ class CardInfo:
         if self.recipe:
             return self.recipe.description
         if self.partial_recipe:
-            return (f"a partial run of the `{self.partial_recipe.tag}` recipe ({self.partial_recipe.description}); "
-                    "not the recipe's weights, see Training")
+            return (
+                f"a partial run of the `{self.partial_recipe.tag}` recipe ({self.partial_recipe.description}); "
+                "not the recipe's weights, see Training"
+            )
         return "custom run (no paper recipe tag); see Training"
 
 
@@ -158,23 +178,34 @@ def _summary(info: CardInfo) -> str:
         what = f"Weights from {info.recipe_text.split(';')[0]}, not the finished recipe."
     else:
         what = "Weights from a custom MDP run."
-    return (f"A {info.arch} backbone pretrained with Multi-Dataset Pretraining (MDP, {catalog.PAPER_ID}) for "
-            f"semantic segmentation. {what}")
+    return (
+        f"A {info.arch} backbone pretrained with Multi-Dataset Pretraining (MDP, {catalog.PAPER_ID}) for "
+        f"semantic segmentation. {what}"
+    )
 
 
 def _evaluation_text(info: CardInfo) -> str:
     lines = []
     if info.results:
-        lines += ["Downstream results of **these weights** (also in the `model-index` metadata):", "",
-                  "| dataset | split | mIoU (%) |", "|---|---|---|"]
+        lines += [
+            "Downstream results of **these weights** (also in the `model-index` metadata):",
+            "",
+            "| dataset | split | mIoU (%) |",
+            "|---|---|---|",
+        ]
         lines += [f"| {r.dataset} | {r.split} | {r.miou:.2f} |" for r in info.results]
     else:
         lines.append("No downstream evaluation of these weights has been recorded yet.")
     paper = catalog.paper_miou(info.model_name, info.tag) if info.recipe else {}
     if paper:
-        lines += ["", "For reference, **the paper's numbers** for a ResNet-50 pretrained with this recipe (DeepLab-style "
-                  "fine-tuning in MMSegmentation, single scale; not measured on these weights):", "",
-                  "| dataset | paper mIoU (%) | paper's supervised ImageNet baseline |", "|---|---|---|"]
+        lines += [
+            "",
+            "For reference, **the paper's numbers** for a ResNet-50 pretrained with this recipe (DeepLab-style "
+            "fine-tuning in MMSegmentation, single scale; not measured on these weights):",
+            "",
+            "| dataset | paper mIoU (%) | paper's supervised ImageNet baseline |",
+            "|---|---|---|",
+        ]
         for key, value in paper.items():
             baseline = catalog.PAPER_IMAGENET_BASELINE_MIOU.get(key)
             lines.append(f"| {catalog.DATASETS[key].name} | {value:.2f} | {f'{baseline:.2f}' if baseline else 'n/a'} |")
@@ -183,4 +214,6 @@ def _evaluation_text(info: CardInfo) -> str:
 
 def _dataset_by_name(name: str) -> catalog.Dataset | None:
     lowered = name.lower()
-    return next((d for d in catalog.DATASETS.values() if lowered in (d.key, d.name.lower(), d.name.split(" ")[0].lower())), None)
+    return next(
+        (d for d in catalog.DATASETS.values() if lowered in (d.key, d.name.lower(), d.name.split(" ")[0].lower())), None
+    )

@@ -35,7 +35,9 @@ def present_classes(result: PrototypeSegmentation) -> list[tuple[int, str, float
 def render_overlay(image: Image.Image, result: PrototypeSegmentation, alpha: float = 0.5) -> Image.Image:
     """``image | blend | legend`` for an RGB image and its ``[H, W]`` segmentation."""
     if result.labels.shape != (image.height, image.width):
-        raise ValueError(f"labels {tuple(result.labels.shape)} do not match the image size {image.height}x{image.width}")
+        raise ValueError(
+            f"labels {tuple(result.labels.shape)} do not match the image size {image.height}x{image.width}"
+        )
     palette = np.array([class_colour(name) for name in result.class_names] + [NO_CLASS_COLOUR], dtype=np.uint8)
     labels = result.labels.cpu().numpy()
     colours = palette[np.where(labels >= 0, labels, len(result.class_names))]
@@ -56,14 +58,19 @@ def render_overlay(image: Image.Image, result: PrototypeSegmentation, alpha: flo
     left = 2 * image.width + MARGIN
     for row, ((index, name, _), text) in enumerate(zip(rows, texts)):
         top = MARGIN + row * ROW_HEIGHT
-        draw.rectangle([left, top, left + SWATCH, top + SWATCH], fill=tuple(int(v) for v in palette[index]),
-                       outline=(0, 0, 0))
+        draw.rectangle(
+            [left, top, left + SWATCH, top + SWATCH], fill=tuple(int(v) for v in palette[index]), outline=(0, 0, 0)
+        )
         draw.text((left + SWATCH + MARGIN, top), text, fill=(0, 0, 0), font=font)
     return canvas
 
 
-def segment_files(segmenter: PrototypeSegmenter, images: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-                  restrict_to: str | None = None) -> list[tuple[Path, list[tuple[int, str, float]]]]:
+def segment_files(
+    segmenter: PrototypeSegmenter,
+    images: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    restrict_to: str | None = None,
+) -> list[tuple[Path, list[tuple[int, str, float]]]]:
     """Write ``<out_dir>/<image stem>.png`` overlays; returns each written path with its present classes.
 
     Every file is checked to be an image before any overlay is written, so a bad file fails the whole call

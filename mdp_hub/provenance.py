@@ -53,13 +53,16 @@ class RunRecord:
         train, data, method, init = (_section(config, name) for name in ("train", "data", "method", "init"))
         label_space = content.get("label_space") or {}
         progress = content.get("progress") or {}
-        configured_epochs = sum(int(stage.get("epochs", 0)) for stage in train.get("stages") or []) or train.get("epochs")
+        configured_epochs = sum(int(stage.get("epochs", 0)) for stage in train.get("stages") or []) or train.get(
+            "epochs"
+        )
         return cls(
             kind=str(content.get("kind", "unknown")),
             recipe=config.get("name"),
             method=method.get("name"),
-            datasets=tuple(str(d["name"]) for d in label_space.get("datasets", []) if isinstance(d, Mapping)
-                           and d.get("name")),
+            datasets=tuple(
+                str(d["name"]) for d in label_space.get("datasets", []) if isinstance(d, Mapping) and d.get("name")
+            ),
             data_specs=tuple(data.get("datasets") or ()),
             unlabeled_folders=len(data.get("unlabeled") or ()),
             init=init.get("pretrained") or "random",
@@ -85,10 +88,16 @@ class RunRecord:
 
     def summary(self) -> str:
         """One sentence on what ran, e.g. for the model card."""
-        epochs = (f"{self.epochs_completed} of {self.schedule_epochs} epochs"
-                  if self.epochs_completed is not None else f"{self.schedule_epochs} epochs scheduled")
-        steps = (f"{self.steps_done} of {self.schedule_steps} steps" if self.schedule_steps is not None
-                 else f"{self.steps_done} steps (schedule not recorded)")
+        epochs = (
+            f"{self.epochs_completed} of {self.schedule_epochs} epochs"
+            if self.epochs_completed is not None
+            else f"{self.schedule_epochs} epochs scheduled"
+        )
+        steps = (
+            f"{self.steps_done} of {self.schedule_steps} steps"
+            if self.schedule_steps is not None
+            else f"{self.steps_done} steps (schedule not recorded)"
+        )
         state = "completed" if self.completed else "not completed"
         if not self.completed and self.max_steps and self.steps_done >= self.max_steps:
             state += f": capped by train.max_steps={self.max_steps}"
@@ -97,8 +106,10 @@ class RunRecord:
             data += f" + {self.unlabeled_folders} unlabeled folder(s)"
         if SYNTHETIC_DATA in self.data_specs:
             data += " (the synthetic benchmark)"
-        return (f"{self.kind} run of recipe '{self.recipe}' (method {self.method}) on {data}, init {self.init}: "
-                f"{steps}, {epochs}, {state}.")
+        return (
+            f"{self.kind} run of recipe '{self.recipe}' (method {self.method}) on {data}, init {self.init}: "
+            f"{steps}, {epochs}, {state}."
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "completed": self.completed, "dataset_keys": list(self.dataset_keys)}
@@ -119,10 +130,15 @@ def recipe_differences(recipe: catalog.Recipe, run: RunRecord | None) -> list[st
         (run.recipe == recipe.tag, f"the run's recipe is '{run.recipe}'"),
         (run.method == "mdp", f"the run's method is '{run.method}'"),
         (SYNTHETIC_DATA not in run.data_specs, "it trained on the synthetic benchmark"),
-        (set(run.dataset_keys) == set(recipe.datasets),
-         f"it trained on {', '.join(run.datasets) or 'nothing'}, not {recipe.dataset_names}"),
+        (
+            set(run.dataset_keys) == set(recipe.datasets),
+            f"it trained on {', '.join(run.datasets) or 'nothing'}, not {recipe.dataset_names}",
+        ),
         ((run.init == "random") == (wanted_init == "random"), f"its init is {run.init}, not {wanted_init}"),
-        (run.schedule_epochs == recipe.epochs, f"it was scheduled for {run.schedule_epochs} epochs, not {recipe.epochs}"),
+        (
+            run.schedule_epochs == recipe.epochs,
+            f"it was scheduled for {run.schedule_epochs} epochs, not {recipe.epochs}",
+        ),
     ]
     return [problem for ok, problem in checks if not ok]
 

@@ -32,14 +32,20 @@ class UploadPlan:
     private: bool
 
     def describe(self) -> str:
-        lines = [f"repo {self.repo_id} ({'private' if self.private else 'public'}), "
-                 f"branch {self.revision or 'main'}" + (f", tag {self.tag}" if self.tag else "")]
+        lines = [
+            f"repo {self.repo_id} ({'private' if self.private else 'public'}), "
+            f"branch {self.revision or 'main'}" + (f", tag {self.tag}" if self.tag else "")
+        ]
         lines += [f"  {name}  {size} bytes" for name, size in self.files]
         return "\n".join(lines)
 
 
 def plan_upload(
-    folder: str | os.PathLike, repo_id: str, *, revision: str | None = None, tag: str | None = None,
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    tag: str | None = None,
     private: bool = False,
 ) -> UploadPlan:
     """Check ``folder`` is a complete export and list what a push would upload (no network)."""

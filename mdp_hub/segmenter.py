@@ -127,9 +127,18 @@ class PrototypeSegmenter(nn.Module):
         restrict_to: default dataset to restrict predictions to (None = all classes).
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, prototypes: torch.Tensor,
-                 label_space: Mapping[str, Any], *, mean: Sequence[float], std: Sequence[float],
-                 tau: float = DEFAULT_TAU, restrict_to: str | None = None):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        prototypes: torch.Tensor,
+        label_space: Mapping[str, Any],
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        tau: float = DEFAULT_TAU,
+        restrict_to: str | None = None,
+    ):
         super().__init__()
         self.class_names = list(label_space["class_names"])
         if prototypes.ndim != 2 or prototypes.shape[0] != len(self.class_names):
@@ -145,15 +154,22 @@ class PrototypeSegmenter(nn.Module):
             raise ValueError("every prototype is zero: the checkpoint was saved before any class was seen")
         self.tau = float(tau)
         self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
-        self.transform = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-                                     v2.Normalize(self.mean, self.std)])
+        self.transform = v2.Compose(
+            [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
+        )
         self.restrict_to = None if restrict_to is None else self.resolve_dataset(restrict_to)
 
     # ---- loading ------------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, source: str | os.PathLike, *, restrict_to: str | None = None,
-                        output_stride: int | None = None, revision: str | None = None,
-                        cache_dir: str | os.PathLike | None = None) -> "PrototypeSegmenter":
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike,
+        *,
+        restrict_to: str | None = None,
+        output_stride: int | None = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> "PrototypeSegmenter":
         """Load from an export folder, a pretraining checkpoint file, or a Hub repo (``ORG/NAME`` or
         ``mdp_resnet50[.tag]``), in eval mode.
 
@@ -181,27 +197,44 @@ class PrototypeSegmenter(nn.Module):
             raise CheckpointError(f"{folder / CONFIG_FILENAME}: needs 'architecture' and pretrained_cfg mean/std")
         method = (mdp.get("training_config") or {}).get("method") or {}
         verify_checksum(folder / WEIGHTS_FILENAME)  # timm's local-dir: route does not check it
-        backbone = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True, num_classes=0,
-                                     global_pool="", output_stride=output_stride or _stride_of(method))
+        backbone = timm.create_model(
+            f"local-dir:{folder.resolve()}",
+            pretrained=True,
+            num_classes=0,
+            global_pool="",
+            output_stride=output_stride or _stride_of(method),
+        )
         head = load_dense_projection_head(head_state, backbone.num_features, source=str(folder))
-        return cls(backbone, head, prototypes, label_space, mean=cfg["mean"], std=cfg["std"], tau=_tau_of(method),
-                   restrict_to=restrict_to)
+        return cls(
+            backbone,
+            head,
+            prototypes,
+            label_space,
+            mean=cfg["mean"],
+            std=cfg["std"],
+            tau=_tau_of(method),
+            restrict_to=restrict_to,
+        )
 
     @classmethod
     def _from_checkpoint(cls, path: Path, restrict_to, output_stride) -> "PrototypeSegmenter":
         content = load_file(path)
         if not is_training_checkpoint(content):
-            raise CheckpointError(f"{path}: not an mdp-hub training checkpoint; the prototype segmenter needs an "
-                                  "MDP pretraining checkpoint, or an export folder made from one")
+            raise CheckpointError(
+                f"{path}: not an mdp-hub training checkpoint; the prototype segmenter needs an "
+                "MDP pretraining checkpoint, or an export folder made from one"
+            )
         state_dict, prefix = unwrap_state_dict(content, source=path)
         tensors = extract_prototypes(state_dict, content.get("label_space"), source=path)
         if tensors is None:
             raise PrototypesNotFoundError(
                 f"{path}: a {content.get('kind', 'unknown')} checkpoint without {PROTOTYPES_KEY} / {HEAD_PREFIX}* "
-                "entries; only MDP pretraining checkpoints carry class prototypes")
+                "entries; only MDP pretraining checkpoints carry class prototypes"
+            )
         method = (content.get("config") or {}).get("method") or {}
-        backbone = timm.create_model(content["arch"], num_classes=0, global_pool="",
-                                     output_stride=output_stride or _stride_of(method))
+        backbone = timm.create_model(
+            content["arch"], num_classes=0, global_pool="", output_stride=output_stride or _stride_of(method)
+        )
         weights, _ = select_backbone(state_dict, prefix=prefix, source=path)
         weights = {key: value for key, value in weights.items() if not key.startswith("fc.")}
         verify_state_dict(weights, backbone, source=path)
@@ -211,8 +244,16 @@ class PrototypeSegmenter(nn.Module):
         data_config = content.get("data_config") or {}
         if "mean" not in data_config or "std" not in data_config:
             raise CheckpointError(f"{path}: data_config has no mean/std to preprocess images with")
-        return cls(backbone, head, tensors["prototypes"], content["label_space"], mean=data_config["mean"],
-                   std=data_config["std"], tau=_tau_of(method), restrict_to=restrict_to)
+        return cls(
+            backbone,
+            head,
+            tensors["prototypes"],
+            content["label_space"],
+            mean=data_config["mean"],
+            std=data_config["std"],
+            tau=_tau_of(method),
+            restrict_to=restrict_to,
+        )
 
     @classmethod
     def _from_hub(cls, name: str, restrict_to, output_stride, revision, cache_dir) -> "PrototypeSegmenter":
@@ -230,8 +271,10 @@ class PrototypeSegmenter(nn.Module):
             return name
         matches = [d for d in self.dataset_names if d.startswith(name)]
         if len(matches) != 1:
-            raise ValueError(f"restrict_to={name!r}: {'ambiguous' if matches else 'no such dataset'}; "
-                             f"the label space has {', '.join(self.dataset_names)}")
+            raise ValueError(
+                f"restrict_to={name!r}: {'ambiguous' if matches else 'no such dataset'}; "
+                f"the label space has {', '.join(self.dataset_names)}"
+            )
         return matches[0]
 
     def candidates(self, restrict_to: str | None) -> tuple[torch.Tensor, list[str], str | None]:
@@ -277,8 +320,9 @@ class PrototypeSegmenter(nn.Module):
         """PIL RGB image or uint8 ``[3, H, W]`` -> normalised float ``[3, H, W]``."""
         return self.transform(image)
 
-    def segment(self, image: Image.Image | torch.Tensor | str | os.PathLike,
-                restrict_to: str | None | object = _DEFAULT) -> PrototypeSegmentation:
+    def segment(
+        self, image: Image.Image | torch.Tensor | str | os.PathLike, restrict_to: str | None | object = _DEFAULT
+    ) -> PrototypeSegmentation:
         """Segment one image (PIL, uint8 ``[3, H, W]`` tensor, or file path): labels and scores ``[H, W]``."""
         if isinstance(image, (str, os.PathLike)):
             image = open_image(image)
@@ -297,5 +341,10 @@ def _tau_of(method: Mapping[str, Any]) -> float:
 
 def _looks_like_path(source: str) -> bool:
     """Hub names are ``ORG/NAME`` or ``mdp_resnetXX[.tag]``; anything else is meant as a local path."""
-    return (source.startswith((".", "/", "~")) or source.count("/") > 1 or os.sep != "/" and os.sep in source
-            or Path(source).suffix in (".pth", ".pt", ".ckpt", ".safetensors", ".bin"))
+    return (
+        source.startswith((".", "/", "~"))
+        or source.count("/") > 1
+        or os.sep != "/"
+        and os.sep in source
+        or Path(source).suffix in (".pth", ".pt", ".ckpt", ".safetensors", ".bin")
+    )

@@ -28,7 +28,7 @@ def striped_image(height: int = 48, width: int = 64, seed: int = 0) -> np.ndarra
     image = np.zeros((height, width, 3), dtype=np.float32)
     colours = np.array([[220, 40, 40], [40, 200, 60], [50, 60, 210]], dtype=np.float32)
     for band, colour in enumerate(colours):
-        image[:, band * width // 3:(band + 1) * width // 3] = colour
+        image[:, band * width // 3 : (band + 1) * width // 3] = colour
     return (image + rng.normal(0, 8, image.shape)).clip(0, 255).astype(np.uint8)
 
 
@@ -36,8 +36,14 @@ def build_method_with_prototypes(label_space: LabelSpace = LABEL_SPACE, seed: in
     """The real MDP method (resnet18), BN statistics from a forward pass, prototypes = mean embeddings of
     the striped image's regions / random directions; ``UNSEEN_CLASS`` stays uninitialised."""
     torch.manual_seed(seed)
-    method = build_method("mdp", label_space=label_space, arch="resnet18", output_stride=OUTPUT_STRIDE,
-                          embed_dim=EMBED_DIM, head_hidden_dim=16)
+    method = build_method(
+        "mdp",
+        label_space=label_space,
+        arch="resnet18",
+        output_stride=OUTPUT_STRIDE,
+        embed_dim=EMBED_DIM,
+        head_hidden_dim=16,
+    )
     image = torch.from_numpy(striped_image()).permute(2, 0, 1).float() / 255
     batch = ((image - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None])[None]
     method.encoder.train()
@@ -49,7 +55,7 @@ def build_method_with_prototypes(label_space: LabelSpace = LABEL_SPACE, seed: in
         width = embeddings.shape[-1]
         prototypes = F.normalize(torch.randn(label_space.num_classes, EMBED_DIM), dim=1)
         for band, cls in enumerate((1, 5, 4)):  # voc_aug/cat, ade20k/floor, ade20k/sky
-            region = embeddings[:, :, band * width // 3:(band + 1) * width // 3]
+            region = embeddings[:, :, band * width // 3 : (band + 1) * width // 3]
             prototypes[cls] = F.normalize(region.mean(dim=(1, 2)), dim=0)
         prototypes[UNSEEN_CLASS] = 0
         method.memory.prototypes.copy_(prototypes)
@@ -59,16 +65,34 @@ def build_method_with_prototypes(label_space: LabelSpace = LABEL_SPACE, seed: in
 
 def save_checkpoint(method, path, label_space: LabelSpace = LABEL_SPACE, *, tau: float = 0.1) -> None:
     """A pretraining checkpoint (docs/ARCHITECTURE.md) around ``method.state_dict()``."""
-    torch.save({
-        "format": "mdp-hub/train-checkpoint", "format_version": 1, "kind": "pretrain", "arch": "resnet18",
-        "backbone_prefix": "encoder.backbone.", "model": method.state_dict(),
-        "optimizer": {"state": {}, "param_groups": []}, "scaler": None, "step": 10, "epoch": 1,
-        "rng": {"torch": torch.get_rng_state()},
-        "config": {"name": "tiny", "method": {"name": "mdp", "arch": "resnet18", "output_stride": OUTPUT_STRIDE,
-                                              "embed_dim": EMBED_DIM, "options": {"tau": tau}}},
-        "label_space": label_space.to_dict(),
-        "data_config": {"mean": MEAN, "std": STD, "crop_size": [48, 48]},
-    }, path)
+    torch.save(
+        {
+            "format": "mdp-hub/train-checkpoint",
+            "format_version": 1,
+            "kind": "pretrain",
+            "arch": "resnet18",
+            "backbone_prefix": "encoder.backbone.",
+            "model": method.state_dict(),
+            "optimizer": {"state": {}, "param_groups": []},
+            "scaler": None,
+            "step": 10,
+            "epoch": 1,
+            "rng": {"torch": torch.get_rng_state()},
+            "config": {
+                "name": "tiny",
+                "method": {
+                    "name": "mdp",
+                    "arch": "resnet18",
+                    "output_stride": OUTPUT_STRIDE,
+                    "embed_dim": EMBED_DIM,
+                    "options": {"tau": tau},
+                },
+            },
+            "label_space": label_space.to_dict(),
+            "data_config": {"mean": MEAN, "std": STD, "crop_size": [48, 48]},
+        },
+        path,
+    )
 
 
 def make_export(tmp_path, label_space: LabelSpace = LABEL_SPACE):

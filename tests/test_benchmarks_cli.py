@@ -31,7 +31,10 @@ def test_smoke_run_writes_every_section(tmp_path):
     out = tmp_path / "docs" / "BENCHMARKS.md"
     completed = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--preset", "smoke", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stderr
     report = out.read_text()
@@ -62,8 +65,9 @@ def test_isolated_moco_difference_times_both_heads_and_updates_the_queue():
     torch.manual_seed(0)
     label_space = paper_label_space()
     lower = LowerBound("resnet18", 8, 16)
-    moco = build_method("moco_v2", label_space=label_space, arch="resnet18", output_stride=8, embed_dim=16,
-                        queue_size=64)
+    moco = build_method(
+        "moco_v2", label_space=label_space, arch="resnet18", output_stride=8, embed_dim=16, queue_size=64
+    )
     batch = synthetic_batch(label_space, 2, 32, torch.device("cpu"))
     before = moco.queue.keys.clone()
     times = isolated_moco_difference(lower, moco, batch, repeats=3)

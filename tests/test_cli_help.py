@@ -9,9 +9,16 @@ import pytest
 from mdp_hub import cli
 
 COMMANDS = [("mdp_hub.cli", argv) for argv in [[]] + [[name] for name in cli.COMMANDS]] + [
-    ("training.pretrain", []), ("training.finetune", []), ("training.evaluate", []), ("training.mine", []),
-    ("training.experiments", []), ("training.experiments", ["paper-tables"]), ("training.experiments_prototypes", []),
-    ("training.data.__main__", []), ("training.data.__main__", ["synth"]), ("training.data.__main__", ["check"]),
+    ("training.pretrain", []),
+    ("training.finetune", []),
+    ("training.evaluate", []),
+    ("training.mine", []),
+    ("training.experiments", []),
+    ("training.experiments", ["paper-tables"]),
+    ("training.experiments_prototypes", []),
+    ("training.data.__main__", []),
+    ("training.data.__main__", ["synth"]),
+    ("training.data.__main__", ["check"]),
     ("benchmarks.__main__", []),
 ]
 
@@ -23,7 +30,9 @@ def help_text(argv, capsys, module="mdp_hub.cli"):
     return capsys.readouterr().out
 
 
-@pytest.mark.parametrize("module, argv", COMMANDS, ids=lambda value: " ".join(value) if isinstance(value, list) else value)
+@pytest.mark.parametrize(
+    "module, argv", COMMANDS, ids=lambda value: " ".join(value) if isinstance(value, list) else value
+)
 def test_help_is_plain_and_says_each_thing_once(module, argv, capsys):
     text = help_text(argv, capsys, module)
     assert "``" not in text and ":func:" not in text and ".. " not in text

@@ -26,8 +26,9 @@ def long_functions(source: str, filename: str) -> list[str]:
 def test_no_function_over_the_limit():
     files = sorted(path for package in PACKAGES for path in (ROOT / package).rglob("*.py"))
     assert len(files) > 50  # the walk found the packages
-    offenders = [hit for path in files for hit in long_functions(path.read_text(encoding="utf-8"),
-                                                                 str(path.relative_to(ROOT)))]
+    offenders = [
+        hit for path in files for hit in long_functions(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
+    ]
     assert not offenders, f"functions over {MAX_FUNCTION_LINES} lines: " + "; ".join(offenders)
 
 

@@ -73,7 +73,7 @@ def test_blur_matches_a_per_sample_reference():
     sigma = torch.tensor([0.5, 1.0, 2.0])
     batched = gaussian_blur(x, sigma, 2.0)
     for i in range(3):  # reference: one sample at a time with its own kernel
-        assert torch.allclose(batched[i:i + 1], gaussian_blur(x[i:i + 1], sigma[i:i + 1], 2.0), atol=1e-6)
+        assert torch.allclose(batched[i : i + 1], gaussian_blur(x[i : i + 1], sigma[i : i + 1], 2.0), atol=1e-6)
     assert batched[2].std() < batched[0].std() < x.std()  # larger sigma, smoother
     flat = torch.full((1, 3, 20, 20), 0.3)
     assert torch.allclose(gaussian_blur(flat, torch.tensor([1.5]), 2.0), flat, atol=1e-6)  # kernels sum to 1
@@ -114,8 +114,9 @@ def test_padding_is_filled_with_edge_pixels_so_the_blur_sees_no_border():
 def test_worker_crop_then_device_views_share_geometry():
     """device_crop (worker) -> DeviceViews (trainer): two float views of the same crop, masks untouched."""
     torch.manual_seed(0)
-    transform = JointTrainTransform(crop_size=(20, 24), mean=MEAN, std=STD, scale_range=(0.5, 0.5),
-                                    photometric=NO_PHOTOMETRIC)
+    transform = JointTrainTransform(
+        crop_size=(20, 24), mean=MEAN, std=STD, scale_range=(0.5, 0.5), photometric=NO_PHOTOMETRIC
+    )
     image = torch.randint(0, 256, (3, 24, 30), dtype=torch.uint8)
     mask = (torch.arange(30) // 10).repeat(24, 1).to(torch.uint8).numpy()
     item = transform.device_crop(image, mask)
@@ -143,8 +144,12 @@ def test_worker_crop_then_device_views_share_geometry():
     tables[0, :3] = torch.tensor([10, 11, 12])
     tables[1, :3] = torch.tensor([20, 21, 22])
     masks = crop_mask.expand(2, -1, -1).contiguous()
-    batch = {"image": crop.expand(2, -1, -1, -1).contiguous(), "image_size": size.expand(2, 2).contiguous(),
-             "mask": masks, "dataset_id": torch.tensor([1, 0])}
+    batch = {
+        "image": crop.expand(2, -1, -1, -1).contiguous(),
+        "image_size": size.expand(2, 2).contiguous(),
+        "mask": masks,
+        "dataset_id": torch.tensor([1, 0]),
+    }
     DeviceViews(model, BatchPhotometric(PhotometricConfig(), MEAN, STD), label_tables=tables)(batch)
     expected = torch.stack([tables[1][masks[0].long()], tables[0][masks[1].long()]])
     assert seen["mask"].dtype == torch.int64 and torch.equal(seen["mask"], expected)
@@ -173,20 +178,22 @@ def test_device_finishes_the_regions_workers_leave_unresampled():
     draws are finished by the worker. The mask is the worker's either way, so image and mask stay aligned."""
     image = torch.randint(0, 256, (3, 30, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     mask = (torch.arange(40) // 8).repeat(30, 1).to(torch.uint8).numpy()
-    transform = JointTrainTransform(crop_size=(32, 36), mean=MEAN, std=STD, scale_range=(0.5, 2.0),
-                                    cat_max_ratio=1.0, photometric=NO_PHOTOMETRIC)
+    transform = JointTrainTransform(
+        crop_size=(32, 36), mean=MEAN, std=STD, scale_range=(0.5, 2.0), cat_max_ratio=1.0, photometric=NO_PHOTOMETRIC
+    )
     items, references, kinds = [], [], set()
     for seed in range(40):
         torch.manual_seed(seed)
         item = transform.device_crop(image, mask)
         torch.manual_seed(seed)
         box, cropped = transform.draw(30, 40, mask)
-        assert torch.equal(item["mask"][:box.height, :box.width], torch.from_numpy(cropped))
+        assert torch.equal(item["mask"][: box.height, : box.width], torch.from_numpy(cropped))
         height, width, flip = item["source_region"].tolist()
         enlarging = box.src_h <= box.height and box.src_w <= box.width
         kinds.add((enlarging, flip))
-        assert (height, width, flip) == ((box.src_h, box.src_w, int(box.flip)) if enlarging else
-                                         (box.height, box.width, 0))
+        assert (height, width, flip) == (
+            (box.src_h, box.src_w, int(box.flip)) if enlarging else (box.height, box.width, 0)
+        )
         items.append(item)
         references.append(crop_image(image, box))
     assert kinds == {(True, 0), (True, 1), (False, 0)}  # both kinds of draw, flipped or not, are covered
@@ -203,8 +210,9 @@ def test_device_finishes_the_regions_workers_leave_unresampled():
         assert torch.allclose(ours, exact[0].flip(-1) if flip else exact[0], atol=1e-3), index
 
     # Through BatchPhotometric with no jitter: normalised finished crops, zero outside their real size.
-    views = BatchPhotometric(NO_PHOTOMETRIC, MEAN, STD)(batch["image"], batch["image_size"], views=1,
-                                                        regions=batch["source_region"])[0]
+    views = BatchPhotometric(NO_PHOTOMETRIC, MEAN, STD)(
+        batch["image"], batch["image_size"], views=1, regions=batch["source_region"]
+    )[0]
     for index, (item, reference) in enumerate(zip(items, references)):
         height, width = item["image_size"].tolist()
         expected = Normalize(MEAN, STD)(reference)

@@ -75,14 +75,16 @@ def test_layout_errors_name_the_path(tmp_path):
 
 
 def test_missing_mask_fails_at_startup_unless_skipped(broken_ade):
-    with pytest.raises(BadSampleError,
-                       match=r"ADE_train_nomask\.png: mask file not found.*--set data.skip_bad_samples=true"):
+    with pytest.raises(
+        BadSampleError, match=r"ADE_train_nomask\.png: mask file not found.*--set data.skip_bad_samples=true"
+    ):
         build_pretrain_dataset([f"ade20k:{broken_ade}"], crop_size=8, mean=MEAN, std=STD)
 
 
 def test_skip_bad_samples_skips_and_counts_across_workers(broken_ade):
-    dataset, _ = build_pretrain_dataset([f"ade20k:{broken_ade}"], crop_size=8, mean=MEAN, std=STD,
-                                        skip_bad_samples=True)
+    dataset, _ = build_pretrain_dataset(
+        [f"ade20k:{broken_ade}"], crop_size=8, mean=MEAN, std=STD, skip_bad_samples=True
+    )
     assert len(dataset) == 6  # the sample without a mask was dropped at start-up
     loader = DataLoader(dataset, batch_size=3, num_workers=2)
     batches = list(loader)
@@ -92,8 +94,9 @@ def test_skip_bad_samples_skips_and_counts_across_workers(broken_ade):
     report = dataset.skip_report()
     assert report["skipped"] == 5 and report["by_dataset"] == {"ade20k": 5}
     assert sum("ADE_train_nomask" in f for f in report["files"]) == 1
-    without_skip, _ = build_pretrain_dataset([f"ade20k:{broken_ade}"], crop_size=8, mean=MEAN, std=STD,
-                                             skip_bad_samples=True)
+    without_skip, _ = build_pretrain_dataset(
+        [f"ade20k:{broken_ade}"], crop_size=8, mean=MEAN, std=STD, skip_bad_samples=True
+    )
     without_skip.skip_bad_samples = False
     with pytest.raises(BadSampleError, match=r"ADE_train_range\.png: label values \[200\]"):
         [without_skip[i] for i in range(len(without_skip))]

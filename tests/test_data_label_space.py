@@ -10,8 +10,10 @@ from training.data.classes import ADE20K_CLASSES, COCO_STUFF_CLASSES, VOC_CLASSE
 
 
 def paper_space(unify_map=None) -> LabelSpace:
-    return LabelSpace([("voc_aug", VOC_CLASSES), ("ade20k", ADE20K_CLASSES),
-                       ("coco_stuff164k", COCO_STUFF_CLASSES)], unify_map=unify_map)
+    return LabelSpace(
+        [("voc_aug", VOC_CLASSES), ("ade20k", ADE20K_CLASSES), ("coco_stuff164k", COCO_STUFF_CLASSES)],
+        unify_map=unify_map,
+    )
 
 
 def test_class_list_lengths_match_the_benchmarks():
@@ -56,7 +58,7 @@ def test_unification_merges_classes_by_name():
     assert space.num_classes == 340
     person = space.class_names.index("voc_aug/person")
     assert space.to_global(1, torch.tensor([12])).item() == person  # ADE20K local 12 = person
-    assert space.to_global(2, torch.tensor([0])).item() == person   # COCO-Stuff local 0 = person
+    assert space.to_global(2, torch.tensor([0])).item() == person  # COCO-Stuff local 0 = person
     assert space.to_global(1, torch.tensor([13])).item() == space.class_names.index("ade20k/earth")
     assert space.dataset_class_ids("ade20k").shape == (150,)
     with pytest.raises(ValueError, match="undefined with a unification map"):

@@ -68,15 +68,19 @@ def make_msrc(root: Path, items: dict[str, tuple[np.ndarray, list[int]]]) -> Pat
     (root / "newsegmentations_mats").mkdir(parents=True, exist_ok=True)
     for name, (segments, labels) in items.items():
         write_image(root / "Images" / f"{name}.bmp", *segments.shape)
-        scipy.io.savemat(root / "newsegmentations_mats" / f"{name}_GT.mat",
-                         {"newseg": segments, "newlabels": np.asarray([labels], dtype=np.uint8)})
+        scipy.io.savemat(
+            root / "newsegmentations_mats" / f"{name}_GT.mat",
+            {"newseg": segments, "newlabels": np.asarray([labels], dtype=np.uint8)},
+        )
     return root
 
 
 # ---- CamVid ------------------------------------------------------------------------------------------------------
 def test_camvid_unlabelled_is_ignored_and_splits_are_folders(tmp_path):
-    camvid = make_camvid(tmp_path / "CamVid", {"train": {"a": grid([0, 10, 11, 3])}, "val": {"b": grid([5, 5, 5, 5])},
-                                               "test": {"c": grid([1, 1, 11, 11])}})
+    camvid = make_camvid(
+        tmp_path / "CamVid",
+        {"train": {"a": grid([0, 10, 11, 3])}, "val": {"b": grid([5, 5, 5, 5])}, "test": {"c": grid([1, 1, 11, 11])}},
+    )
     assert local_mask(f"camvid:{camvid}") == [0, 10, 255, 3]
     assert local_mask(f"camvid:{camvid}:test") == [1, 1, 255, 255]
     assert [s.name for s in open_reader(f"camvid:{camvid}:trainval").samples] == ["a", "b"]
@@ -93,8 +97,11 @@ def test_camvid_value_past_unlabelled_names_the_file(tmp_path):
 
 # ---- Oxford-IIIT Pet ---------------------------------------------------------------------------------------------
 def test_pet_trimap_border_is_ignored_and_only_listed_images_are_read(tmp_path):
-    pets = make_pets(tmp_path / "oxford-iiit-pet", trainval={"Abyssinian_1": grid([1, 2, 3, 1])},
-                     test={"beagle_7": grid([2, 2, 1, 3])})
+    pets = make_pets(
+        tmp_path / "oxford-iiit-pet",
+        trainval={"Abyssinian_1": grid([1, 2, 3, 1])},
+        test={"beagle_7": grid([2, 2, 1, 3])},
+    )
     scipy.io.savemat(pets / "images" / "Abyssinian_1.mat", {"x": np.zeros(2)})  # stray files in images/
     write_image(pets / "images" / "Abyssinian_9.jpg", 4, 4)
     reader = open_reader(f"oxford_pet:{pets}")
@@ -108,8 +115,11 @@ def test_pet_trimap_border_is_ignored_and_only_listed_images_are_read(tmp_path):
 
 
 def test_pet_images_stored_as_rgba_png_or_gif_under_jpg_names(tmp_path):
-    pets = make_pets(tmp_path / "oxford-iiit-pet", trainval={"Abyssinian_5": grid([1, 2, 3, 2] * 2, 8),
-                                                             "Abyssinian_34": grid([1, 2, 3, 2] * 2, 8)}, test={})
+    pets = make_pets(
+        tmp_path / "oxford-iiit-pet",
+        trainval={"Abyssinian_5": grid([1, 2, 3, 2] * 2, 8), "Abyssinian_34": grid([1, 2, 3, 2] * 2, 8)},
+        test={},
+    )
     rgba = np.random.default_rng(1).integers(0, 256, (8, 8, 4), dtype=np.uint8)
     Image.fromarray(rgba, "RGBA").save(pets / "images" / "Abyssinian_5.jpg", format="PNG")
     Image.fromarray(rgba[..., :3]).convert("P").save(pets / "images" / "Abyssinian_34.jpg", format="GIF")
@@ -120,8 +130,11 @@ def test_pet_images_stored_as_rgba_png_or_gif_under_jpg_names(tmp_path):
 
 
 def test_pet_reader_reads_what_torchvision_reads(tmp_path):
-    make_pets(tmp_path / "oxford-iiit-pet", trainval={"Abyssinian_1": grid([1, 2, 3, 1]),
-                                                      "beagle_2": grid([3, 3, 2, 1])}, test={"pug_3": grid([2] * 4)})
+    make_pets(
+        tmp_path / "oxford-iiit-pet",
+        trainval={"Abyssinian_1": grid([1, 2, 3, 1]), "beagle_2": grid([3, 3, 2, 1])},
+        test={"pug_3": grid([2] * 4)},
+    )
     lookup = {1: 1, 2: 0, 3: 255}
     for split in ("trainval", "test"):
         theirs = OxfordIIITPet(tmp_path, split=split, target_types="segmentation")
@@ -138,8 +151,10 @@ def test_pet_reader_reads_what_torchvision_reads(tmp_path):
 def test_ccp_mat_ids_and_numbered_split(tmp_path):
     masks = {f"{n:04d}": grid([n, 0, 58, 19]) for n in range(1, 11)}
     ccp = make_ccp(tmp_path / "ccp", masks)
-    names = {split: [s.name for s in open_reader(f"ccp:{ccp}:{split}").samples]
-             for split in ("train", "val", "test", "trainval", "all")}
+    names = {
+        split: [s.name for s in open_reader(f"ccp:{ccp}:{split}").samples]
+        for split in ("train", "val", "test", "trainval", "all")
+    }
     assert names["train"] == ["0001", "0002", "0005", "0006", "0007", "0010"]  # n % 5 in {0, 1, 2}
     assert names["val"] == ["0003", "0008"] and names["test"] == ["0004", "0009"]
     assert names["trainval"] == sorted(names["train"] + names["val"]) and len(names["all"]) == 10
@@ -148,18 +163,27 @@ def test_ccp_mat_ids_and_numbered_split(tmp_path):
 
 
 def test_ccp_bad_values_and_files_are_named(tmp_path):
-    ccp = make_ccp(tmp_path / "ccp", {"0001": grid([0, 59, 1, 1]), "0002": grid([0, 255, 1, 1]),
-                                      "0005": grid([1, 1, 1, 1]), "0006": grid([1, 1, 1, 1]),
-                                      "0007": grid([1, 2, 1, 1]).astype(np.float64) + 0.5})
+    ccp = make_ccp(
+        tmp_path / "ccp",
+        {
+            "0001": grid([0, 59, 1, 1]),
+            "0002": grid([0, 255, 1, 1]),
+            "0005": grid([1, 1, 1, 1]),
+            "0006": grid([1, 1, 1, 1]),
+            "0007": grid([1, 2, 1, 1]).astype(np.float64) + 0.5,
+        },
+    )
     labels = ccp / "annotations" / "pixel-level"
     truncate(labels / "0005.mat")
     scipy.io.savemat(labels / "0006.mat", {"labels": grid([1, 1, 1, 1])})
     reader = open_reader(f"ccp:{ccp}")
-    expected = [r"0001\.mat: label values \[59\] outside the dataset's range \(0\.\.58",
-                r"0002\.mat: label values \[255\] outside",  # CCP has no ignore value
-                r"0005\.mat: \.mat label file is truncated or corrupt",
-                r"0006\.mat: \.mat label file has no variable 'groundtruth' \(found: labels\)",
-                r"0007\.mat: variable 'groundtruth' holds float64 values, not integer labels"]
+    expected = [
+        r"0001\.mat: label values \[59\] outside the dataset's range \(0\.\.58",
+        r"0002\.mat: label values \[255\] outside",  # CCP has no ignore value
+        r"0005\.mat: \.mat label file is truncated or corrupt",
+        r"0006\.mat: \.mat label file has no variable 'groundtruth' \(found: labels\)",
+        r"0007\.mat: variable 'groundtruth' holds float64 values, not integer labels",
+    ]
     assert_samples_fail(reader, expected)
 
 
@@ -174,9 +198,15 @@ def test_ccp_label_list_must_match_the_decoded_classes(tmp_path):
 
 # ---- MSRC-v2 -----------------------------------------------------------------------------------------------------
 def test_msrc_segments_take_their_class_and_unlisted_segments_are_void(tmp_path):
-    msrc = make_msrc(tmp_path / "MSRC_v2", {"1_1_s": (grid([1, 2, 3, 3]), [4, 2]),
-                                            "1_3_s": (grid([1, 1, 2, 2]), [23, 7]),
-                                            "2_4_s": (grid([1, 1, 1, 1]), [1]), "3_5_s": (grid([2, 1, 1, 1]), [19])})
+    msrc = make_msrc(
+        tmp_path / "MSRC_v2",
+        {
+            "1_1_s": (grid([1, 2, 3, 3]), [4, 2]),
+            "1_3_s": (grid([1, 1, 2, 2]), [23, 7]),
+            "2_4_s": (grid([1, 1, 1, 1]), [1]),
+            "3_5_s": (grid([2, 1, 1, 1]), [19]),
+        },
+    )
     assert local_mask(f"msrc:{msrc}") == [3, 1, 255, 255]  # cow, grass, void
     assert local_mask(f"msrc:{msrc}:val") == [22, 22, 6, 6]  # boat, sky
     names = {split: [s.name for s in open_reader(f"msrc:{msrc}:{split}").samples] for split in ("train", "val", "test")}
@@ -185,15 +215,24 @@ def test_msrc_segments_take_their_class_and_unlisted_segments_are_void(tmp_path)
 
 
 def test_msrc_bad_segments_classes_and_files_are_named(tmp_path):
-    msrc = make_msrc(tmp_path / "MSRC_v2", {"1_1_s": (grid([0, 1, 1, 1]), [2]), "1_2_s": (grid([1, 2, 1, 1]), [24, 3]),
-                                            "1_5_s": (grid([1, 1, 1, 1]), [2]), "1_6_s": (grid([1, 1, 1, 1]), [2])})
+    msrc = make_msrc(
+        tmp_path / "MSRC_v2",
+        {
+            "1_1_s": (grid([0, 1, 1, 1]), [2]),
+            "1_2_s": (grid([1, 2, 1, 1]), [24, 3]),
+            "1_5_s": (grid([1, 1, 1, 1]), [2]),
+            "1_6_s": (grid([1, 1, 1, 1]), [2]),
+        },
+    )
     truncate(msrc / "Images" / "1_5_s.bmp")
     truncate(msrc / "newsegmentations_mats" / "1_6_s_GT.mat")
     reader = open_reader(f"msrc:{msrc}")
-    expected = [r"1_1_s_GT\.mat: label values \[0\] outside .*segment ids 1\.\.255",
-                r"1_2_s_GT\.mat: 'newlabels' holds classes \[24\] outside 1\.\.23",
-                r"1_5_s\.bmp: image is truncated or corrupt",
-                r"1_6_s_GT\.mat: \.mat label file is truncated or corrupt"]
+    expected = [
+        r"1_1_s_GT\.mat: label values \[0\] outside .*segment ids 1\.\.255",
+        r"1_2_s_GT\.mat: 'newlabels' holds classes \[24\] outside 1\.\.23",
+        r"1_5_s\.bmp: image is truncated or corrupt",
+        r"1_6_s_GT\.mat: \.mat label file is truncated or corrupt",
+    ]
     assert_samples_fail(reader, expected)
     with pytest.raises(DatasetLayoutError, match=r"notes\.bmp: unexpected file name in a msrc layout"):
         write_image(msrc / "Images" / "notes.bmp", 2, 2)

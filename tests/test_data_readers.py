@@ -107,12 +107,15 @@ def test_voc_palette_png_keeps_indices_and_255_boundary(tmp_path):
 
 
 def test_voc_aug_combines_official_train_and_sbd_aug(tmp_path):
-    voc = make_voc(tmp_path, train={"t": grid([0, 255, 1, 1])}, val={"v": grid([2, 2, 2, 2])},
-                   aug={"s": grid([3, 3, 0, 0])})
+    voc = make_voc(
+        tmp_path, train={"t": grid([0, 255, 1, 1])}, val={"v": grid([2, 2, 2, 2])}, aug={"s": grid([3, 3, 0, 0])}
+    )
     reader = open_reader(f"voc_aug:{voc}")
     assert reader.split == "train_aug"
-    assert {s.name: s.mask.parent.name for s in reader.samples} == {"t": "SegmentationClass",
-                                                                     "s": "SegmentationClassAug"}
+    assert {s.name: s.mask.parent.name for s in reader.samples} == {
+        "t": "SegmentationClass",
+        "s": "SegmentationClassAug",
+    }
     assert [reader.load_mask(i)[0].tolist() for i in range(2)] == [[0, 255, 1, 1], [3, 3, 0, 0]]
 
 
@@ -225,13 +228,18 @@ def test_folder_without_class_file(tmp_path):
 
 # ---- global ids in the concatenated space -------------------------------------------------------------------
 def test_pretrain_dataset_global_ids_exact(tmp_path):
-    voc = make_voc(tmp_path, train={"t": grid([0, 255, 20, 20] * 4, 16)}, val={"v": grid([0] * 16, 16)},
-                   aug={"s": grid([5] * 16, 16)})
+    voc = make_voc(
+        tmp_path,
+        train={"t": grid([0, 255, 20, 20] * 4, 16)},
+        val={"v": grid([0] * 16, 16)},
+        aug={"s": grid([5] * 16, 16)},
+    )
     ade = make_ade(tmp_path, {"ADE_train_00000001": grid([0, 1, 150, 13] * 4, 16)})
     coco = make_coco164k(tmp_path, {"000000000001": grid([0, 12, 181, 255] * 4, 16)})
     specs = [f"voc_aug:{voc}", f"ade20k:{ade}", f"coco_stuff164k:{coco}"]
-    dataset, space = build_pretrain_dataset(specs, crop_size=16, mean=MEAN, std=STD, scale_range=(1.0, 1.0),
-                                            cat_max_ratio=1.0)
+    dataset, space = build_pretrain_dataset(
+        specs, crop_size=16, mean=MEAN, std=STD, scale_range=(1.0, 1.0), cat_max_ratio=1.0
+    )
     assert space.num_classes == 342 and dataset.dataset_sizes == [2, 1, 1]
     assert dataset.dataset_ids.tolist() == [0, 0, 1, 2]
     expected = {0: {0, IGNORE_INDEX, 20}, 1: {5}, 2: {IGNORE_INDEX, 21, 170, 33}, 3: {171, 182, 341, IGNORE_INDEX}}
@@ -243,8 +251,9 @@ def test_pretrain_dataset_global_ids_exact(tmp_path):
     # photometric_on=device: uint8 local ids from the worker, the same global ids after the device lookup
     from training.data.label_space import lookup_per_sample
 
-    on_device, _ = build_pretrain_dataset(specs, crop_size=16, mean=MEAN, std=STD, scale_range=(1.0, 1.0),
-                                          cat_max_ratio=1.0, photometric_on="device")
+    on_device, _ = build_pretrain_dataset(
+        specs, crop_size=16, mean=MEAN, std=STD, scale_range=(1.0, 1.0), cat_max_ratio=1.0, photometric_on="device"
+    )
     for index, values in expected.items():
         item = on_device[index]
         assert item["mask"].dtype == torch.uint8 and item["image"].dtype == torch.uint8
@@ -252,10 +261,18 @@ def test_pretrain_dataset_global_ids_exact(tmp_path):
         assert set(ids.unique().tolist()) == values
 
 
-@pytest.mark.parametrize("values, valid", [
-    ([0, 5, 20, 255], True), ([255, 255], True), ([0], True),  # VOC-style: 0..20 and 255
-    ([0, 21, 255], False), ([3, 254], False), ([254, 255], False), ([21], False),
-])
+@pytest.mark.parametrize(
+    "values, valid",
+    [
+        ([0, 5, 20, 255], True),
+        ([255, 255], True),
+        ([0], True),  # VOC-style: 0..20 and 255
+        ([0, 21, 255], False),
+        ([3, 254], False),
+        ([254, 255], False),
+        ([21], False),
+    ],
+)
 def test_fast_label_checks_agree_with_counting_every_value(values, valid):
     """The max-based proof and the value-count fallback accept and reject exactly the same masks."""
     from training.data.readers import apply_table, identity_table, lookup_table, proven_valid

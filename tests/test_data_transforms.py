@@ -21,8 +21,9 @@ def labelled_image(height=64, width=80):
 def test_geometry_shared_and_masks_nearest():
     torch.manual_seed(0)
     image, mask = labelled_image()
-    transform = JointTrainTransform(crop_size=24, mean=MEAN, std=STD, scale_range=(0.5, 2.0),
-                                    photometric=NO_PHOTOMETRIC, cat_max_ratio=1.0)
+    transform = JointTrainTransform(
+        crop_size=24, mean=MEAN, std=STD, scale_range=(0.5, 2.0), photometric=NO_PHOTOMETRIC, cat_max_ratio=1.0
+    )
     for _ in range(20):
         crop, crop_mask = transform.geometric(image, mask)
         assert crop.shape[-2:] == crop_mask.shape
@@ -39,16 +40,18 @@ def test_two_views_share_geometry_differ_in_photometry():
     crop, _ = plain.geometric(image, mask)
     query, key = plain.views(crop, 2)
     assert torch.equal(query, key)
-    jitter = JointTrainTransform(crop_size=24, mean=MEAN, std=STD,
-                                 photometric=PhotometricConfig(color_jitter_p=1.0, blur_p=0.0, grayscale_p=0.0))
+    jitter = JointTrainTransform(
+        crop_size=24, mean=MEAN, std=STD, photometric=PhotometricConfig(color_jitter_p=1.0, blur_p=0.0, grayscale_p=0.0)
+    )
     query, key = jitter.views(crop, 2)
     assert query.shape == key.shape == (3, 24, 24) and not torch.equal(query, key)
 
 
 def test_padding_uses_ignore_and_zero():
     image, mask = labelled_image(10, 12)
-    transform = JointTrainTransform(crop_size=(16, 20), mean=MEAN, std=STD, scale_range=(1.0, 1.0),
-                                    photometric=NO_PHOTOMETRIC)
+    transform = JointTrainTransform(
+        crop_size=(16, 20), mean=MEAN, std=STD, scale_range=(1.0, 1.0), photometric=NO_PHOTOMETRIC
+    )
     crop, crop_mask = transform.geometric(image, mask)
     view, padded = transform.views(crop, 1)[0], transform.pad_mask(crop_mask)
     assert view.shape == (3, 16, 20) and padded.shape == (16, 20)
@@ -66,8 +69,9 @@ def test_cat_max_ratio_rule_and_retries():
 
     def passing_share(ratio):
         torch.manual_seed(0)
-        transform = JointTrainTransform(crop_size=16, mean=MEAN, std=STD, scale_range=(1.0, 1.0),
-                                        cat_max_ratio=ratio, photometric=NO_PHOTOMETRIC)
+        transform = JointTrainTransform(
+            crop_size=16, mean=MEAN, std=STD, scale_range=(1.0, 1.0), cat_max_ratio=ratio, photometric=NO_PHOTOMETRIC
+        )
         crops = [transform.geometric(image, mask)[1].numpy() for _ in range(40)]
         return np.mean([crop_ratio_ok(c, 0.75) for c in crops])
 
@@ -108,8 +112,9 @@ def test_crop_equals_resize_then_crop(flip):
     image = smooth_image(30, 40)
     mask = ((np.arange(30)[:, None] * 3 + np.arange(40)[None, :] * 7) % 11).astype(np.uint8)
     box = CropBox(top=4, left=6, src_h=10, src_w=12, height=20, width=24, flip=flip)  # x2, offset (8, 12)
-    full = torch.nn.functional.interpolate(image[None].float(), size=(60, 80), mode="bilinear",
-                                           align_corners=False, antialias=True)[0]
+    full = torch.nn.functional.interpolate(
+        image[None].float(), size=(60, 80), mode="bilinear", align_corners=False, antialias=True
+    )[0]
     reference = full[:, 8:28, 12:36]
     reference = reference.flip(-1) if flip else reference
     got = crop_image(image, box).float()
@@ -128,8 +133,15 @@ def test_mask_crop_samples_pixel_centres_exactly():
     mask = rng.integers(0, 200, (97, 131), dtype=np.uint8)
     for _ in range(20):
         src_h, src_w = int(rng.integers(5, 97)), int(rng.integers(5, 131))
-        box = CropBox(int(rng.integers(0, 97 - src_h + 1)), int(rng.integers(0, 131 - src_w + 1)), src_h, src_w,
-                      int(rng.integers(3, 200)), int(rng.integers(3, 200)), bool(rng.integers(2)))
+        box = CropBox(
+            int(rng.integers(0, 97 - src_h + 1)),
+            int(rng.integers(0, 131 - src_w + 1)),
+            src_h,
+            src_w,
+            int(rng.integers(3, 200)),
+            int(rng.integers(3, 200)),
+            bool(rng.integers(2)),
+        )
         rows = np.floor(box.top + (np.arange(box.height) + 0.5) * src_h / box.height).astype(int)
         cols = np.floor(box.left + (np.arange(box.width) + 0.5) * src_w / box.width).astype(int)
         expected = mask[rows][:, cols[::-1] if box.flip else cols]
@@ -139,8 +151,9 @@ def test_mask_crop_samples_pixel_centres_exactly():
 def test_scale_distribution_and_geometry_draws():
     """Effective scale crop/region follows U(0.5, 2) x base/short side; crops stay inside the image."""
     torch.manual_seed(0)
-    transform = JointTrainTransform(crop_size=32, mean=MEAN, std=STD, scale_range=(0.5, 2.0), base_size=64,
-                                    photometric=NO_PHOTOMETRIC)
+    transform = JointTrainTransform(
+        crop_size=32, mean=MEAN, std=STD, scale_range=(0.5, 2.0), base_size=64, photometric=NO_PHOTOMETRIC
+    )
     scales = []
     for _ in range(300):
         box, _ = transform.draw(80, 100, None)
@@ -153,8 +166,9 @@ def test_scale_distribution_and_geometry_draws():
 
 def test_device_crop_for_device_views():
     image, mask = labelled_image(10, 12)
-    transform = JointTrainTransform(crop_size=(16, 20), mean=MEAN, std=STD, scale_range=(1.0, 1.0),
-                                    photometric=NO_PHOTOMETRIC, hflip_p=0.0)
+    transform = JointTrainTransform(
+        crop_size=(16, 20), mean=MEAN, std=STD, scale_range=(1.0, 1.0), photometric=NO_PHOTOMETRIC, hflip_p=0.0
+    )
     item = transform.device_crop(image, mask)
     crop, crop_mask, size = item["image"], item["mask"], item["image_size"]
     assert crop.dtype == torch.uint8 and crop.shape == (3, 16, 20) and size.tolist() == [10, 12]

@@ -1,4 +1,5 @@
 """Checkpoint files: atomic writes, weights_only reading, RNG round trip, clear errors, snapshot cap."""
+
 from __future__ import annotations
 
 import random
@@ -23,8 +24,14 @@ from training.engine.optim import warmup_cosine
 
 
 def _state(step: int) -> dict:
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": "pretrain", "step": step,
-            "model": {"w": torch.full((2,), float(step))}, "rng": capture_rng_state()}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": "pretrain",
+        "step": step,
+        "model": {"w": torch.full((2,), float(step))},
+        "rng": capture_rng_state(),
+    }
 
 
 def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):

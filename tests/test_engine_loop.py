@@ -4,6 +4,7 @@ The file doubles as the child program of the subprocess tests (``python tests/te
 signalled/torchrun processes run exactly the code under test. The SIGKILL-and-restart test runs the real
 pretraining CLI (tests/test_pretrain_run.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,12 @@ class ToySegmentation(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         noise = self.noise * torch.randn_like(self.images[index])
-        return {"image": self.images[index] + noise, "mask": self.masks[index], "dataset_id": torch.tensor(0),
-                "index": torch.tensor(index)}
+        return {
+            "image": self.images[index] + noise,
+            "mask": self.masks[index],
+            "dataset_id": torch.tensor(0),
+            "index": torch.tensor(index),
+        }
 
 
 class ToyMethod(nn.Module):
@@ -74,9 +79,19 @@ class ToyMethod(nn.Module):
         return {"loss": ce + reg, "ce": ce.detach(), "reg": reg.detach()}
 
 
-def build_trainer(run_dir: Path, *, total_steps: int, batch_size: int = 4, dataset_size: int = 48,
-                  poison_at: int = -1, checkpoint_every: int = 5, log_every: int = 5, dist_info=None,
-                  lr: float = 0.05, random_draws: bool = True) -> Trainer:
+def build_trainer(
+    run_dir: Path,
+    *,
+    total_steps: int,
+    batch_size: int = 4,
+    dataset_size: int = 48,
+    poison_at: int = -1,
+    checkpoint_every: int = 5,
+    log_every: int = 5,
+    dist_info=None,
+    lr: float = 0.05,
+    random_draws: bool = True,
+) -> Trainer:
     dist_info = dist_info or distributed.DistInfo(0, 1, 0, torch.device("cpu"))
     torch.manual_seed(0)
     module = ToyMethod(poison_at)
@@ -90,17 +105,28 @@ def build_trainer(run_dir: Path, *, total_steps: int, batch_size: int = 4, datas
     per_epoch = steps_per_epoch(sampler, batch_size)
     epochs = -(-total_steps // per_epoch)
     optimizer = build_optimizer(module, "sgd", lr=lr, weight_decay=1e-4)
-    config = LoopConfig(total_steps=total_steps, epoch_lengths=[per_epoch] * epochs, log_every=log_every,
-                        checkpoint_every=checkpoint_every, keep_snapshots=2)
-    logger = RunLogger(run_dir, enabled=dist_info.is_main, total_steps=total_steps, progress=False,
-                       tensorboard=False)
+    config = LoopConfig(
+        total_steps=total_steps,
+        epoch_lengths=[per_epoch] * epochs,
+        log_every=log_every,
+        checkpoint_every=checkpoint_every,
+        keep_snapshots=2,
+    )
+    logger = RunLogger(run_dir, enabled=dist_info.is_main, total_steps=total_steps, progress=False, tensorboard=False)
     return Trainer(
-        module=module, model=model, optimizer=optimizer, scaler=make_grad_scaler("none", dist_info.device),
+        module=module,
+        model=model,
+        optimizer=optimizer,
+        scaler=make_grad_scaler("none", dist_info.device),
         lr_at=lambda step: warmup_cosine(step, total_steps, 2, lr),
-        iterate_epoch=lambda epoch, skip: epoch_loader(dataset, sampler, batch_size=batch_size, epoch=epoch,
-                                                       skip=skip, seed=1),
-        config=config, run_dir=run_dir, dist_info=dist_info,
-        checkpoint_extras=lambda: {"kind": "toy", "arch": "toy"}, logger=logger,
+        iterate_epoch=lambda epoch, skip: epoch_loader(
+            dataset, sampler, batch_size=batch_size, epoch=epoch, skip=skip, seed=1
+        ),
+        config=config,
+        run_dir=run_dir,
+        dist_info=dist_info,
+        checkpoint_extras=lambda: {"kind": "toy", "arch": "toy"},
+        logger=logger,
     )
 
 
@@ -181,8 +207,18 @@ def _wait_for_checkpoint(path: Path, proc: subprocess.Popen, timeout: float = 18
 
 @pytest.mark.slow
 def test_sigterm_writes_checkpoint_then_exits(tmp_path):
-    cmd = [sys.executable, __file__, "--run-dir", str(tmp_path), "--steps", "100000", "--slow", "0.02",
-           "--checkpoint-every", "0"]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--run-dir",
+        str(tmp_path),
+        "--steps",
+        "100000",
+        "--slow",
+        "0.02",
+        "--checkpoint-every",
+        "0",
+    ]
     proc = subprocess.Popen(cmd, env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_checkpoint(tmp_path / "started", proc)
     proc.send_signal(signal.SIGTERM)
@@ -197,8 +233,13 @@ def test_sigterm_writes_checkpoint_then_exits(tmp_path):
 def test_ctrl_c_writes_checkpoint_then_exits_and_a_second_one_aborts_at_once(tmp_path):
     once, twice = tmp_path / "once", tmp_path / "twice"
     cmd = [sys.executable, __file__, "--steps", "100000", "--checkpoint-every", "0"]
-    proc = subprocess.Popen(cmd + ["--run-dir", str(once), "--slow", "0.02"], env=_child_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd + ["--run-dir", str(once), "--slow", "0.02"],
+        env=_child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for_checkpoint(once / "started", proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=180)
@@ -206,8 +247,13 @@ def test_ctrl_c_writes_checkpoint_then_exits_and_a_second_one_aborts_at_once(tmp
     assert f"stopped by SIGINT after step {load_checkpoint(once / 'last.pth')['step']}" in err
 
     # each step sleeps a minute, so the second Ctrl-C surely lands before the step boundary
-    proc = subprocess.Popen(cmd + ["--run-dir", str(twice), "--slow", "60"], env=_child_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd + ["--run-dir", str(twice), "--slow", "60"],
+        env=_child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for_checkpoint(twice / "started", proc)
     proc.send_signal(signal.SIGINT)
     seen = ""
@@ -230,12 +276,31 @@ def test_two_process_gloo_ddp_matches_one_process_on_the_concatenated_batch(tmp_
     r, r+2, ... of the same permutation, so rank r's batch k is positions {4k+r, 4k+r+2}: together the two ranks
     see exactly the single process's batch.
     """
-    single = build_trainer(tmp_path / "single", total_steps=6, batch_size=4, dataset_size=24, checkpoint_every=6,
-                           random_draws=False)
+    single = build_trainer(
+        tmp_path / "single", total_steps=6, batch_size=4, dataset_size=24, checkpoint_every=6, random_draws=False
+    )
     single.run()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-           __file__, "--run-dir", str(tmp_path / "ddp"), "--steps", "6", "--batch-size", "2",
-           "--dataset-size", "24", "--checkpoint-every", "6", "--no-random-draws", "--starve-backend-threads"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        __file__,
+        "--run-dir",
+        str(tmp_path / "ddp"),
+        "--steps",
+        "6",
+        "--batch-size",
+        "2",
+        "--dataset-size",
+        "24",
+        "--checkpoint-every",
+        "6",
+        "--no-random-draws",
+        "--starve-backend-threads",
+    ]
     result = subprocess.run(cmd, env=_child_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "terminate called" not in result.stderr, result.stderr[-3000:]
     ddp_state = load_checkpoint(tmp_path / "ddp" / "last.pth")
@@ -271,9 +336,15 @@ def _child_main(argv: list[str] | None = None) -> int:
     info = distributed.init_distributed("cpu")
     if args.starve_backend_threads:
         _starve_backend_threads(min(os.sched_getaffinity(0)))
-    trainer = build_trainer(args.run_dir, total_steps=args.steps, batch_size=args.batch_size,
-                            dataset_size=args.dataset_size, checkpoint_every=args.checkpoint_every,
-                            dist_info=info, random_draws=not args.no_random_draws)
+    trainer = build_trainer(
+        args.run_dir,
+        total_steps=args.steps,
+        batch_size=args.batch_size,
+        dataset_size=args.dataset_size,
+        checkpoint_every=args.checkpoint_every,
+        dist_info=info,
+        random_draws=not args.no_random_draws,
+    )
     original_forward = trainer.model.forward
 
     def forward(batch):

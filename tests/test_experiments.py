@@ -1,5 +1,6 @@
 """`python -m training.experiments paper-tables`: the study runs real pretraining and fine-tuning jobs, resumes
 finished ones, and writes its own section of the results page; the aggregation and ordering checks are exact."""
+
 from __future__ import annotations
 
 import json
@@ -33,13 +34,19 @@ def test_orderings_hold_reverse_or_fall_within_noise():
     records = []
     for seed, (full, scratch, ce) in enumerate(((50, 40, 49), (52, 41, 53), (54, 42, 51))):
         for target in experiments.TARGETS:
-            records += [_record("mdp_csc", target, seed, full), _record("scratch", target, seed, scratch),
-                        _record("supervised_ce", target, seed, ce + (10 if target == "cityscapes" else 0))]
+            records += [
+                _record("mdp_csc", target, seed, full),
+                _record("scratch", target, seed, scratch),
+                _record("supervised_ce", target, seed, ce + (10 if target == "cityscapes" else 0)),
+            ]
     table = summarise(records, [methods["scratch"], methods["supervised_ce"], methods["mdp_csc"]])
     verdicts = {(c["better"], c["worse"], c["target"]): c["verdict"] for c in check_orderings(table)}
-    assert verdicts == {("mdp_csc", "scratch", "voc_aug"): "holds", ("mdp_csc", "scratch", "cityscapes"): "holds",
-                        ("mdp_csc", "supervised_ce", "voc_aug"): "within noise",  # +1 vs std 2
-                        ("mdp_csc", "supervised_ce", "cityscapes"): "reversed"}
+    assert verdicts == {
+        ("mdp_csc", "scratch", "voc_aug"): "holds",
+        ("mdp_csc", "scratch", "cityscapes"): "holds",
+        ("mdp_csc", "supervised_ce", "voc_aug"): "within noise",  # +1 vs std 2
+        ("mdp_csc", "supervised_ce", "cityscapes"): "reversed",
+    }
 
 
 def test_section_replacement_keeps_the_rest_of_the_page():
@@ -65,8 +72,14 @@ def test_unification_map_merges_exactly_the_classes_rendered_from_one_concept():
             rendered = {**spec.top, **spec.middle, **spec.bottom, **spec.things}
             concepts.append({c for c, raw in rendered.items() if _local_class_name(dataset, raw) == name})
         assert concepts[0] & concepts[1], (source, target)
-    space = LabelSpace([("voc_aug", classes.VOC_CLASSES), ("ade20k", classes.ADE20K_CLASSES),
-                        ("coco_stuff164k", classes.COCO_STUFF_CLASSES)], unify_map=mapping)
+    space = LabelSpace(
+        [
+            ("voc_aug", classes.VOC_CLASSES),
+            ("ade20k", classes.ADE20K_CLASSES),
+            ("coco_stuff164k", classes.COCO_STUFF_CLASSES),
+        ],
+        unify_map=mapping,
+    )
     assert space.num_classes == 342 - len(mapping)
 
 
@@ -75,16 +88,31 @@ def test_quick_study_runs_real_jobs_resumes_and_writes_the_page(tmp_path, capsys
     results = tmp_path / "docs" / "RESULTS.md"
     results.parent.mkdir()
     results.write_text("# Results\n\nhand-written part\n")
-    argv = ["paper-tables", "--quick", "--seeds", "0", "--methods", "scratch", "mdp_unified",
-            "--output", str(tmp_path / "study"), "--results", str(results)]
+    argv = [
+        "paper-tables",
+        "--quick",
+        "--seeds",
+        "0",
+        "--methods",
+        "scratch",
+        "mdp_unified",
+        "--output",
+        str(tmp_path / "study"),
+        "--results",
+        str(results),
+    ]
     assert experiments.main(argv) == 0
     study = tmp_path / "study"
     space = json.loads((study / "pretrain" / "mdp_unified" / "seed0" / "label_space.json").read_text())
     assert len(space["unify_map"]) == len(unify_map())
     done = {p.parent.relative_to(study).as_posix() for p in study.rglob(experiments.DONE_NAME)}
-    assert done == {"pretrain/mdp_unified/seed0", "finetune/voc_aug/scratch/seed0",
-                    "finetune/cityscapes/scratch/seed0", "finetune/voc_aug/mdp_unified/seed0",
-                    "finetune/cityscapes/mdp_unified/seed0"}
+    assert done == {
+        "pretrain/mdp_unified/seed0",
+        "finetune/voc_aug/scratch/seed0",
+        "finetune/cityscapes/scratch/seed0",
+        "finetune/voc_aug/mdp_unified/seed0",
+        "finetune/cityscapes/mdp_unified/seed0",
+    }
     page = results.read_text()
     assert page.startswith("# Results\n\nhand-written part\n") and page.count(SECTION_BEGIN) == 1
     assert "| MDP prototypes, unified labels |" in page and (results.parent / "RESULTS_paper_tables.png").is_file()
@@ -102,9 +130,12 @@ def test_quick_study_runs_real_jobs_resumes_and_writes_the_page(tmp_path, capsys
 def test_orderings_compare_paired_seeds_not_pooled_spreads():
     """A seed effect shared by both rows (here +-10) must not hide a consistent +2 difference."""
     methods = {m.key: m for m in METHODS}
-    records = [_record(key, target, seed, base + shift)
-               for seed, base in enumerate((50.0, 60.0, 70.0)) for target in experiments.TARGETS
-               for key, shift in (("mdp_csc", 2.0), ("scratch", 0.0))]
+    records = [
+        _record(key, target, seed, base + shift)
+        for seed, base in enumerate((50.0, 60.0, 70.0))
+        for target in experiments.TARGETS
+        for key, shift in (("mdp_csc", 2.0), ("scratch", 0.0))
+    ]
     table = summarise(records, [methods["scratch"], methods["mdp_csc"]])
     assert table["scratch"]["voc_aug"]["std"] == pytest.approx(10.0)
     (voc, city) = check_orderings(table)
@@ -120,10 +151,14 @@ def make_photo_study_data(root):
     from test_data_readers import grid, write_image, write_mask
 
     mask = grid([0, 1, 2, 3, 11, 5, 8, 9] * 8, 48)
-    camvid = make_camvid(root / "CamVid", {"train": {f"t{i}": mask for i in range(4)},
-                                           "test": {f"s{i}": mask for i in range(2)}})
-    pets = make_pets(root / "pets", trainval={f"Abyssinian_{i}": grid([1, 2, 3, 1] * 16, 48) for i in range(4)},
-                     test={"beagle_1": grid([2, 1, 1, 3] * 16, 48)})
+    camvid = make_camvid(
+        root / "CamVid", {"train": {f"t{i}": mask for i in range(4)}, "test": {f"s{i}": mask for i in range(2)}}
+    )
+    pets = make_pets(
+        root / "pets",
+        trainval={f"Abyssinian_{i}": grid([1, 2, 3, 1] * 16, 48) for i in range(4)},
+        test={"beagle_1": grid([2, 1, 1, 3] * 16, 48)},
+    )
     ccp = make_ccp(root / "ccp", {f"{n:04d}": grid([0, 19, 41, 14] * 16, 48) for n in (1, 2, 5, 6)})
     msrc = make_msrc(root / "msrc", {f"1_{n}_s": (grid([1, 2, 3, 4] * 16, 48), [2, 7, 4]) for n in range(1, 6)})
     scenes = root / "my_scenes"
@@ -142,7 +177,10 @@ def test_targets_are_resolved_from_specs_seen_or_held_out(tmp_path):
     data = experiments.resolve_study_data(pretrain, [camvid_test, msrc, folder], None, experiments.QUICK)
     assert data.names == ["camvid", "ccp", "oxford_pet"] and not data.synthetic and data.unify_map is None
     assert [(t.key, t.split, t.role) for t in data.targets] == [
-        ("camvid", "test", "seen"), ("msrc", "test", "held out"), ("my_scenes", "val", "held out")]
+        ("camvid", "test", "seen"),
+        ("msrc", "test", "held out"),
+        ("my_scenes", "val", "held out"),
+    ]
     assert data.targets[0].train_spec == pretrain[0].replace("CamVid", "CamVid/")  # its training split
     with pytest.raises(ValueError, match="each dataset may be a target once"):
         experiments.resolve_study_data(pretrain, [msrc, msrc.replace(":test", ":val")], None, experiments.QUICK)
@@ -154,8 +192,17 @@ def test_targets_are_resolved_from_specs_seen_or_held_out(tmp_path):
 
 
 def test_bad_dataset_spec_is_one_line_and_exit_code_2(tmp_path, capsys):
-    argv = ["paper-tables", "--pretrain", f"camvid:{tmp_path}/nowhere", "--targets", f"msrc:{tmp_path}",
-            "--output", str(tmp_path / "study"), "--results", str(tmp_path / "RESULTS.md")]
+    argv = [
+        "paper-tables",
+        "--pretrain",
+        f"camvid:{tmp_path}/nowhere",
+        "--targets",
+        f"msrc:{tmp_path}",
+        "--output",
+        str(tmp_path / "study"),
+        "--results",
+        str(tmp_path / "RESULTS.md"),
+    ]
     assert experiments.main(argv) == 2
     error = capsys.readouterr().err
     assert error.startswith("python -m training.experiments: error: ")
@@ -170,24 +217,45 @@ def test_quick_study_on_dataset_specs_writes_its_own_section(tmp_path):
     results.parent.mkdir()
     synthetic_section = f"{SECTION_BEGIN}\nsynthetic numbers\n{SECTION_END}\n"
     results.write_text(f"# Results\n\n{synthetic_section}")
-    argv = ["paper-tables", "--quick", "--seeds", "0", "--methods", "supervised_ce", "--pretrain", *pretrain,
-            "--targets", f"{pretrain[0]}:test", folder, "--section", "real-images",
-            "--output", str(tmp_path / "study"), "--results", str(results)]
+    argv = [
+        "paper-tables",
+        "--quick",
+        "--seeds",
+        "0",
+        "--methods",
+        "supervised_ce",
+        "--pretrain",
+        *pretrain,
+        "--targets",
+        f"{pretrain[0]}:test",
+        folder,
+        "--section",
+        "real-images",
+        "--output",
+        str(tmp_path / "study"),
+        "--results",
+        str(results),
+    ]
     assert experiments.main(argv) == 0
     study = tmp_path / "study"
     space = json.loads((study / "pretrain" / "supervised_ce" / "seed0" / "label_space.json").read_text())
     assert [d["name"] for d in space["datasets"]] == ["camvid", "ccp", "oxford_pet"]
     done = {p.parent.relative_to(study).as_posix() for p in study.rglob(experiments.DONE_NAME)}
-    assert done == {"pretrain/supervised_ce/seed0", "finetune/camvid/supervised_ce/seed0",
-                    "finetune/my_scenes/supervised_ce/seed0"}
+    assert done == {
+        "pretrain/supervised_ce/seed0",
+        "finetune/camvid/supervised_ce/seed0",
+        "finetune/my_scenes/supervised_ce/seed0",
+    }
     page = results.read_text()
     begin, end = experiments.section_markers("real-images")
     assert page.startswith(f"# Results\n\n{synthetic_section}") and page.count(begin) == 1 and end in page
     assert "## The paper's tables in miniature: pretrained on camvid + ccp + oxford_pet" in page
     assert "fine-tune camvid (seen) | vs scratch | fine-tune my_scenes (held out) |" in page
     assert "camvid on its test split, my_scenes on its val split" in page and "### Pretraining dynamics" in page
-    command = ("paper-tables --quick --pretrain camvid:CamVid ccp:ccp oxford_pet:pets --targets camvid:CamVid:test "
-               "folder:my_scenes --methods supervised_ce --seeds 0 --section real-images`")
+    command = (
+        "paper-tables --quick --pretrain camvid:CamVid ccp:ccp oxford_pet:pets --targets camvid:CamVid:test "
+        "folder:my_scenes --methods supervised_ce --seeds 0 --section real-images`"
+    )
     assert command in page
     assert (results.parent / "RESULTS_real_images.png").is_file()
     assert (results.parent / "RESULTS_real_images_pretraining.png").is_file()

@@ -1,4 +1,5 @@
 """Fine-tuning recipes, strict config checking and the MMSeg poly schedule."""
+
 import pytest
 
 from training.config import ConfigError
@@ -32,8 +33,9 @@ def test_default_recipe_is_synthetic():
 
 
 def test_overrides_are_typed_and_strict():
-    config = load_finetune_config("finetune_voc_aug", ["optim.lr=0.02", "model.head=fcn", "model.aux_head=true",
-                                                       "data.crop_size=[256, 256]"])
+    config = load_finetune_config(
+        "finetune_voc_aug", ["optim.lr=0.02", "model.head=fcn", "model.aux_head=true", "data.crop_size=[256, 256]"]
+    )
     assert config.optim.lr == 0.02 and config.model.head == "fcn" and config.model.aux_head
     assert config.data.crop_size == [256, 256]
     with pytest.raises(ConfigError, match="model.heads"):
@@ -56,5 +58,5 @@ def test_unknown_key_in_recipe_file_names_the_file(tmp_path):
 
 def test_poly_lr_matches_mmseg_formula():
     assert poly_lr(0, 100, 0.01, 1e-4, 0.9) == pytest.approx(0.01)
-    assert poly_lr(50, 100, 0.01, 1e-4, 0.9) == pytest.approx((0.01 - 1e-4) * 0.5 ** 0.9 + 1e-4)
+    assert poly_lr(50, 100, 0.01, 1e-4, 0.9) == pytest.approx((0.01 - 1e-4) * 0.5**0.9 + 1e-4)
     assert poly_lr(100, 100, 0.01, 1e-4, 0.9) == pytest.approx(1e-4)

@@ -1,4 +1,5 @@
 """Fine-tune -> checkpoint -> evaluate on a tiny folder dataset: it learns, resumes, and reports MMSeg metrics."""
+
 import json
 
 import numpy as np
@@ -23,11 +24,12 @@ def write_split(root, split, count, rng):
         for label in (1, 2):
             top, left = rng.integers(0, 20, size=2)
             height, width = rng.integers(8, 14, size=2)
-            mask[top:top + height, left:left + width] = label
+            mask[top : top + height, left : left + width] = label
         image = COLOURS[mask].astype(np.int16) + rng.integers(-25, 26, size=(32, 32, 3))
         mask[0, :] = 255
-        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(root / "images" / split / f"{index:03d}.jpg",
-                                                                  quality=95)
+        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(
+            root / "images" / split / f"{index:03d}.jpg", quality=95
+        )
         Image.fromarray(mask).save(root / "masks" / split / f"{index:03d}.png")
 
 
@@ -47,11 +49,24 @@ def tiny_dataset(tmp_path_factory):
 
 
 def tiny_overrides(root, iterations):
-    return [f"data.train=folder:{root}:train", f"data.val=folder:{root}:val", "data.crop_size=[32, 32]",
-            "data.base_size=0", "data.scale_range=[0.75, 1.25]", "data.num_workers=0", "model.arch=test_resnet",
-            "model.head_channels=32", f"train.iterations={iterations}", "train.batch_size=4", "train.log_every=10",
-            "train.eval_every=0", "train.checkpoint_every=1000", "optim.lr=0.1", "eval.test_scale=[]",
-            "eval.overlays=2"]
+    return [
+        f"data.train=folder:{root}:train",
+        f"data.val=folder:{root}:val",
+        "data.crop_size=[32, 32]",
+        "data.base_size=0",
+        "data.scale_range=[0.75, 1.25]",
+        "data.num_workers=0",
+        "model.arch=test_resnet",
+        "model.head_channels=32",
+        f"train.iterations={iterations}",
+        "train.batch_size=4",
+        "train.log_every=10",
+        "train.eval_every=0",
+        "train.checkpoint_every=1000",
+        "optim.lr=0.1",
+        "eval.test_scale=[]",
+        "eval.overlays=2",
+    ]
 
 
 def test_finetune_then_evaluate_learns(tiny_dataset, tmp_path):
@@ -71,9 +86,28 @@ def test_finetune_then_evaluate_learns(tiny_dataset, tmp_path):
     assert losses[-1] < losses[0]
 
     output = tmp_path / "eval"
-    assert evaluate_cli.main(["--checkpoint", str(run_dir / "last.pth"), "--output", str(output),
-                              "--mode", "slide", "--crop", "32", "32", "--stride", "16", "16", "--flip",
-                              "--num-workers", "0"]) == 0
+    assert (
+        evaluate_cli.main(
+            [
+                "--checkpoint",
+                str(run_dir / "last.pth"),
+                "--output",
+                str(output),
+                "--mode",
+                "slide",
+                "--crop",
+                "32",
+                "32",
+                "--stride",
+                "16",
+                "16",
+                "--flip",
+                "--num-workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     slide = json.loads((output / "results.json").read_text())
     assert slide["mode"] == "slide" and slide["flip"] is True
     assert slide["mIoU"] > 50.0

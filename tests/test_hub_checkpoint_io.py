@@ -81,8 +81,15 @@ def test_wrappers_and_prefixes_are_stripped(tmp_path, resnet18_state):
 def test_training_checkpoint_uses_its_declared_prefix(tmp_path, resnet18_state):
     model = {f"encoder.backbone.{k}": v for k, v in resnet18_state.items()}
     model.update({f"momentum_encoder.backbone.{k}": torch.zeros_like(v) for k, v in resnet18_state.items()})
-    torch.save({"format": "mdp-hub/train-checkpoint", "arch": "resnet18", "backbone_prefix": "encoder.backbone.",
-                "model": model}, tmp_path / "last.pth")
+    torch.save(
+        {
+            "format": "mdp-hub/train-checkpoint",
+            "arch": "resnet18",
+            "backbone_prefix": "encoder.backbone.",
+            "model": model,
+        },
+        tmp_path / "last.pth",
+    )
     backbone = read_backbone_state_dict(tmp_path / "last.pth")
     assert all(torch.equal(backbone[k], v) for k, v in resnet18_state.items())
     torch.save({"format": "mdp-hub/train-checkpoint", "model": model}, tmp_path / "broken.pth")

@@ -56,8 +56,14 @@ def test_detectron2_names_and_values(resnet50_weights, tmp_path):
     assert len(weights) == len(expected)
     for name, value in expected.items():
         assert (weights[to_detectron2_name(name)] == value.numpy()).all(), name
-    assert {"stem.conv1.weight", "stem.conv1.norm.running_var", "res2.0.shortcut.weight", "res2.0.shortcut.norm.bias",
-            "res5.2.conv3.norm.weight", "res3.1.conv2.weight"} <= set(weights)
+    assert {
+        "stem.conv1.weight",
+        "stem.conv1.norm.running_var",
+        "res2.0.shortcut.weight",
+        "res2.0.shortcut.norm.bias",
+        "res5.2.conv3.norm.weight",
+        "res3.1.conv2.weight",
+    } <= set(weights)
 
 
 def test_convert_refuses_unknown_format_and_wrong_architecture(tmp_path):

@@ -20,10 +20,16 @@ from mdp_hub.provenance import RecipeClaimError
 
 CLASS_NAMES = ["voc/background", "voc/cat", "ade20k/wall", "ade20k/sky", "ade20k/floor"]
 LABEL_SPACE = {
-    "format": "mdp-hub/label-space", "format_version": 1, "ignore_index": -1, "num_classes": 5,
-    "datasets": [{"name": "voc", "offset": 0, "class_names": ["background", "cat"]},
-                 {"name": "ade20k", "offset": 2, "class_names": ["wall", "sky", "floor"]}],
-    "unify_map": {}, "class_names": CLASS_NAMES,
+    "format": "mdp-hub/label-space",
+    "format_version": 1,
+    "ignore_index": -1,
+    "num_classes": 5,
+    "datasets": [
+        {"name": "voc", "offset": 0, "class_names": ["background", "cat"]},
+        {"name": "ade20k", "offset": 2, "class_names": ["wall", "sky", "floor"]},
+    ],
+    "unify_map": {},
+    "class_names": CLASS_NAMES,
 }
 
 
@@ -31,9 +37,13 @@ TAG = "voc_ade20k_200ep"  # the recipe the checkpoints below record a run of (VO
 
 
 def run_config(name=TAG, epochs=200, max_steps=0):
-    return {"name": name, "method": {"name": "mdp", "options": {}}, "train": {"epochs": epochs, "max_steps": max_steps},
-            "data": {"datasets": ["voc_aug:/data/VOCdevkit/VOC2012", "ade20k:/data/ADEChallengeData2016"],
-                     "unlabeled": []}, "init": {"pretrained": ""}}
+    return {
+        "name": name,
+        "method": {"name": "mdp", "options": {}},
+        "train": {"epochs": epochs, "max_steps": max_steps},
+        "data": {"datasets": ["voc_aug:/data/VOCdevkit/VOC2012", "ade20k:/data/ADEChallengeData2016"], "unlabeled": []},
+        "init": {"pretrained": ""},
+    }
 
 
 def training_checkpoint(path, *, with_prototypes=True, seed=0, steps_done=120, config=None):
@@ -50,15 +60,32 @@ def training_checkpoint(path, *, with_prototypes=True, seed=0, steps_done=120, c
         model["encoder.head.0.weight"] = torch.randn(8, 512, 1, 1)
         model["encoder.head.0.bias"] = torch.randn(8)
         model["memory.prototypes"] = torch.nn.functional.normalize(torch.randn(5, 8), dim=1)
-    torch.save({
-        "format": "mdp-hub/train-checkpoint", "format_version": 1, "kind": "pretrain", "arch": "resnet18",
-        "backbone_prefix": "encoder.backbone.", "model": model, "optimizer": {"state": {}, "param_groups": []},
-        "scaler": None, "step": steps_done, "epoch": 3, "rng": {"torch": torch.get_rng_state()},
-        "progress": {"steps_done": steps_done, "epochs_completed": steps_done * epochs // 120, "run_steps": steps_done,
-                     "schedule_steps": 120, "schedule_epochs": epochs},
-        "config": config, "label_space": LABEL_SPACE,
-        "data_config": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "crop_size": [64, 64]},
-    }, path)
+    torch.save(
+        {
+            "format": "mdp-hub/train-checkpoint",
+            "format_version": 1,
+            "kind": "pretrain",
+            "arch": "resnet18",
+            "backbone_prefix": "encoder.backbone.",
+            "model": model,
+            "optimizer": {"state": {}, "param_groups": []},
+            "scaler": None,
+            "step": steps_done,
+            "epoch": 3,
+            "rng": {"torch": torch.get_rng_state()},
+            "progress": {
+                "steps_done": steps_done,
+                "epochs_completed": steps_done * epochs // 120,
+                "run_steps": steps_done,
+                "schedule_steps": 120,
+                "schedule_epochs": epochs,
+            },
+            "config": config,
+            "label_space": LABEL_SPACE,
+            "data_config": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "crop_size": [64, 64]},
+        },
+        path,
+    )
     return backbone, model
 
 
@@ -72,15 +99,21 @@ def checkpoint(tmp_path_factory):
 def test_export_folder_loads_in_vanilla_timm_with_every_tensor_equal(checkpoint, tmp_path):
     path, backbone, _ = checkpoint
     out = export(path, tmp_path / "out", tag=TAG, metrics={"dataset": "ADE20K", "mIoU": 40.5})
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "mdp_prototypes.safetensors",
-                                                    "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "config.json",
+        "mdp_prototypes.safetensors",
+        "model.safetensors",
+    ]
     stored = load_file(str(out / "model.safetensors"))
     assert set(stored) == set(backbone) and not any(k.startswith("fc.") for k in stored)
     assert all(torch.equal(stored[k], v) for k, v in backbone.items())
     config = json.loads((out / "config.json").read_text())
     assert config["architecture"] == "resnet18" and config["num_classes"] == 0
     cfg = config["pretrained_cfg"]
-    assert cfg["input_size"] == [3, 64, 64] and cfg["paper_ids"] == "arXiv:2106.04121" and cfg["license"] == "apache-2.0"
+    assert (
+        cfg["input_size"] == [3, 64, 64] and cfg["paper_ids"] == "arXiv:2106.04121" and cfg["license"] == "apache-2.0"
+    )
     assert config["mdp"]["tag"] == TAG and config["mdp"]["source"]["step"] == 120
     model = timm.create_model(f"local-dir:{out}", pretrained=True)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in backbone.items())
@@ -98,8 +131,12 @@ def test_export_is_deterministic(checkpoint, tmp_path):
 
 def test_model_card_metadata_and_checksum(checkpoint, tmp_path):
     path, _, _ = checkpoint
-    out = export(path, tmp_path / "out", tag=TAG,
-                 metrics=[{"dataset": "ADE20K", "mIoU": 41.0}, {"dataset": "PASCAL VOC", "mIoU": 71.5, "split": "val"}])
+    out = export(
+        path,
+        tmp_path / "out",
+        tag=TAG,
+        metrics=[{"dataset": "ADE20K", "mIoU": 41.0}, {"dataset": "PASCAL VOC", "mIoU": 71.5, "split": "val"}],
+    )
     card = (out / "README.md").read_text()
     _, header, body = card.split("---\n", 2)
     meta = yaml.safe_load(header)
@@ -115,9 +152,18 @@ def test_model_card_metadata_and_checksum(checkpoint, tmp_path):
 
 
 def test_card_quotes_the_papers_numbers_only_for_resnet50():
-    info = CardInfo(model_name="mdp_resnet50", arch="resnet50", tag="voc_ade20k_coco_200ep",
-                    repo_id="o/mdp_resnet50.voc_ade20k_coco_200ep", sha256="0" * 64, params_m=23.5,
-                    input_size=(3, 512, 512), mean=(0.5,) * 3, std=(0.2,) * 3, training_text="t")
+    info = CardInfo(
+        model_name="mdp_resnet50",
+        arch="resnet50",
+        tag="voc_ade20k_coco_200ep",
+        repo_id="o/mdp_resnet50.voc_ade20k_coco_200ep",
+        sha256="0" * 64,
+        params_m=23.5,
+        input_size=(3, 512, 512),
+        mean=(0.5,) * 3,
+        std=(0.2,) * 3,
+        training_text="t",
+    )
     body = render_card(info).split("---\n", 2)[2]
     assert "No downstream evaluation of these weights" in body
     assert "**the paper's numbers**" in body and "| ADE20K | 42.69 | 39.36 |" in body
@@ -179,8 +225,12 @@ def test_export_rejects_bad_input_with_the_file_named(tmp_path):
 
 def test_cli_export_and_error_exit(checkpoint, tmp_path, capsys):
     path, _, _ = checkpoint
-    assert main(["export", str(path), str(tmp_path / "out"), "--tag", TAG,
-                 "--metrics", '{"dataset": "VOC", "mIoU": 69.0}']) == 0
+    assert (
+        main(
+            ["export", str(path), str(tmp_path / "out"), "--tag", TAG, "--metrics", '{"dataset": "VOC", "mIoU": 69.0}']
+        )
+        == 0
+    )
     assert "model.safetensors" in capsys.readouterr().out
     assert main(["export", str(tmp_path / "nope.pth"), str(tmp_path / "x")]) == 2
     assert "nope.pth: no such weights file" in capsys.readouterr().err
@@ -205,14 +255,20 @@ def test_a_run_stopped_before_the_end_of_its_recipe_is_exported_as_partial(tmp_p
     assert "the paper's numbers" not in body and f"**Pretraining recipe:** {recipe.description}" not in body
 
 
-@pytest.mark.parametrize("config, tag, reason", [
-    (run_config(name="demo"), TAG, "the run's recipe is 'demo'; export without --tag or with a tag of your own "
-                                   "(e.g. --tag demo)"),
-    (run_config(epochs=2), TAG, "it was scheduled for 2 epochs, not 200"),
-    (run_config(), "voc_200ep", "it trained on voc, ade20k, not PASCAL VOC 2012 (aug)"),
-    (dict(run_config(), data={"datasets": ["synthetic"], "unlabeled": []}), TAG, "the synthetic benchmark"),
-    (dict(run_config(), init={"pretrained": "resnet18.a1_in1k"}), f"{TAG}-partial", "its init is resnet18.a1_in1k"),
-])
+@pytest.mark.parametrize(
+    "config, tag, reason",
+    [
+        (
+            run_config(name="demo"),
+            TAG,
+            "the run's recipe is 'demo'; export without --tag or with a tag of your own (e.g. --tag demo)",
+        ),
+        (run_config(epochs=2), TAG, "it was scheduled for 2 epochs, not 200"),
+        (run_config(), "voc_200ep", "it trained on voc, ade20k, not PASCAL VOC 2012 (aug)"),
+        (dict(run_config(), data={"datasets": ["synthetic"], "unlabeled": []}), TAG, "the synthetic benchmark"),
+        (dict(run_config(), init={"pretrained": "resnet18.a1_in1k"}), f"{TAG}-partial", "its init is resnet18.a1_in1k"),
+    ],
+)
 def test_a_recipe_tag_is_refused_for_another_run_naming_the_difference(tmp_path, config, tag, reason):
     training_checkpoint(tmp_path / "other.pth", config=config)
     with pytest.raises(RecipeClaimError, match=re.escape(reason)):
@@ -239,9 +295,13 @@ def test_every_shipped_file_has_a_recorded_checksum_and_mdp_hub_verify_checks_th
         assert mdp["files"][name] == hashlib.sha256((out / name).read_bytes()).hexdigest()
     assert main(["verify", str(out)]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed == ["mdp_prototypes.safetensors: sha256 ok", "model.safetensors: sha256 ok",
-                       "class names in config.json: the ones mdp_prototypes.safetensors was exported with",
-                       "README.md: not checksummed", f"{out}: intact"]
+    assert printed == [
+        "mdp_prototypes.safetensors: sha256 ok",
+        "model.safetensors: sha256 ok",
+        "class names in config.json: the ones mdp_prototypes.safetensors was exported with",
+        "README.md: not checksummed",
+        f"{out}: intact",
+    ]
     (out / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes()[:-1] + b" ")
     assert main(["verify", str(out)]) == 2
     assert "model.safetensors: sha256" in capsys.readouterr().err
@@ -255,4 +315,5 @@ def test_exported_files_are_readable_like_any_other_file(checkpoint, tmp_path):
     finally:
         os.umask(previous)
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == {
-        name: "0o644" for name in ("README.md", "config.json", "mdp_prototypes.safetensors", "model.safetensors")}
+        name: "0o644" for name in ("README.md", "config.json", "mdp_prototypes.safetensors", "model.safetensors")
+    }

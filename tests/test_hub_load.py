@@ -68,8 +68,14 @@ def test_registered_name_loads_from_prefilled_hub_cache(exported, offline):
 def test_registered_name_with_explicit_cache_dir_features_and_output_stride(exported, offline, tmp_path):
     folder, expected = exported
     install_export(folder, registered_repo(f"mdp_resnet18.{TAG}"), cache_dir=tmp_path / "other_cache")
-    model = timm.create_model(f"mdp_resnet18.{TAG}", pretrained=True, cache_dir=tmp_path / "other_cache",
-                              features_only=True, out_indices=(1, 2, 3, 4), output_stride=8)
+    model = timm.create_model(
+        f"mdp_resnet18.{TAG}",
+        pretrained=True,
+        cache_dir=tmp_path / "other_cache",
+        features_only=True,
+        out_indices=(1, 2, 3, 4),
+        output_stride=8,
+    )
     assert model.feature_info.channels() == [64, 128, 256, 512]
     assert model.feature_info.reduction() == [4, 8, 8, 8]
     features = model(torch.randn(1, 3, 64, 64))
@@ -101,8 +107,9 @@ def test_vanilla_timm_hf_hub_and_local_dir(exported, offline):
 
 def test_pretrained_cfg_overlay_file(exported, offline):
     folder, expected = exported
-    model = timm.create_model("mdp_resnet18", pretrained=True,
-                              pretrained_cfg_overlay=dict(file=str(folder / "model.safetensors")))
+    model = timm.create_model(
+        "mdp_resnet18", pretrained=True, pretrained_cfg_overlay=dict(file=str(folder / "model.safetensors"))
+    )
     assert_same_weights(model, expected)
 
 
@@ -111,8 +118,9 @@ def test_torch_hub_local_with_tag_path_and_folder(exported, offline):
     install_export(folder, registered_repo(f"mdp_resnet18.{TAG}"))
     by_tag = torch.hub.load(str(REPO_DIR), "mdp_resnet18", source="local", weights=TAG)
     by_file = torch.hub.load(str(REPO_DIR), "mdp_resnet18", source="local", weights=str(folder / "model.safetensors"))
-    by_folder = torch.hub.load(str(REPO_DIR), "mdp_resnet18", source="local", weights=str(folder),
-                               features_only=True, out_indices=(4,))
+    by_folder = torch.hub.load(
+        str(REPO_DIR), "mdp_resnet18", source="local", weights=str(folder), features_only=True, out_indices=(4,)
+    )
     for model in (by_tag, by_file):
         assert_same_weights(model, expected)
     assert by_folder.feature_info.channels() == [512]
@@ -164,8 +172,9 @@ def test_bare_torch_hub_load_in_a_fresh_interpreter_returns_the_architecture(tmp
     )
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "empty_cache"), OMP_NUM_THREADS="1")
     env.pop("PYTHONPATH", None)  # the repository reaches the interpreter only through torch.hub's source="local"
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
     assert result.stdout.splitlines()[:1] == ["ResNet 2048 0"], result.stderr[-2000:]
     # the segmenter has no random-weights form: a bare call names the missing argument instead of a download
     assert "missing 1 required keyword-only argument: 'weights'" in result.stderr
@@ -205,8 +214,9 @@ def test_missing_backbone_tensor_is_an_error_even_with_a_new_head(exported, offl
     path = tmp_path / "partial.safetensors"
     save_file(partial, str(path))
     with pytest.raises(CheckpointError, match=r"partial\.safetensors.*missing 1 tensor.*layer3\.0\.conv1\.weight"):
-        timm.create_model("mdp_resnet18", pretrained=True, num_classes=num_classes,
-                          pretrained_cfg_overlay=dict(file=str(path)))
+        timm.create_model(
+            "mdp_resnet18", pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=dict(file=str(path))
+        )
 
 
 def test_unexpected_tensor_and_wrong_architecture_are_errors(exported, offline, tmp_path):
@@ -214,12 +224,16 @@ def test_unexpected_tensor_and_wrong_architecture_are_errors(exported, offline, 
     extra = dict(expected, **{"fc.weight": torch.zeros(10, 512), "fc.bias": torch.zeros(10)})
     save_file(extra, str(tmp_path / "extra.safetensors"))
     with pytest.raises(CheckpointError, match=r"extra\.safetensors.*unexpected 2 tensor"):
-        timm.create_model("mdp_resnet18", pretrained=True,
-                          pretrained_cfg_overlay=dict(file=str(tmp_path / "extra.safetensors")))
+        timm.create_model(
+            "mdp_resnet18", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "extra.safetensors"))
+        )
     with pytest.raises(CheckpointError, match=r"resnet18-weights.*do not fit mdp_resnet50"):
         save_file(expected, str(tmp_path / "resnet18-weights.safetensors"))
-        timm.create_model("mdp_resnet50", pretrained=True,
-                          pretrained_cfg_overlay=dict(file=str(tmp_path / "resnet18-weights.safetensors")))
+        timm.create_model(
+            "mdp_resnet50",
+            pretrained=True,
+            pretrained_cfg_overlay=dict(file=str(tmp_path / "resnet18-weights.safetensors")),
+        )
 
 
 def test_corrupt_cached_weights_name_the_repo(exported, offline):
@@ -241,8 +255,10 @@ def test_list_weights_reports_cache_state(exported, offline):
 
 
 def test_prefetch_offline_names_the_repo(offline):
-    with pytest.raises(WeightsNotAvailableError, match="'mdp-hub/mdp_resnet50.voc_200ep' is not in the local cache "
-                                                       "and HF_HUB_OFFLINE is set"):
+    with pytest.raises(
+        WeightsNotAvailableError,
+        match="'mdp-hub/mdp_resnet50.voc_200ep' is not in the local cache and HF_HUB_OFFLINE is set",
+    ):
         mdp_hub.prefetch("mdp-hub/mdp_resnet50.voc_200ep")
 
 
@@ -257,8 +273,10 @@ def test_unpublished_tags_fail_at_once_without_the_network(monkeypatch, tmp_path
 
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
-    for load in (lambda: timm.create_model("mdp_resnet18.voc_200ep", pretrained=True),
-                 lambda: mdp_hub.prefetch("mdp_resnet50.voc_100ep"),
-                 lambda: mdp_hub.PrototypeSegmenter.from_pretrained("mdp_resnet50")):
+    for load in (
+        lambda: timm.create_model("mdp_resnet18.voc_200ep", pretrained=True),
+        lambda: mdp_hub.prefetch("mdp_resnet50.voc_100ep"),
+        lambda: mdp_hub.PrototypeSegmenter.from_pretrained("mdp_resnet50"),
+    ):
         with pytest.raises(WeightsNotAvailableError, match="no weights are published for mdp_resnet.* yet"):
             load()

@@ -30,8 +30,9 @@ LISTING = "import timm, mdp_hub; print(timm.list_pretrained('mdp_*'), timm.is_mo
 
 def pretrained_listing_at_import(cache):
     env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-c", LISTING], env=env, capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        [sys.executable, "-c", LISTING], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def test_timm_lists_as_pretrained_only_tags_whose_weights_are_published_or_cached(tmp_path, monkeypatch):
@@ -88,7 +89,11 @@ def test_org_comes_from_the_environment():
 def test_catalog_holds_the_papers_numbers_for_resnet50_only():
     assert catalog.RECIPES[0].tag == catalog.DEFAULT_TAG == "voc_ade20k_coco_200ep"
     assert catalog.paper_miou("mdp_resnet50", "voc_ade20k_coco_200ep") == {
-        "voc": 77.79, "ade20k": 42.69, "cityscapes": 80.64, "coco_stuff": 38.37}
+        "voc": 77.79,
+        "ade20k": 42.69,
+        "cityscapes": 80.64,
+        "coco_stuff": 38.37,
+    }
     assert catalog.paper_miou("mdp_resnet50", "in1k_voc_ade20k_100ep") == {"voc": 75.70, "ade20k": 41.57}
     assert catalog.paper_miou("mdp_resnet101", "voc_ade20k_coco_200ep") == {}
     assert len({r.tag for r in catalog.RECIPES}) == len(catalog.RECIPES)

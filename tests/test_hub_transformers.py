@@ -56,8 +56,9 @@ def test_upernet_segments_with_the_export_as_timm_backbone(exported, offline, tm
     folder, expected = exported
     install_export(folder, REPO)
     backbone_config = TimmBackboneConfig(backbone=f"hf-hub:{REPO}", out_indices=OUT_INDICES)
-    model = UperNetForSemanticSegmentation(UperNetConfig(backbone_config=backbone_config, num_labels=5,
-                                                         hidden_size=32, use_auxiliary_head=False))
+    model = UperNetForSemanticSegmentation(
+        UperNetConfig(backbone_config=backbone_config, num_labels=5, hidden_size=32, use_auxiliary_head=False)
+    )
     # transformers builds a config's backbone with random weights; the pretrained one replaces it
     model.backbone = AutoBackbone.from_config(backbone_config, pretrained=True)
     assert model.backbone.channels == [64, 128, 256, 512]

@@ -71,8 +71,15 @@ def test_alignment_uniformity_rank_and_image_share_on_known_geometries():
 def tiny_mdp():
     label_space = LabelSpace([("a", ["x", "y", "z"]), ("b", ["u", "v"])])
     torch.manual_seed(0)
-    return build_method("mdp", label_space=label_space, arch="resnet18", output_stride=16, embed_dim=16,
-                        head_hidden_dim=32, sparse_coding=None)
+    return build_method(
+        "mdp",
+        label_space=label_space,
+        arch="resnet18",
+        output_stride=16,
+        embed_dim=16,
+        head_hidden_dim=32,
+        sparse_coding=None,
+    )
 
 
 def test_probe_reports_every_measure_and_leaves_batchnorm_statistics_alone():
@@ -86,9 +93,19 @@ def test_probe_reports_every_measure_and_leaves_batchnorm_statistics_alone():
     second = probe(10)
     for name, value in before.items():
         assert torch.equal(method.state_dict()[name], value) or name.startswith("memory."), name
-    expected = {"val_backbone_ncc", "val_backbone_probe", "val_embed_ncc", "val_embed_probe", "val_embed_alignment",
-                "val_embed_uniformity", "val_embed_rank", "val_embed_image_share", "prototype_cos_mean",
-                "prototype_cos_max", "val_prototype_accuracy"}
+    expected = {
+        "val_backbone_ncc",
+        "val_backbone_probe",
+        "val_embed_ncc",
+        "val_embed_probe",
+        "val_embed_alignment",
+        "val_embed_uniformity",
+        "val_embed_rank",
+        "val_embed_image_share",
+        "prototype_cos_mean",
+        "prototype_cos_max",
+        "val_prototype_accuracy",
+    }
     assert expected <= set(first) and expected | {"prototype_drift"} <= set(second)
     assert math.isnan(first["prototype_cos_mean"]) and not math.isnan(second["prototype_cos_mean"])
     assert second["prototype_drift"] > 0

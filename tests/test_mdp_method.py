@@ -67,8 +67,9 @@ def test_state_dict_layout_and_exportable_backbone(label_space):
     prefixes = {key.split(".")[0] + "." + key.split(".")[1] for key in keys if not key.startswith("memory.")}
     assert prefixes == {"encoder.backbone", "encoder.head", "momentum_encoder.backbone", "momentum_encoder.head"}
     assert method.state_dict()["memory.prototypes"].shape == (label_space.num_classes, 16)
-    backbone = {k[len("encoder.backbone."):]: v for k, v in method.state_dict().items()
-                if k.startswith("encoder.backbone.")}
+    backbone = {
+        k[len("encoder.backbone.") :]: v for k, v in method.state_dict().items() if k.startswith("encoder.backbone.")
+    }
     timm.create_model(ARCH, num_classes=0).load_state_dict(backbone, strict=True)
     ce_keys = set(build("supervised_ce", label_space).state_dict())
     assert {"classifier.weight", "classifier.bias"} <= ce_keys
@@ -160,7 +161,9 @@ def test_sparse_coding_switches(label_space):
         method(batch)  # fill prototypes
         outputs[variant] = method(batch)
     assert "loss_sc" in outputs["csc2"] and "loss_sc" not in outputs["csc1"] and "loss_sc" not in outputs[None]
-    torch.testing.assert_close(outputs["csc2"]["loss"], outputs["csc2"]["loss_proto"] + 0.1 * outputs["csc2"]["loss_sc"])
+    torch.testing.assert_close(
+        outputs["csc2"]["loss"], outputs["csc2"]["loss_proto"] + 0.1 * outputs["csc2"]["loss_sc"]
+    )
     # CSC1 removes the nearest foreign prototypes from the denominator: the contrastive loss can only drop.
     assert outputs["csc1"]["loss_proto"] < outputs[None]["loss_proto"]
     torch.testing.assert_close(outputs[None]["loss"], outputs[None]["loss_proto"])

@@ -37,8 +37,9 @@ def test_miner_writes_thresholded_masks_in_the_generic_folder_format(tiny, tmp_p
     first = segmenter.segment(images / "a.png")
     threshold = float(first.scores.median())  # about half the pixels of the first image on each side
     out = tmp_path / "mined"
-    assert main(["--model", str(folder), "--images", str(images), "--out", str(out),
-                 "--threshold", str(threshold)]) == 0
+    assert (
+        main(["--model", str(folder), "--images", str(images), "--out", str(out), "--threshold", str(threshold)]) == 0
+    )
 
     assert (out / "classes.txt").read_text().splitlines() == list(LABEL_SPACE.class_names)
     kept_total = pixels_total = 0
@@ -68,8 +69,10 @@ def test_miner_writes_thresholded_masks_in_the_generic_folder_format(tiny, tmp_p
     unify = json.loads((out / "unify_map.json").read_text())
     assert unify["mined/ade20k/sky"] == "ade20k/sky"
     reader = FolderReader(out)
-    space = LabelSpace([*[(d.name, d.class_names) for d in LABEL_SPACE.datasets],
-                        (reader.dataset_name, reader.class_names)], unify_map=unify)
+    space = LabelSpace(
+        [*[(d.name, d.class_names) for d in LABEL_SPACE.datasets], (reader.dataset_name, reader.class_names)],
+        unify_map=unify,
+    )
     assert space.num_classes == LABEL_SPACE.num_classes
     assert space.dataset_class_ids("mined").tolist() == list(range(LABEL_SPACE.num_classes))
 
@@ -77,22 +80,42 @@ def test_miner_writes_thresholded_masks_in_the_generic_folder_format(tiny, tmp_p
 def test_miner_restricted_to_one_dataset_and_threshold_extremes(tiny, tmp_path):
     checkpoint, _, images, segmenter = tiny
     out = tmp_path / "voc_only"
-    assert main(["--model", str(checkpoint), "--images", str(images), "--out", str(out), "--dataset", "voc",
-                 "--threshold", "0"]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                str(checkpoint),
+                "--images",
+                str(images),
+                "--out",
+                str(out),
+                "--dataset",
+                "voc",
+                "--threshold",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert (out / "classes.txt").read_text().splitlines() == ["background", "cat", "dog"]
     mask = np.asarray(Image.open(out / "masks" / "a.png"))
     assert np.array_equal(mask, segmenter.segment(images / "a.png", restrict_to="voc_aug").labels.numpy())
     assert json.loads((out / "unify_map.json").read_text())["voc_only/cat"] == "voc_aug/cat"
     everything_dropped = tmp_path / "none_kept"
-    assert main(["--model", str(checkpoint), "--images", str(images), "--out", str(everything_dropped),
-                 "--threshold", "1"]) == 0
+    assert (
+        main(
+            ["--model", str(checkpoint), "--images", str(images), "--out", str(everything_dropped), "--threshold", "1"]
+        )
+        == 0
+    )
     assert (np.asarray(Image.open(everything_dropped / "masks" / "a.png")) == 255).all()
 
 
 def test_miner_bad_input_gets_clear_errors(tiny, tmp_path, capsys):
     _, folder, images, _ = tiny
-    assert main(["--model", str(folder), "--images", str(images), "--out", str(tmp_path / "o"),
-                 "--threshold", "1.5"]) == 2
+    assert (
+        main(["--model", str(folder), "--images", str(images), "--out", str(tmp_path / "o"), "--threshold", "1.5"]) == 2
+    )
     assert "--threshold 1.5: must be a probability in [0, 1]" in capsys.readouterr().err
     broken = tmp_path / "broken"
     write_image(broken / "good.png")

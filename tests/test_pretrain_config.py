@@ -1,4 +1,5 @@
 """Strict configs: unknown keys and wrong types fail with the key named; recipes inherit; --set is type-checked."""
+
 from __future__ import annotations
 
 import pytest
@@ -45,8 +46,9 @@ def test_int_is_accepted_for_float_and_round_trips():
 
 
 def test_set_overrides_are_parsed_as_yaml_and_checked():
-    values = apply_overrides({}, ["optim.lr=0.5", "data.scale_range=[1, 2]", "train.compile=true",
-                                 "method.options.tau=0.2"])
+    values = apply_overrides(
+        {}, ["optim.lr=0.5", "data.scale_range=[1, 2]", "train.compile=true", "method.options.tau=0.2"]
+    )
     config = from_dict(values)
     assert config.optim.lr == 0.5 and config.data.scale_range == [1.0, 2.0] and config.train.compile is True
     assert config.method.options == {"tau": 0.2}

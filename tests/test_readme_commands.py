@@ -1,4 +1,5 @@
 """The README's two commands are the project's front door: keep them present, and CI running the test one."""
+
 import re
 import subprocess
 from pathlib import Path

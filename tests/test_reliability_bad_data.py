@@ -5,6 +5,7 @@ invalid label value must never be mapped to some class. Counted figure: ``len(RE
 
 The dataset on disk stays intact: a sample's paths are pointed at a broken copy in a temporary folder.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -91,8 +92,13 @@ def shapes(tmp_path_factory):
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 @pytest.mark.parametrize("reader_name", sorted(READER_SPECS))
-def test_bad_file_raises_naming_it_or_is_counted_at_startup(reader_name, fault, synthetic_root, shapes,  # noqa: F811
-                                                            tmp_path):
+def test_bad_file_raises_naming_it_or_is_counted_at_startup(
+    reader_name,
+    fault,
+    synthetic_root,
+    shapes,  # noqa: F811
+    tmp_path,
+):
     reader = open_reader(READER_SPECS[reader_name](synthetic_root, shapes))
     assert reader.format_name == reader_name
     reader.load_pair(0)  # the intact sample loads

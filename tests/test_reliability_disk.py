@@ -6,6 +6,7 @@ A full disk is simulated by letting the real writer put half of its bytes on dis
 as root, for whom a chmod'ed folder stays writable). Counted figures: ``CHECKPOINT_FAULTS`` and ``EXPORT_FAULTS``,
 each tried on a fresh folder and over a previous good result.
 """
+
 from __future__ import annotations
 
 import errno
@@ -147,6 +148,7 @@ def _config_half_then_fail(model, config_path, **kwargs):
 
 def _arm_tensor_file(name):
     """The real writer puts half of ``name``'s bytes on disk, then the disk is full."""
+
     def arm(patch):
         real_write_bytes = Path.write_bytes
 

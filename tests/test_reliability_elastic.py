@@ -10,6 +10,7 @@ read its peer's key first connected to the dead process ("Connection refused", t
 in about one run of three here; ``test_each_restart_attempt_gets_its_own_key_space`` pins that part down without
 torchrun.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,16 +37,35 @@ STEPS, CHECKPOINT_EVERY, KILL_AT_STEP = 8, 2, 5
 @pytest.mark.slow
 def test_worker_killed_under_torchrun_is_restarted_and_resumes_from_the_last_checkpoint(tmp_path):
     # 2 ranks x batch 2 see the samples of 1 process x batch 4 (see test_engine_loop's DDP test)
-    single = build_trainer(tmp_path / "single", total_steps=STEPS, batch_size=4, dataset_size=24,
-                           checkpoint_every=CHECKPOINT_EVERY, random_draws=False)
+    single = build_trainer(
+        tmp_path / "single",
+        total_steps=STEPS,
+        batch_size=4,
+        dataset_size=24,
+        checkpoint_every=CHECKPOINT_EVERY,
+        random_draws=False,
+    )
     single.run()
     single.logger.close()
 
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}", OMP_NUM_THREADS="1")
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-           "--max-restarts", "3", "--monitor-interval", "0.2", __file__, "--run-dir", str(tmp_path / "ddp")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        "--max-restarts",
+        "3",
+        "--monitor-interval",
+        "0.2",
+        __file__,
+        "--run-dir",
+        str(tmp_path / "ddp"),
+    ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -61,8 +81,14 @@ def test_worker_killed_under_torchrun_is_restarted_and_resumes_from_the_last_che
         torch.testing.assert_close(state["model"][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
 
 
-ELASTIC_ENV = ("TORCHELASTIC_USE_AGENT_STORE", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS",
-               "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
+ELASTIC_ENV = (
+    "TORCHELASTIC_USE_AGENT_STORE",
+    "TORCHELASTIC_RESTART_COUNT",
+    "TORCHELASTIC_MAX_RESTARTS",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "LOCAL_WORLD_SIZE",
+)
 
 
 @pytest.fixture
@@ -71,9 +97,14 @@ def agent_store(monkeypatch):
     for name in ELASTIC_ENV:
         monkeypatch.delenv(name, raising=False)
     server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=10))
-    for name, value in {"TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_MAX_RESTARTS": "3",
-                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(server.port), "LOCAL_WORLD_SIZE": "2",
-                        "TORCHELASTIC_RESTART_COUNT": "0"}.items():
+    for name, value in {
+        "TORCHELASTIC_USE_AGENT_STORE": "True",
+        "TORCHELASTIC_MAX_RESTARTS": "3",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(server.port),
+        "LOCAL_WORLD_SIZE": "2",
+        "TORCHELASTIC_RESTART_COUNT": "0",
+    }.items():
         monkeypatch.setenv(name, value)
     return server
 
@@ -108,8 +139,15 @@ def _worker_main() -> None:
     args = parser.parse_args()
     info = distributed.init_distributed("cpu")
     restart_count = int(os.environ["TORCHELASTIC_RESTART_COUNT"])
-    trainer = build_trainer(args.run_dir, total_steps=STEPS, batch_size=2, dataset_size=24,
-                            checkpoint_every=CHECKPOINT_EVERY, dist_info=info, random_draws=False)
+    trainer = build_trainer(
+        args.run_dir,
+        total_steps=STEPS,
+        batch_size=2,
+        dataset_size=24,
+        checkpoint_every=CHECKPOINT_EVERY,
+        dist_info=info,
+        random_draws=False,
+    )
     resumed_from = trainer.resume()
     if info.rank == 1 and restart_count == 0:
         _arm("mid-step", KILL_AT_STEP - resumed_from)

@@ -7,6 +7,7 @@ the entry points once and forks a fresh process per case that runs the module as
 ``python -m`` does (``runpy``); the forked processes are the entry points' real processes, with their own exit
 code and stderr. Every case fails before training starts.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,18 +29,56 @@ from training.data import build_pretrain_dataset, build_segmentation_dataset
 from training.engine.run_lock import RunLock
 
 ROOT = Path(__file__).resolve().parents[1]
-PROGS = {"training.pretrain": "python -m training.pretrain", "training.finetune": "python -m training.finetune",
-         "training.evaluate": "python -m training.evaluate", "training.mine": "python -m training.mine",
-         "training.data": "python -m training.data", "training.experiments": "python -m training.experiments",
-         "training.experiments_prototypes": "python -m training.experiments_prototypes",
-         "benchmarks": "python -m benchmarks", "mdp_hub": "mdp-hub"}
+PROGS = {
+    "training.pretrain": "python -m training.pretrain",
+    "training.finetune": "python -m training.finetune",
+    "training.evaluate": "python -m training.evaluate",
+    "training.mine": "python -m training.mine",
+    "training.data": "python -m training.data",
+    "training.experiments": "python -m training.experiments",
+    "training.experiments_prototypes": "python -m training.experiments_prototypes",
+    "benchmarks": "python -m benchmarks",
+    "mdp_hub": "mdp-hub",
+}
 
-PRETRAIN = ["--set", "data.crop_size=32", "--set", "data.base_size=0", "--set", "data.num_workers=0",
-            "--set", "train.batch_size=2", "--set", "train.max_steps=1", "--set", "train.plots=false",
-            "--set", "export.enabled=false", "--set", "method.options.sc_topk=1", "--output", "{tmp}/pretrain"]
-FINETUNE = ["--set", "data.train=folder:{shapes}:train", "--set", "data.val=folder:{shapes}:val",
-            "--set", "data.crop_size=[32, 32]", "--set", "data.num_workers=0", "--set", "model.arch=test_resnet",
-            "--set", "train.iterations=2", "--set", "train.batch_size=2", "--output", "{tmp}/finetune"]
+PRETRAIN = [
+    "--set",
+    "data.crop_size=32",
+    "--set",
+    "data.base_size=0",
+    "--set",
+    "data.num_workers=0",
+    "--set",
+    "train.batch_size=2",
+    "--set",
+    "train.max_steps=1",
+    "--set",
+    "train.plots=false",
+    "--set",
+    "export.enabled=false",
+    "--set",
+    "method.options.sc_topk=1",
+    "--output",
+    "{tmp}/pretrain",
+]
+FINETUNE = [
+    "--set",
+    "data.train=folder:{shapes}:train",
+    "--set",
+    "data.val=folder:{shapes}:val",
+    "--set",
+    "data.crop_size=[32, 32]",
+    "--set",
+    "data.num_workers=0",
+    "--set",
+    "model.arch=test_resnet",
+    "--set",
+    "train.iterations=2",
+    "--set",
+    "train.batch_size=2",
+    "--output",
+    "{tmp}/finetune",
+]
 
 
 def datasets(spec: str) -> list[str]:
@@ -49,81 +88,181 @@ def datasets(spec: str) -> list[str]:
 # case -> (module, arguments, exit code, pattern the one error line must match)
 CASES = {
     "pretrain: dataset folder missing": (
-        "training.pretrain", PRETRAIN + datasets("folder:{tmp}/absent"), 2, r"{tmp}/absent.*not found"),
+        "training.pretrain",
+        PRETRAIN + datasets("folder:{tmp}/absent"),
+        2,
+        r"{tmp}/absent.*not found",
+    ),
     "pretrain: wrong layout": (
-        "training.pretrain", PRETRAIN + datasets("ade20k:{shapes}"), 2, r"{shapes}/.*(not found|missing)"),
+        "training.pretrain",
+        PRETRAIN + datasets("ade20k:{shapes}"),
+        2,
+        r"{shapes}/.*(not found|missing)",
+    ),
     "pretrain: empty dataset folder": (
-        "training.pretrain", PRETRAIN + datasets("folder:{empty}"), 2, r"{empty}.*(no images|empty)"),
+        "training.pretrain",
+        PRETRAIN + datasets("folder:{empty}"),
+        2,
+        r"{empty}.*(no images|empty)",
+    ),
     "pretrain: split typo": (
-        "training.pretrain", PRETRAIN + datasets("folder:{shapes}:trainig"), 2, r"trainig: split folder not found"),
+        "training.pretrain",
+        PRETRAIN + datasets("folder:{shapes}:trainig"),
+        2,
+        r"trainig: split folder not found",
+    ),
     "pretrain: corrupt image": (
-        "training.pretrain", PRETRAIN + datasets("folder:{broken}:train"), 2,
-        r"{broken}/images/train/00\d\.jpg: image is truncated or corrupt"),
+        "training.pretrain",
+        PRETRAIN + datasets("folder:{broken}:train"),
+        2,
+        r"{broken}/images/train/00\d\.jpg: image is truncated or corrupt",
+    ),
     "pretrain: batch_size 0": (
-        "training.pretrain", PRETRAIN + datasets("folder:{shapes}:train") + ["--set", "train.batch_size=0"], 2,
-        r"batch_size must be at least 1, got 0"),
+        "training.pretrain",
+        PRETRAIN + datasets("folder:{shapes}:train") + ["--set", "train.batch_size=0"],
+        2,
+        r"batch_size must be at least 1, got 0",
+    ),
     "pretrain: batch_size -1": (
-        "training.pretrain", PRETRAIN + datasets("folder:{shapes}:train") + ["--set", "train.batch_size=-1"], 2,
-        r"batch_size must be at least 1, got -1"),
+        "training.pretrain",
+        PRETRAIN + datasets("folder:{shapes}:train") + ["--set", "train.batch_size=-1"],
+        2,
+        r"batch_size must be at least 1, got -1",
+    ),
     "pretrain: fewer images than one batch": (
-        "training.pretrain", PRETRAIN + datasets("folder:{few}:train") + ["--set", "train.batch_size=4"], 2,
-        r"1 images per epoch .* fewer than one batch of 4: lower train.batch_size"),
+        "training.pretrain",
+        PRETRAIN + datasets("folder:{few}:train") + ["--set", "train.batch_size=4"],
+        2,
+        r"1 images per epoch .* fewer than one batch of 4: lower train.batch_size",
+    ),
     "pretrain: fewer classes than sc_topk": (
-        "training.pretrain", PRETRAIN + datasets("folder:{shapes}:train") + ["--set", "method.options.sc_topk=5"],
-        2, r"method.options for the 3 classes of shapes: sc_topk must be in 1..2"),
+        "training.pretrain",
+        PRETRAIN + datasets("folder:{shapes}:train") + ["--set", "method.options.sc_topk=5"],
+        2,
+        r"method.options for the 3 classes of shapes: sc_topk must be in 1..2",
+    ),
     "pretrain: text file as init weights": (
-        "training.pretrain", PRETRAIN + datasets("folder:{shapes}:train") + ["--set", "init.pretrained={notes}"], 2,
-        r"{notes}: not a PyTorch weights file \(it starts with b'these are notes"),
+        "training.pretrain",
+        PRETRAIN + datasets("folder:{shapes}:train") + ["--set", "init.pretrained={notes}"],
+        2,
+        r"{notes}: not a PyTorch weights file \(it starts with b'these are notes",
+    ),
     "pretrain: fine-tuning recipe": (
-        "training.pretrain", ["--recipe", "finetune_voc_aug"], 2,
-        r"recipe 'finetune_voc_aug' is for python -m training.finetune; the pretraining recipes are: ablate_"),
-    "pretrain: unknown key": (
-        "training.pretrain", ["--set", "train.epochz=3"], 2, r"unknown key train.epochz"),
+        "training.pretrain",
+        ["--recipe", "finetune_voc_aug"],
+        2,
+        r"recipe 'finetune_voc_aug' is for python -m training.finetune; the pretraining recipes are: ablate_",
+    ),
+    "pretrain: unknown key": ("training.pretrain", ["--set", "train.epochz=3"], 2, r"unknown key train.epochz"),
     "pretrain: run folder in use": (
-        "training.pretrain", PRETRAIN[:-1] + ["{locked}"] + datasets("folder:{shapes}:train"), 2,
-        r"{locked}: another run is using this folder \(pid {pid} "),
+        "training.pretrain",
+        PRETRAIN[:-1] + ["{locked}"] + datasets("folder:{shapes}:train"),
+        2,
+        r"{locked}: another run is using this folder \(pid {pid} ",
+    ),
     "finetune: recipe typo": (
-        "training.finetune", ["--recipe", "finetune_vocaug"], 2,
-        r"unknown recipe 'finetune_vocaug'; the fine-tuning recipes are: finetune_ade20k, finetune_cityscapes"),
+        "training.finetune",
+        ["--recipe", "finetune_vocaug"],
+        2,
+        r"unknown recipe 'finetune_vocaug'; the fine-tuning recipes are: finetune_ade20k, finetune_cityscapes",
+    ),
     "finetune: train folder missing": (
-        "training.finetune", FINETUNE + ["--set", "data.train=folder:{tmp}/absent"], 2, r"{tmp}/absent.*not found"),
+        "training.finetune",
+        FINETUNE + ["--set", "data.train=folder:{tmp}/absent"],
+        2,
+        r"{tmp}/absent.*not found",
+    ),
     "finetune: broken validation mask": (
-        "training.finetune", FINETUNE + ["--set", "data.val=folder:{broken_val}:val"], 2,
-        r"{broken_val}/masks/val/000\.png: .*validation data is checked before training starts"),
+        "training.finetune",
+        FINETUNE + ["--set", "data.val=folder:{broken_val}:val"],
+        2,
+        r"{broken_val}/masks/val/000\.png: .*validation data is checked before training starts",
+    ),
     "finetune: text file as --init": (
-        "training.finetune", FINETUNE + ["--init", "{notes}"], 2, r"{notes}: not a PyTorch weights file"),
+        "training.finetune",
+        FINETUNE + ["--init", "{notes}"],
+        2,
+        r"{notes}: not a PyTorch weights file",
+    ),
     "finetune: fewer images than one batch": (
-        "training.finetune", FINETUNE + ["--set", "data.train=folder:{few}:train", "--set", "train.batch_size=4"],
-        2, r"data.train has 1 images, fewer than one batch of 4 per process: lower train.batch_size"),
+        "training.finetune",
+        FINETUNE + ["--set", "data.train=folder:{few}:train", "--set", "train.batch_size=4"],
+        2,
+        r"data.train has 1 images, fewer than one batch of 4 per process: lower train.batch_size",
+    ),
     "finetune: batch_size 0": (
-        "training.finetune", FINETUNE + ["--set", "train.batch_size=0"], 2,
-        r"train.batch_size=0 must both be positive"),
-    "finetune: unknown key": (
-        "training.finetune", FINETUNE + ["--set", "optim.lrr=1"], 2, r"unknown key.* optim.lrr"),
+        "training.finetune",
+        FINETUNE + ["--set", "train.batch_size=0"],
+        2,
+        r"train.batch_size=0 must both be positive",
+    ),
+    "finetune: unknown key": ("training.finetune", FINETUNE + ["--set", "optim.lrr=1"], 2, r"unknown key.* optim.lrr"),
     "evaluate: checkpoint missing": (
-        "training.evaluate", ["--checkpoint", "{tmp}/absent.pth"], 2, r"{tmp}/absent.pth does not exist"),
+        "training.evaluate",
+        ["--checkpoint", "{tmp}/absent.pth"],
+        2,
+        r"{tmp}/absent.pth does not exist",
+    ),
     "evaluate: text file as checkpoint": (
-        "training.evaluate", ["--checkpoint", "{notes}"], 2, r"checkpoint {notes}: not a PyTorch weights file"),
+        "training.evaluate",
+        ["--checkpoint", "{notes}"],
+        2,
+        r"checkpoint {notes}: not a PyTorch weights file",
+    ),
     "mine: image folder missing": (
-        "training.mine", ["--model", "{checkpoint}", "--images", "{tmp}/absent", "--out", "{tmp}/mined"], 2,
-        r"{tmp}/absent: image folder not found"),
+        "training.mine",
+        ["--model", "{checkpoint}", "--images", "{tmp}/absent", "--out", "{tmp}/mined"],
+        2,
+        r"{tmp}/absent: image folder not found",
+    ),
     "mine: text file as model": (
-        "training.mine", ["--model", "{notes}", "--images", "{shapes}/images", "--out", "{tmp}/mined"], 2,
-        r"{notes}: not a PyTorch weights file"),
+        "training.mine",
+        ["--model", "{notes}", "--images", "{shapes}/images", "--out", "{tmp}/mined"],
+        2,
+        r"{notes}: not a PyTorch weights file",
+    ),
     "data: synth into a read-only folder": (
-        "training.data", ["synth", "{read_only}/synthetic"], 2, r"{read_only}.*check its permissions"),
+        "training.data",
+        ["synth", "{read_only}/synthetic"],
+        2,
+        r"{read_only}.*check its permissions",
+    ),
     "experiments: --jobs 0": (
-        "training.experiments", ["paper-tables", "--jobs", "0"], 2, r"--jobs 0: must be at least 1"),
+        "training.experiments",
+        ["paper-tables", "--jobs", "0"],
+        2,
+        r"--jobs 0: must be at least 1",
+    ),
     "experiments_prototypes: text file as model": (
-        "training.experiments_prototypes", ["--model", "{notes}"], 2, r"{notes}: not a PyTorch weights file"),
+        "training.experiments_prototypes",
+        ["--model", "{notes}"],
+        2,
+        r"{notes}: not a PyTorch weights file",
+    ),
     "benchmarks: read-only --out": (
-        "benchmarks", ["--quick", "--out", "{read_only}/BENCHMARKS.md"], 2, r"{read_only}.*check its permissions"),
+        "benchmarks",
+        ["--quick", "--out", "{read_only}/BENCHMARKS.md"],
+        2,
+        r"{read_only}.*check its permissions",
+    ),
     "mdp-hub: text file exported": (
-        "mdp_hub", ["export", "{notes}", "{tmp}/export"], 2, r"{notes}: not a PyTorch weights file"),
+        "mdp_hub",
+        ["export", "{notes}", "{tmp}/export"],
+        2,
+        r"{notes}: not a PyTorch weights file",
+    ),
     "mdp-hub: verify a tampered export": (
-        "mdp_hub", ["verify", "{tampered}"], 2, r"{tampered}: model.safetensors: sha256 [0-9a-f]{64} differs from"),
+        "mdp_hub",
+        ["verify", "{tampered}"],
+        2,
+        r"{tampered}: model.safetensors: sha256 [0-9a-f]{64} differs from",
+    ),
     "mdp-hub: export into a read-only folder": (
-        "mdp_hub", ["export", "{checkpoint}", "{read_only}/export"], 2, r"{read_only}.*check its permissions"),
+        "mdp_hub",
+        ["export", "{checkpoint}", "{read_only}/export"],
+        2,
+        r"{read_only}.*check its permissions",
+    ),
 }
 
 
@@ -170,10 +309,19 @@ def make_inputs(tmp: Path) -> dict[str, str]:
     tampered = export(tmp / "last.pth", tmp / "tampered")
     weights = (tampered / "model.safetensors").read_bytes()
     (tampered / "model.safetensors").write_bytes(weights[:-1] + bytes([weights[-1] ^ 1]))
-    return {"tmp": str(tmp), "shapes": str(shapes), "few": str(few), "broken": str(broken),
-            "broken_val": str(broken_val), "empty": str(empty), "notes": str(notes),
-            "checkpoint": str(tmp / "last.pth"), "locked": str(tmp / "locked"), "pid": str(os.getpid()),
-            "tampered": str(tampered)}
+    return {
+        "tmp": str(tmp),
+        "shapes": str(shapes),
+        "few": str(few),
+        "broken": str(broken),
+        "broken_val": str(broken_val),
+        "empty": str(empty),
+        "notes": str(notes),
+        "checkpoint": str(tmp / "last.pth"),
+        "locked": str(tmp / "locked"),
+        "pid": str(os.getpid()),
+        "tampered": str(tampered),
+    }
 
 
 def _fill(text: str, values: dict[str, str]) -> str:
@@ -188,13 +336,20 @@ def outcomes(tmp_path_factory):
     with read_only_folder(tmp / "read_only") as read_only, RunLock(tmp / "locked"):
         values["read_only"] = str(read_only)
         table = {name: (module, args, {}) for name, (module, args, _, _) in CASES.items()} | DEBUG_CASES
-        cases = {name: (module, [_fill(arg, values) for arg in args], env)
-                 for name, (module, args, env) in table.items()}
+        cases = {
+            name: (module, [_fill(arg, values) for arg in args], env) for name, (module, args, env) in table.items()
+        }
         (tmp / "cases.json").write_text(json.dumps(cases))
-        env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}", OMP_NUM_THREADS="1",
-                   HF_HUB_OFFLINE="1")
-        subprocess.run([sys.executable, __file__, str(tmp / "cases.json"), str(tmp / "outcomes.json")], env=env,
-                       cwd=tmp, check=True, timeout=900)
+        env = dict(
+            os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1"
+        )
+        subprocess.run(
+            [sys.executable, __file__, str(tmp / "cases.json"), str(tmp / "outcomes.json")],
+            env=env,
+            cwd=tmp,
+            check=True,
+            timeout=900,
+        )
     return values, json.loads((tmp / "outcomes.json").read_text())
 
 
@@ -232,7 +387,8 @@ def test_a_crop_far_larger_than_the_images_is_warned(tmp_path, caplog):
         build_segmentation_dataset(f"folder:{shapes}:train", train=True, crop_size=[2048, 2048], **common)
     assert [r.getMessage() for r in caplog.records] == [
         f"{shapes}: crop size 2048 is far larger than its images (32x32, at most 64 px after rescaling): every crop "
-        "is mostly padding and costs as much as a full 2048 px crop; lower data.crop_size"]
+        "is mostly padding and costs as much as a full 2048 px crop; lower data.crop_size"
+    ]
 
 
 # ---------------------------------------------------------------- the child process

@@ -1,4 +1,5 @@
 """docs/RELIABILITY.md's figures are counted from the reliability tests' tables, not typed by hand."""
+
 import re
 from pathlib import Path
 

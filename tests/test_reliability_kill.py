@@ -5,6 +5,7 @@ command, and at the end its weights must equal those of an uninterrupted run bit
 child program: ``python tests/test_reliability_kill.py --kill POINT:N pretrain|finetune <CLI args>`` runs the real
 CLI with the fault armed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,10 +33,10 @@ CHECKPOINT_EVERY = 2
 # (fault, n-th occurrence in that process, step of last.pth after the kill). Each restart resumes from the previous
 # row's checkpoint; save #1 of a process resumed at step s is the one at s + 2.
 KILL_CHAIN = [
-    ("mid-write", 2, 2),       # torch.save has written half of the step-4 checkpoint's temporary file
-    ("before-rename", 1, 2),   # the step-4 temporary file is complete and fsynced, os.replace not yet called
-    ("after-rename", 1, 4),    # last.pth is the new step-4 file; the directory fsync and snapshots not yet done
-    ("mid-step", 2, 4),        # inside step 6, between checkpoints
+    ("mid-write", 2, 2),  # torch.save has written half of the step-4 checkpoint's temporary file
+    ("before-rename", 1, 2),  # the step-4 temporary file is complete and fsynced, os.replace not yet called
+    ("after-rename", 1, 4),  # last.pth is the new step-4 file; the directory fsync and snapshots not yet done
+    ("mid-step", 2, 4),  # inside step 6, between checkpoints
 ]
 MAINS = {"pretrain": pretrain_cli.main, "finetune": finetune_cli.main}
 
@@ -52,7 +53,9 @@ def _args(kind: str, data: Path, run: Path) -> list[str]:
 
 def _run_killed(kind: str, fault: str, count: int, args: list[str]) -> subprocess.CompletedProcess:
     # the same thread count as this process: a different split of the reductions changes the last bits
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}", OMP_NUM_THREADS=str(torch.get_num_threads()))
+    env = dict(
+        os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}", OMP_NUM_THREADS=str(torch.get_num_threads())
+    )
     cmd = [sys.executable, __file__, "--kill", f"{fault}:{count}", kind, *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
 

@@ -3,6 +3,7 @@ owner refuses the next run by pid, a dead one's lock is taken over), and a refus
 run's files untouched. (Broken validation data at start-up: tests/test_reliability_errors.py; Ctrl-C:
 tests/test_engine_loop.py; disk full and interrupted saves: tests/test_reliability_disk.py; a failed miner:
 tests/test_mine_pseudo_labels.py.)"""
+
 from __future__ import annotations
 
 import json
@@ -25,10 +26,17 @@ def shapes(tmp_path_factory):
 
 
 def test_validation_runs_after_its_steps_checkpoint_and_a_resume_repeats_an_unfinished_one(
-        shapes, tmp_path, monkeypatch):
+    shapes, tmp_path, monkeypatch
+):
     run = tmp_path / "run"
-    args = ["--output", str(run), *[f"--set={o}" for o in tiny_overrides(shapes, 4)],
-            "--set=train.eval_every=2", "--set=train.checkpoint_every=1000", "--set=eval.overlays=0"]
+    args = [
+        "--output",
+        str(run),
+        *[f"--set={o}" for o in tiny_overrides(shapes, 4)],
+        "--set=train.eval_every=2",
+        "--set=train.checkpoint_every=1000",
+        "--set=eval.overlays=0",
+    ]
 
     def broken_validation(*_, **__):
         raise RuntimeError("validation crashed")
@@ -47,9 +55,17 @@ def test_validation_runs_after_its_steps_checkpoint_and_a_resume_repeats_an_unfi
 
 
 def test_a_live_runs_lock_refuses_a_second_run_naming_its_pid(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from training.engine.run_lock import "
-                               f"RunLock; lock = RunLock({str(tmp_path)!r}); lock.acquire(); print('locked', "
-                               "flush=True); time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from training.engine.run_lock import "
+            f"RunLock; lock = RunLock({str(tmp_path)!r}); lock.acquire(); print('locked', "
+            "flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunFolderBusy, match=rf"another run is using this folder \(pid {holder.pid} on "):
@@ -68,11 +84,30 @@ def test_a_refused_resume_leaves_the_earlier_runs_files_untouched(shapes, tmp_pa
     run = tmp_path / "run"
 
     def pretrain(dataset):
-        return pretrain_cli.main([
-            "--output", str(run), "--set", f"data.datasets=[folder:{dataset}:train]", "--set", "data.crop_size=32",
-            "--set", "data.base_size=0", "--set", "data.num_workers=0", "--set", "train.batch_size=2",
-            "--set", "train.max_steps=1", "--set", "train.plots=false", "--set", "export.enabled=false",
-            "--set", "method.options.sc_topk=1"])
+        return pretrain_cli.main(
+            [
+                "--output",
+                str(run),
+                "--set",
+                f"data.datasets=[folder:{dataset}:train]",
+                "--set",
+                "data.crop_size=32",
+                "--set",
+                "data.base_size=0",
+                "--set",
+                "data.num_workers=0",
+                "--set",
+                "train.batch_size=2",
+                "--set",
+                "train.max_steps=1",
+                "--set",
+                "train.plots=false",
+                "--set",
+                "export.enabled=false",
+                "--set",
+                "method.options.sc_topk=1",
+            ]
+        )
 
     assert pretrain(shapes) == 0
     before = {name: (run / name).read_bytes() for name in ("config.yaml", "label_space.json", "last.pth")}

@@ -76,12 +76,21 @@ def _swap_two_class_names(folder: Path) -> None:  # "bus" printed where the mode
 
 # what is changed -> (the change, the refusal); each is a valid file of its kind
 TAMPERS = {
-    "one weight": (_change_one_weight, r"model\.safetensors: sha256 [0-9a-f]{64} differs from [0-9a-f]{64} "
-                                       r"recorded in .*config\.json"),
-    "two prototype rows swapped": (_swap_two_prototypes, r"mdp_prototypes\.safetensors: sha256 [0-9a-f]{64} "
-                                                         r"differs from [0-9a-f]{64} recorded in .*config\.json"),
-    "two class names swapped": (_swap_two_class_names, r"class names .* not the ones mdp_prototypes\.safetensors "
-                                                       r"was exported with"),
+    "one weight": (
+        _change_one_weight,
+        r"model\.safetensors: sha256 [0-9a-f]{64} differs from [0-9a-f]{64} "
+        r"recorded in .*config\.json",
+    ),
+    "two prototype rows swapped": (
+        _swap_two_prototypes,
+        r"mdp_prototypes\.safetensors: sha256 [0-9a-f]{64} "
+        r"differs from [0-9a-f]{64} recorded in .*config\.json",
+    ),
+    "two class names swapped": (
+        _swap_two_class_names,
+        r"class names .* not the ones mdp_prototypes\.safetensors "
+        r"was exported with",
+    ),
 }
 
 
@@ -93,30 +102,54 @@ def _via_hub_cache(folder: Path, cache: Path):
 
 # route name -> (where the weights to tamper live, the load) for an export folder
 TAMPER_ROUTES = {
-    "timm pretrained_cfg_overlay file": lambda folder, cache: (folder, lambda: timm.create_model(
-        "mdp_resnet18", pretrained=True, pretrained_cfg_overlay=dict(file=str(folder / "model.safetensors")))),
+    "timm pretrained_cfg_overlay file": lambda folder, cache: (
+        folder,
+        lambda: timm.create_model(
+            "mdp_resnet18", pretrained=True, pretrained_cfg_overlay=dict(file=str(folder / "model.safetensors"))
+        ),
+    ),
     "timm registered tag from the Hub cache": _via_hub_cache,
     "torch.hub entrypoint with an export folder": lambda folder, cache: (
-        folder, lambda: _hubconf().mdp_resnet18(weights=str(folder))),
+        folder,
+        lambda: _hubconf().mdp_resnet18(weights=str(folder)),
+    ),
     "PrototypeSegmenter export folder": lambda folder, cache: (
-        folder, lambda: PrototypeSegmenter.from_pretrained(folder)),
+        folder,
+        lambda: PrototypeSegmenter.from_pretrained(folder),
+    ),
     "PrototypeSegmenter Hub repo": lambda folder, cache: (
         install_export(folder, "someone/mdp_resnet18.custom"),
-        lambda: PrototypeSegmenter.from_pretrained("someone/mdp_resnet18.custom")),
+        lambda: PrototypeSegmenter.from_pretrained("someone/mdp_resnet18.custom"),
+    ),
     "convert export folder": lambda folder, cache: (
-        folder, lambda: convert(folder, "torchvision", cache.parent / "converted.pth")),
+        folder,
+        lambda: convert(folder, "torchvision", cache.parent / "converted.pth"),
+    ),
     "fine-tuning init from an export folder": lambda folder, cache: (folder, lambda: resolve_init(str(folder), None)),
-    "pretraining init.pretrained": lambda folder, cache: (folder, lambda: load_pretrained_backbone(
-        timm.create_model("resnet18", num_classes=0, global_pool=""), str(folder / "model.safetensors"))),
+    "pretraining init.pretrained": lambda folder, cache: (
+        folder,
+        lambda: load_pretrained_backbone(
+            timm.create_model("resnet18", num_classes=0, global_pool=""), str(folder / "model.safetensors")
+        ),
+    ),
     "mdp-hub install-cache": lambda folder, cache: (folder, lambda: install_export(folder, "someone/copy")),
     "mdp-hub push (and --dry-run)": lambda folder, cache: (folder, lambda: plan_upload(folder, "someone/copy")),
     "mdp-hub verify": lambda folder, cache: (folder, lambda: verify_export_files(folder)),
 }
 # the routes that read the prototypes and class names (the others read the backbone only)
-PROTOTYPE_ROUTES = ("PrototypeSegmenter export folder", "PrototypeSegmenter Hub repo", "mdp-hub install-cache",
-                    "mdp-hub push (and --dry-run)", "mdp-hub verify")
-TAMPER_CASES = [(tamper, route) for tamper in TAMPERS for route in sorted(TAMPER_ROUTES)
-                if tamper == "one weight" or route in PROTOTYPE_ROUTES]
+PROTOTYPE_ROUTES = (
+    "PrototypeSegmenter export folder",
+    "PrototypeSegmenter Hub repo",
+    "mdp-hub install-cache",
+    "mdp-hub push (and --dry-run)",
+    "mdp-hub verify",
+)
+TAMPER_CASES = [
+    (tamper, route)
+    for tamper in TAMPERS
+    for route in sorted(TAMPER_ROUTES)
+    if tamper == "one weight" or route in PROTOTYPE_ROUTES
+]
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +173,10 @@ def test_a_tampered_export_file_is_refused_naming_the_record(tamper, route, expo
 
 def _evil_pth(folder: Path, marker: Path) -> Path:
     path = folder / "evil.pth"
-    torch.save({"state_dict": timm.create_model("resnet18", num_classes=0).state_dict(),
-                "payload": _TouchesAFile(marker)}, path)
+    torch.save(
+        {"state_dict": timm.create_model("resnet18", num_classes=0).state_dict(), "payload": _TouchesAFile(marker)},
+        path,
+    )
     return path
 
 
@@ -151,8 +186,10 @@ PICKLE_ROUTES = {
     "mdp-hub export": (lambda path: export(path, path.parent / "out"), CheckpointError),
     "mdp-hub convert": (lambda path: convert(path, "torchvision", path.parent / "c.pth"), CheckpointError),
     "fine-tuning init": (lambda path: resolve_init(str(path), "resnet18"), CheckpointError),
-    "timm pretrained_cfg_overlay file": (lambda path: timm.create_model(
-        "mdp_resnet18", pretrained=True, pretrained_cfg_overlay=dict(file=str(path))), CheckpointError),
+    "timm pretrained_cfg_overlay file": (
+        lambda path: timm.create_model("mdp_resnet18", pretrained=True, pretrained_cfg_overlay=dict(file=str(path))),
+        CheckpointError,
+    ),
 }
 
 

@@ -1,4 +1,5 @@
 """Sliding-window and flip inference against whole-image inference and a hand-made window grid."""
+
 import pytest
 import torch
 from torch import nn
@@ -36,8 +37,9 @@ def test_slide_equals_whole_for_pointwise_model():
 
 def test_slide_equals_whole_when_crop_covers_image():
     torch.manual_seed(0)
-    model = build_segmentation_model(SegModelConfig(head="fcn", head_channels=16), num_classes=3,
-                                     arch="resnet18").eval()
+    model = build_segmentation_model(
+        SegModelConfig(head="fcn", head_channels=16), num_classes=3, arch="resnet18"
+    ).eval()
     image = torch.randn(1, 3, 40, 48)
     with torch.no_grad():
         whole = predict_logits(model, image, mode="whole")
@@ -78,8 +80,9 @@ def test_bad_mode_is_an_error():
 
 def test_keep_ratio_test_resize_matches_mmseg_rescale():
     from training.evaluate import keep_ratio_size
-    assert keep_ratio_size(375, 500, [2048, 512]) == (512, 683)     # VOC image scaled up to short side 512
+
+    assert keep_ratio_size(375, 500, [2048, 512]) == (512, 683)  # VOC image scaled up to short side 512
     assert keep_ratio_size(1024, 2048, [2048, 512]) == (512, 1024)  # long image bounded by the short side
     assert keep_ratio_size(1024, 2048, [2048, 1024]) == (1024, 2048)  # Cityscapes stays native
-    assert keep_ratio_size(300, 4000, [2048, 512]) == (154, 2048)   # very wide image bounded by the long side
+    assert keep_ratio_size(300, 4000, [2048, 512]) == (154, 2048)  # very wide image bounded by the long side
     assert keep_ratio_size(37, 41, []) == (37, 41)

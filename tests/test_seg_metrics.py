@@ -1,4 +1,5 @@
 """mIoU, accuracy and reduce_zero_label against hand-computed values and an independent MMSeg-style count."""
+
 import math
 
 import numpy as np
@@ -15,13 +16,15 @@ PRED = torch.tensor([[0, 1, 1, 1], [3, 2, 0, 0]])
 
 
 def test_confusion_matrix_by_hand():
-    expected = torch.tensor([
-        [2, 1, 0, 0, 0],
-        [1, 2, 0, 0, 0],
-        [0, 0, 0, 1, 0],
-        [0, 0, 0, 0, 0],
-        [0, 0, 0, 0, 0],
-    ])
+    expected = torch.tensor(
+        [
+            [2, 1, 0, 0, 0],
+            [1, 2, 0, 0, 0],
+            [0, 0, 0, 1, 0],
+            [0, 0, 0, 0, 0],
+            [0, 0, 0, 0, 0],
+        ]
+    )
     assert torch.equal(confusion_matrix(PRED, TARGET, num_classes=5), expected)
 
 
@@ -58,7 +61,7 @@ def test_matches_mmseg_style_histogram_count():
     generator = torch.Generator().manual_seed(1)
     num_classes = 7
     target = torch.randint(-1, 5, (3, 16, 16), generator=generator)  # classes 5, 6 never in the GT
-    pred = torch.randint(0, 6, (3, 16, 16), generator=generator)      # class 6 never predicted either
+    pred = torch.randint(0, 6, (3, 16, 16), generator=generator)  # class 6 never predicted either
     area_intersect = area_pred = area_label = np.zeros(num_classes)
     for p, t in zip(pred.numpy(), target.numpy()):
         keep = t != -1

@@ -1,4 +1,5 @@
 """Heads, output shapes and every init path of the downstream model, each loading strictly."""
+
 import json
 
 import pytest
@@ -89,8 +90,15 @@ def test_plain_state_dict_with_classifier_and_no_arch_is_an_error(tmp_path, sour
 def test_training_checkpoint(tmp_path, source_backbone):
     model_state = {f"encoder.backbone.{k}": v for k, v in source_backbone.state_dict().items()}
     model_state["memory.prototypes"] = torch.zeros(3, 8)
-    checkpoint = {"format": "mdp-hub/train-checkpoint", "format_version": 1, "kind": "pretrain", "arch": ARCH,
-                  "backbone_prefix": "encoder.backbone.", "model": model_state, "step": 10}
+    checkpoint = {
+        "format": "mdp-hub/train-checkpoint",
+        "format_version": 1,
+        "kind": "pretrain",
+        "arch": ARCH,
+        "backbone_prefix": "encoder.backbone.",
+        "model": model_state,
+        "step": 10,
+    }
     path = tmp_path / "last.pth"
     torch.save(checkpoint, path)
     model, arch = create_segmentation_model(small_config(arch=None), num_classes=4, init=str(path))

@@ -1,4 +1,5 @@
 """Linear probe on frozen features and nearest-prototype probe of an MDP-style checkpoint, on a tiny dataset."""
+
 import pytest
 import timm
 import torch
@@ -22,8 +23,9 @@ ARCH = "resnet18"
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
     root = make_shapes_dataset(tmp_path_factory.mktemp("probe") / "shapes", seed=1, train_images=12, val_images=6)
-    train = build_segmentation_dataset(f"folder:{root}:train", train=True, crop_size=32, base_size=None,
-                                       scale_range=(1.0, 1.0), **NORM)
+    train = build_segmentation_dataset(
+        f"folder:{root}:train", train=True, crop_size=32, base_size=None, scale_range=(1.0, 1.0), **NORM
+    )
     val = build_segmentation_dataset(f"folder:{root}:val", train=False, **NORM)
     return train, val
 
@@ -49,10 +51,18 @@ def test_linear_probe_init_is_strict(tmp_path):
 def pretrain_checkpoint(encoder, prototypes, counts, label_space):
     model = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
     model.update({"memory.prototypes": prototypes, "memory.counts": counts})
-    return {"format": "mdp-hub/train-checkpoint", "format_version": 1, "kind": "pretrain", "arch": ARCH,
-            "backbone_prefix": "encoder.backbone.", "model": model, "step": 1,
-            "config": {"method": {"name": "mdp", "output_stride": 8}}, "label_space": label_space.to_dict(),
-            "data_config": {"mean": NORM["mean"], "std": NORM["std"], "crop_size": [32, 32]}}
+    return {
+        "format": "mdp-hub/train-checkpoint",
+        "format_version": 1,
+        "kind": "pretrain",
+        "arch": ARCH,
+        "backbone_prefix": "encoder.backbone.",
+        "model": model,
+        "step": 1,
+        "config": {"method": {"name": "mdp", "output_stride": 8}},
+        "label_space": label_space.to_dict(),
+        "data_config": {"mean": NORM["mean"], "std": NORM["std"], "crop_size": [32, 32]},
+    }
 
 
 def test_nearest_prototype_probe(shapes, tmp_path):
@@ -82,8 +92,7 @@ def test_nearest_prototype_probe(shapes, tmp_path):
 
     # A class whose prototype was never updated (count 0) is never predicted.
     torch.save(pretrain_checkpoint(encoder, prototypes, torch.tensor([5, 0, 7, 0, 7]), label_space), path)
-    metrics = evaluate_dataset(prototype_probe_from_checkpoint(path, "shapes"), val, EVAL,
-                               device=torch.device("cpu"))
+    metrics = evaluate_dataset(prototype_probe_from_checkpoint(path, "shapes"), val, EVAL, device=torch.device("cpu"))
     assert metrics.iou[1] == 0.0 and metrics.acc[1] == 0.0
 
     with pytest.raises(ValueError, match="not in the pretraining label space"):

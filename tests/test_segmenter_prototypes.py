@@ -98,8 +98,14 @@ def test_restriction_gives_local_ids_of_one_dataset(tiny):
         segmenter.predict(batch, restrict_to="cityscapes")
 
 
-@pytest.mark.parametrize("unify_map", [{"ade20k/wall": "voc_aug/background"}, {"voc_aug/dog": "ade20k/floor"},
-                                       {"voc_aug/cat": "ade20k/tree", "ade20k/wall": "voc_aug/dog"}])
+@pytest.mark.parametrize(
+    "unify_map",
+    [
+        {"ade20k/wall": "voc_aug/background"},
+        {"voc_aug/dog": "ade20k/floor"},
+        {"voc_aug/cat": "ade20k/tree", "ade20k/wall": "voc_aug/dog"},
+    ],
+)
 def test_dataset_class_ids_follow_the_unification_map(unify_map):
     space = LabelSpace([(d.name, d.class_names) for d in LABEL_SPACE.datasets], unify_map=unify_map)
     for name in space.dataset_names:
@@ -111,8 +117,9 @@ def test_segment_cli_writes_overlays_with_a_legend_as_valid_pngs(tiny, tmp_path,
     first = write_image(tmp_path / "in" / "first.png", seed=1)
     second = write_image(tmp_path / "in" / "second.jpg", seed=2, height=40, width=52)
     out = tmp_path / "overlays"
-    assert main(["segment", str(first), str(second), "--model", str(folder), "--out", str(out),
-                 "--dataset", "voc"]) == 0
+    assert (
+        main(["segment", str(first), str(second), "--model", str(folder), "--out", str(out), "--dataset", "voc"]) == 0
+    )
     printed = capsys.readouterr().out
     for source in (first, second):
         target = out / f"{source.stem}.png"
@@ -128,11 +135,11 @@ def test_segment_cli_writes_overlays_with_a_legend_as_valid_pngs(tiny, tmp_path,
         result = segmenter.segment(source, restrict_to="voc_aug")
         colours = np.array([class_colour(name) for name in result.class_names])[result.labels.numpy()]
         blend = (original * 0.5 + colours * 0.5).round()
-        assert np.abs(panel[:height, width:2 * width].astype(float) - blend).max() <= 1
+        assert np.abs(panel[:height, width : 2 * width].astype(float) - blend).max() <= 1
         assert str(target) in printed
         for index in result.labels.unique().tolist():
             assert result.class_names[index] in printed
-        assert not (panel[:, 2 * width:] == 255).all()  # the legend is drawn
+        assert not (panel[:, 2 * width :] == 255).all()  # the legend is drawn
 
 
 def test_bad_image_and_export_without_prototypes_get_clear_errors(tiny, tmp_path, capsys):
@@ -174,7 +181,12 @@ def test_loads_from_an_offline_hub_repo_and_torch_hub(tiny, tmp_path, monkeypatc
     from_hub = PrototypeSegmenter.from_pretrained("someone/mdp_resnet18.tiny", cache_dir=tmp_path / "cache")
     assert from_hub.class_names == segmenter.class_names
     assert torch.equal(from_hub.predict(batch).labels, segmenter.predict(batch).labels)
-    from_torch_hub = torch.hub.load(str(Path(__file__).parents[1]), "mdp_prototype_segmenter", source="local",
-                                    weights=str(folder), restrict_to="voc")
+    from_torch_hub = torch.hub.load(
+        str(Path(__file__).parents[1]),
+        "mdp_prototype_segmenter",
+        source="local",
+        weights=str(folder),
+        restrict_to="voc",
+    )
     assert from_torch_hub.restrict_to == "voc_aug"
     assert torch.equal(from_torch_hub.predict(batch).labels, segmenter.predict(batch, restrict_to="voc").labels)

@@ -47,8 +47,9 @@ def evaluated(tmp_path_factory):
         batch = segmenter.preprocess(Image.open(image).convert("RGB"))[None]
         with torch.inference_mode():
             gap = np.minimum(top_two_gap(segmenter(batch, restrict_to="gt")), top_two_gap(segmenter(batch)))
-        samples.append((image, segmenter.predict(batch, restrict_to="gt"), segmenter.predict(batch, restrict_to=None),
-                        gap))
+        samples.append(
+            (image, segmenter.predict(batch, restrict_to="gt"), segmenter.predict(batch, restrict_to=None), gap)
+        )
     # thresholds inside the range of this untrained model's confidences, so that each one splits the pixels
     confidences = torch.cat([everything.scores.flatten() for _, _, everything, _ in samples])
     thresholds = (0.0, *confidences.quantile(torch.tensor([0.25, 0.5, 0.75])).tolist())
@@ -106,5 +107,4 @@ def test_open_label_space_counts_other_datasets_classes_as_errors(evaluated):
     assert splits == 3
     counts = np.bincount(target, minlength=3)
     assert scores["majority_class_mIoU"] == pytest.approx(100 * counts.max() / counts.sum() / np.sum(counts > 0))
-    assert scores["majority_class_mIoU"] == pytest.approx(
-        numpy_miou(target, np.full_like(target, counts.argmax()), 3))
+    assert scores["majority_class_mIoU"] == pytest.approx(numpy_miou(target, np.full_like(target, counts.argmax()), 3))

@@ -9,6 +9,7 @@ int -> float.
 The resolved config (after inheritance and overrides) is written to the run folder as ``config.yaml`` and stored
 as a plain dict in every checkpoint.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -347,7 +348,7 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
         node, schema = values, defaults
         for depth, key in enumerate(keys[:-1]):
             if not isinstance(schema, dict) or key not in schema or not isinstance(schema[key], dict):
-                raise ConfigError(f"--set {text!r}: {'.'.join(keys[:depth + 1])} is not a config section")
+                raise ConfigError(f"--set {text!r}: {'.'.join(keys[: depth + 1])} is not a config section")
             node = node.setdefault(key, {})
             schema = schema[key]
         if keys[-1] not in schema and tuple(keys[:-1]) not in FREE_MAPPINGS:

@@ -9,6 +9,7 @@ dataset-level confusion matrix: per-class IoU / Acc, mIoU (nan-mean over classes
 the predictions), mAcc, aAcc. Writes ``results.json``, ``results.md`` and prediction overlays (PNG). Runs under
 ``torchrun`` too: each process scores a disjoint shard and the matrices are summed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,9 +50,18 @@ def keep_ratio_size(height: int, width: int, test_scale: list[int]) -> tuple[int
 
 
 @torch.inference_mode()
-def evaluate_dataset(model: torch.nn.Module, dataset, eval_config: EvalConfig, *, device: torch.device,
-                     amp: str = "none", num_workers: int = 0, overlay_dir: Path | None = None,
-                     mean: list[float] | None = None, std: list[float] | None = None) -> SegmentationMetrics:
+def evaluate_dataset(
+    model: torch.nn.Module,
+    dataset,
+    eval_config: EvalConfig,
+    *,
+    device: torch.device,
+    amp: str = "none",
+    num_workers: int = 0,
+    overlay_dir: Path | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+) -> SegmentationMetrics:
     """Score ``model`` on an evaluation dataset (``build_segmentation_dataset(train=False)``: whole images,
     masks in local ids with -1 ignore). Each process takes every ``world_size``-th image; the confusion
     matrices are summed over processes, so every rank returns the same metrics."""
@@ -70,9 +80,15 @@ def evaluate_dataset(model: torch.nn.Module, dataset, eval_config: EvalConfig, *
         if size != tuple(image.shape[-2:]):
             resized = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
         with autocast(amp, device):
-            scores = predict_logits(model, resized, mode=eval_config.mode, crop_size=tuple(eval_config.crop_size),
-                                    stride=tuple(eval_config.stride), flip=eval_config.flip,
-                                    output_size=(height, width))
+            scores = predict_logits(
+                model,
+                resized,
+                mode=eval_config.mode,
+                crop_size=tuple(eval_config.crop_size),
+                stride=tuple(eval_config.stride),
+                flip=eval_config.flip,
+                output_size=(height, width),
+            )
         pred = scores.argmax(dim=1)
         meter.update(pred, target)
         if overlays_left > 0:
@@ -115,17 +131,25 @@ def load_finetuned_model(checkpoint_path: Path) -> tuple[torch.nn.Module, Finetu
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=plain(__doc__.split("\n")[0]),
-                                     formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.evaluate", description=plain(__doc__.split("\n")[0]), formatter_class=HelpFormatter
+    )
     parser.add_argument("--checkpoint", required=True, type=Path, help="fine-tuning checkpoint (last.pth)")
-    parser.add_argument("--data", default=None,
-                        help="evaluation dataset spec NAME:PATH[:split]; default: the checkpoint's data.val")
+    parser.add_argument(
+        "--data", default=None, help="evaluation dataset spec NAME:PATH[:split]; default: the checkpoint's data.val"
+    )
     parser.add_argument("--mode", choices=["whole", "slide"], default=None, help="default: the checkpoint's")
     parser.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"), help="slide window")
     parser.add_argument("--stride", type=int, nargs=2, default=None, metavar=("H", "W"), help="slide stride")
     parser.add_argument("--flip", action="store_true", help="add horizontally flipped inference")
-    parser.add_argument("--test-scale", type=int, nargs="*", default=None, metavar="N",
-                        help="keep-ratio resize bound LONG SHORT before inference (none = native size)")
+    parser.add_argument(
+        "--test-scale",
+        type=int,
+        nargs="*",
+        default=None,
+        metavar="N",
+        help="keep-ratio resize bound LONG SHORT before inference (none = native size)",
+    )
     parser.add_argument("--overlays", type=int, default=None, help="number of prediction overlays to write")
     parser.add_argument("--output", type=Path, default=None, help="default: <checkpoint folder>/eval")
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast precision")
@@ -141,8 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, config, checkpoint = load_finetuned_model(args.checkpoint)
         eval_config = config.eval
-        for name, value in (("mode", args.mode), ("crop_size", args.crop), ("stride", args.stride),
-                            ("test_scale", args.test_scale), ("overlays", args.overlays)):
+        for name, value in (
+            ("mode", args.mode),
+            ("crop_size", args.crop),
+            ("stride", args.stride),
+            ("test_scale", args.test_scale),
+            ("overlays", args.overlays),
+        ):
             if value is not None:
                 setattr(eval_config, name, list(value) if isinstance(value, (list, tuple)) else value)
         eval_config.flip = eval_config.flip or args.flip
@@ -150,20 +179,40 @@ def main(argv: list[str] | None = None) -> int:
         dataset = build_segmentation_dataset(spec, train=False, mean=config.data.mean, std=config.data.std)
         trained_names = checkpoint["label_space"]["datasets"][0]["class_names"]
         if list(dataset.class_names) != list(trained_names):
-            raise ConfigError(f"--data {spec}: its {dataset.num_classes} classes differ from the "
-                              f"{len(trained_names)} classes the checkpoint was trained on")
+            raise ConfigError(
+                f"--data {spec}: its {dataset.num_classes} classes differ from the "
+                f"{len(trained_names)} classes the checkpoint was trained on"
+            )
         output = args.output or args.checkpoint.parent / "eval"
-        metrics = evaluate_dataset(model.to(dist_info.device), dataset, eval_config, device=dist_info.device,
-                                   amp=args.amp, num_workers=args.num_workers, overlay_dir=output / "overlays",
-                                   mean=config.data.mean, std=config.data.std)
+        metrics = evaluate_dataset(
+            model.to(dist_info.device),
+            dataset,
+            eval_config,
+            device=dist_info.device,
+            amp=args.amp,
+            num_workers=args.num_workers,
+            overlay_dir=output / "overlays",
+            mean=config.data.mean,
+            std=config.data.std,
+        )
         if dist_info.is_main:
-            info = {"checkpoint": str(args.checkpoint), "data": str(spec), "dataset": dataset.reader.dataset_name,
-                    "split": dataset.reader.split, "step": checkpoint["step"],
-                    "arch": checkpoint["arch"], "head": config.model.head, "init": config.init,
-                    "mode": eval_config.mode, "flip": eval_config.flip, "test_scale": eval_config.test_scale}
+            info = {
+                "checkpoint": str(args.checkpoint),
+                "data": str(spec),
+                "dataset": dataset.reader.dataset_name,
+                "split": dataset.reader.split,
+                "step": checkpoint["step"],
+                "arch": checkpoint["arch"],
+                "head": config.model.head,
+                "init": config.init,
+                "mode": eval_config.mode,
+                "flip": eval_config.flip,
+                "test_scale": eval_config.test_scale,
+            }
             json_path, md_path = write_results(output, metrics, info)
-            print(f"mIoU {metrics.miou:.2f}  mAcc {metrics.macc:.2f}  aAcc {metrics.aacc:.2f}  -> {json_path}, "
-                  f"{md_path}")
+            print(
+                f"mIoU {metrics.miou:.2f}  mAcc {metrics.macc:.2f}  aAcc {metrics.aacc:.2f}  -> {json_path}, {md_path}"
+            )
     finally:
         distributed.cleanup()
     return 0

@@ -62,8 +62,10 @@ PHOTOMETRIC_KEYS = ("brightness", "contrast", "saturation", "hue", "grayscale_p"
 def section_markers(section: str) -> tuple[str, str]:
     """The comments that delimit a study's section of the results page."""
     option = "" if section == DEFAULT_SECTION else f" --section {section}"
-    return (f"<!-- {section}:begin (written by python -m training.experiments paper-tables{option}) -->",
-            f"<!-- {section}:end -->")
+    return (
+        f"<!-- {section}:begin (written by python -m training.experiments paper-tables{option}) -->",
+        f"<!-- {section}:end -->",
+    )
 
 
 SECTION_BEGIN, SECTION_END = section_markers(DEFAULT_SECTION)
@@ -84,28 +86,68 @@ class Method:
 _MDP = ("method.name=mdp",)
 _P2PROTO = "method.options={tau: 0.07, window: 256, mixing: false, sparse_coding: null}"
 METHODS: tuple[Method, ...] = (
-    Method("scratch", "scratch (no pretraining)", None,
-           paper_note="no VOC/Cityscapes number; COCO-Stuff 25.02 vs MDP 38.37 (R10)"),
-    Method("supervised_ce", "supervised CE, concatenated labels",
-           ("method.name=supervised_ce", "method.options={}"), {"voc_aug": 68.48},
-           "COCO-only from scratch, 80k iterations (R3)"),
-    Method("multi_head", "multi-head supervised", ("method.name=multi_head", "method.options={}"),
-           {"voc_aug": 71.19}, "VOC+ADE20K 100 ep (R4)"),
-    Method("pixel_to_pixel", "pixel-to-pixel contrast", ("method.name=pixel_to_pixel", "method.options={tau: 0.07}"),
-           {"voc_aug": 71.19, "cityscapes": 77.17}, "VOC+ADE20K 100 ep (R2)"),
-    Method("region_bank", "pixel-to-region bank", ("method.name=region_bank",
-                                                   "method.options={tau: 0.07, bank_size: 1024}"),
-           {}, "VOC-only 200 ep: region 70.11 < class 70.56 (R5)"),
-    Method("mdp_no_mixing", "MDP prototypes, no mixing", (*_MDP, _P2PROTO),
-           {"voc_aug": 71.98, "cityscapes": 75.37}, "VOC+ADE20K 100 ep, no CSC (R7, R8)"),
-    Method("mdp_unified", "MDP prototypes, unified labels", (*_MDP, _P2PROTO, "data.unify_map={unify_map}"),
-           {"voc_aug": 71.91}, "vs 71.93 with concatenated labels (R9)"),
-    Method("mdp", "MDP prototypes + mixing", (
-        *_MDP, "method.options={tau: 0.07, window: 256, mixing: true, sparse_coding: null}"),
-           {}, "no number without CSC"),
-    Method("mdp_csc", "MDP prototypes + mixing + CSC2 (full)", (
-        *_MDP, "method.options={tau: 0.07, window: 256, mixing: true, sparse_coding: csc2}"),
-           {"voc_aug": 73.32, "cityscapes": 77.75}, "VOC+ADE20K 100 ep (R2)"),
+    Method(
+        "scratch",
+        "scratch (no pretraining)",
+        None,
+        paper_note="no VOC/Cityscapes number; COCO-Stuff 25.02 vs MDP 38.37 (R10)",
+    ),
+    Method(
+        "supervised_ce",
+        "supervised CE, concatenated labels",
+        ("method.name=supervised_ce", "method.options={}"),
+        {"voc_aug": 68.48},
+        "COCO-only from scratch, 80k iterations (R3)",
+    ),
+    Method(
+        "multi_head",
+        "multi-head supervised",
+        ("method.name=multi_head", "method.options={}"),
+        {"voc_aug": 71.19},
+        "VOC+ADE20K 100 ep (R4)",
+    ),
+    Method(
+        "pixel_to_pixel",
+        "pixel-to-pixel contrast",
+        ("method.name=pixel_to_pixel", "method.options={tau: 0.07}"),
+        {"voc_aug": 71.19, "cityscapes": 77.17},
+        "VOC+ADE20K 100 ep (R2)",
+    ),
+    Method(
+        "region_bank",
+        "pixel-to-region bank",
+        ("method.name=region_bank", "method.options={tau: 0.07, bank_size: 1024}"),
+        {},
+        "VOC-only 200 ep: region 70.11 < class 70.56 (R5)",
+    ),
+    Method(
+        "mdp_no_mixing",
+        "MDP prototypes, no mixing",
+        (*_MDP, _P2PROTO),
+        {"voc_aug": 71.98, "cityscapes": 75.37},
+        "VOC+ADE20K 100 ep, no CSC (R7, R8)",
+    ),
+    Method(
+        "mdp_unified",
+        "MDP prototypes, unified labels",
+        (*_MDP, _P2PROTO, "data.unify_map={unify_map}"),
+        {"voc_aug": 71.91},
+        "vs 71.93 with concatenated labels (R9)",
+    ),
+    Method(
+        "mdp",
+        "MDP prototypes + mixing",
+        (*_MDP, "method.options={tau: 0.07, window: 256, mixing: true, sparse_coding: null}"),
+        {},
+        "no number without CSC",
+    ),
+    Method(
+        "mdp_csc",
+        "MDP prototypes + mixing + CSC2 (full)",
+        (*_MDP, "method.options={tau: 0.07, window: 256, mixing: true, sparse_coding: csc2}"),
+        {"voc_aug": 73.32, "cityscapes": 77.75},
+        "VOC+ADE20K 100 ep (R2)",
+    ),
 )
 METHOD_KEYS = tuple(method.key for method in METHODS)
 
@@ -139,14 +181,33 @@ class Budget:
 
 FULL = Budget()
 # Command-line options that change the budget: (option, Budget field).
-BUDGET_OPTIONS = (("--arch", "arch"), ("--crop", "crop"), ("--base-size", "base_size"),
-                  ("--pretrain-epochs", "pretrain_epochs"), ("--pretrain-steps", "pretrain_max_steps"),
-                  ("--finetune-iterations", "finetune_iterations"))
+BUDGET_OPTIONS = (
+    ("--arch", "arch"),
+    ("--crop", "crop"),
+    ("--base-size", "base_size"),
+    ("--pretrain-epochs", "pretrain_epochs"),
+    ("--pretrain-steps", "pretrain_max_steps"),
+    ("--finetune-iterations", "finetune_iterations"),
+)
 DEFAULT_SEEDS = [0, 1, 2]
-QUICK = Budget(pretrain_epochs=1, finetune_iterations=4, pretrain_batch=4, finetune_batch=4, crop=64,
-               synthetic_sizes={"voc_train": 4, "voc_aug": 8, "voc_val": 4, "ade20k_train": 8, "ade20k_val": 2,
-                                "coco_stuff164k_train": 8, "coco_stuff164k_val": 2, "cityscapes_train": 8,
-                                "cityscapes_val": 4})
+QUICK = Budget(
+    pretrain_epochs=1,
+    finetune_iterations=4,
+    pretrain_batch=4,
+    finetune_batch=4,
+    crop=64,
+    synthetic_sizes={
+        "voc_train": 4,
+        "voc_aug": 8,
+        "voc_val": 4,
+        "ade20k_train": 8,
+        "ade20k_val": 2,
+        "coco_stuff164k_train": 8,
+        "coco_stuff164k_val": 2,
+        "cityscapes_train": 8,
+        "cityscapes_val": 4,
+    },
+)
 
 
 @dataclass(frozen=True)
@@ -185,14 +246,14 @@ def resolve_target(text: str, pretrain: list[str]) -> Target:
     train_spec = DatasetSpec(spec.name, spec.path)
     train_reader, eval_reader = open_reader(train_spec, train=True), open_reader(spec, train=False)
     if [s.image for s in train_reader.samples] == [s.image for s in eval_reader.samples]:
-        print(f"warning: target {text} is fine-tuned and scored on the same {len(eval_reader)} images",
-              file=sys.stderr)
+        print(f"warning: target {text} is fine-tuned and scored on the same {len(eval_reader)} images", file=sys.stderr)
     seen = any(same_dataset(spec, parse_spec(other)) for other in pretrain)
     return Target(train_reader.dataset_name, str(train_spec), str(spec), eval_reader.split, seen)
 
 
-def resolve_study_data(pretrain: list[str], targets: list[str], unify_file: Optional[Path],
-                       budget: Budget) -> StudyData:
+def resolve_study_data(
+    pretrain: list[str], targets: list[str], unify_file: Optional[Path], budget: Budget
+) -> StudyData:
     """The datasets of a study; ``pretrain == ["synthetic"]`` is the synthetic benchmark with its two targets."""
     synthetic = pretrain == [SYNTHETIC]
     if synthetic:
@@ -202,8 +263,9 @@ def resolve_study_data(pretrain: list[str], targets: list[str], unify_file: Opti
     elif SYNTHETIC in pretrain:
         raise ValueError("--pretrain synthetic stands for the whole synthetic benchmark; do not mix it with specs")
     elif not targets:
-        raise ValueError("--targets: name the datasets to fine-tune on (NAME:PATH[:split]) when pretraining on "
-                         "dataset specs")
+        raise ValueError(
+            "--targets: name the datasets to fine-tune on (NAME:PATH[:split]) when pretraining on dataset specs"
+        )
     names = [open_reader(spec, train=True).dataset_name for spec in pretrain]
     resolved = [resolve_target(text, pretrain) for text in targets]
     keys = [target.key for target in resolved]
@@ -261,9 +323,17 @@ def pretrain_data_overrides(data: StudyData, budget: Budget) -> list[str]:
 def pretrain_job(method: Method, seed: int, output: Path, budget: Budget, data: StudyData, unify_path: Path) -> Job:
     run_dir = output / "pretrain" / method.key / f"seed{seed}"
     overrides = [
-        f"train.seed={seed}", f"train.epochs={budget.pretrain_epochs}", f"train.batch_size={budget.pretrain_batch}",
-        f"data.crop_size={budget.crop}", f"method.arch={budget.arch}", "data.num_workers=0", "train.threads=1",
-        "train.log_every=25", "train.checkpoint_every=50", "train.plots=false", "export.enabled=false",
+        f"train.seed={seed}",
+        f"train.epochs={budget.pretrain_epochs}",
+        f"train.batch_size={budget.pretrain_batch}",
+        f"data.crop_size={budget.crop}",
+        f"method.arch={budget.arch}",
+        "data.num_workers=0",
+        "train.threads=1",
+        "train.log_every=25",
+        "train.checkpoint_every=50",
+        "train.plots=false",
+        "export.enabled=false",
         *(text.replace("{unify_map}", str(unify_path)) for text in method.pretrain),
         *pretrain_data_overrides(data, budget),
     ]
@@ -277,17 +347,37 @@ def finetune_job(method: Method, seed: int, target: Target, output: Path, budget
     run_dir = output / "finetune" / target.key / method.key / f"seed{seed}"
     init = "scratch" if method.pretrain is None else str(output / "pretrain" / method.key / f"seed{seed}" / "last.pth")
     overrides = [
-        f"data.train={json.dumps(target.train_spec)}", f"data.val={json.dumps(target.eval_spec)}",
-        f"train.seed={seed}", f"train.iterations={budget.finetune_iterations}",
-        f"train.batch_size={budget.finetune_batch}", f"data.crop_size=[{budget.crop}, {budget.crop}]",
-        f"model.arch={budget.arch}", "model.output_stride=16", "data.num_workers=0", "train.threads=1",
-        "train.eval_every=0", "train.checkpoint_every=50", "train.log_every=25", "eval.overlays=0",
+        f"data.train={json.dumps(target.train_spec)}",
+        f"data.val={json.dumps(target.eval_spec)}",
+        f"train.seed={seed}",
+        f"train.iterations={budget.finetune_iterations}",
+        f"train.batch_size={budget.finetune_batch}",
+        f"data.crop_size=[{budget.crop}, {budget.crop}]",
+        f"model.arch={budget.arch}",
+        "model.output_stride=16",
+        "data.num_workers=0",
+        "train.threads=1",
+        "train.eval_every=0",
+        "train.checkpoint_every=50",
+        "train.log_every=25",
+        "eval.overlays=0",
     ]
     if budget.base_size:  # MMSeg-style keep-ratio test resize to the training scale: short side base_size
-        overrides += [f"data.base_size={budget.base_size}",
-                      f"eval.test_scale=[{4 * budget.base_size}, {budget.base_size}]"]
-    command = [sys.executable, "-m", "training.finetune", "--recipe", "finetune_synthetic", "--init", init,
-               "--output", str(run_dir)]
+        overrides += [
+            f"data.base_size={budget.base_size}",
+            f"eval.test_scale=[{4 * budget.base_size}, {budget.base_size}]",
+        ]
+    command = [
+        sys.executable,
+        "-m",
+        "training.finetune",
+        "--recipe",
+        "finetune_synthetic",
+        "--init",
+        init,
+        "--output",
+        str(run_dir),
+    ]
     for text in overrides:
         command += ["--set", text]
     return Job("finetune", method, seed, run_dir, command, target.key)
@@ -351,18 +441,33 @@ def run_chain(jobs: list[Job], log: Progress) -> list[dict]:
     records = []
     for job in jobs:
         try:
-            records.append({**run_job(job, log), "kind": job.kind, "method": job.method.key, "seed": job.seed,
-                            "target": job.target})
+            records.append(
+                {
+                    **run_job(job, log),
+                    "kind": job.kind,
+                    "method": job.method.key,
+                    "seed": job.seed,
+                    "target": job.target,
+                }
+            )
         except (RuntimeError, OSError, KeyError, ValueError) as error:
             log._print(f"FAILED {error}")
-            records.append({"kind": job.kind, "method": job.method.key, "seed": job.seed, "target": job.target,
-                            "error": str(error)})
+            records.append(
+                {
+                    "kind": job.kind,
+                    "method": job.method.key,
+                    "seed": job.seed,
+                    "target": job.target,
+                    "error": str(error),
+                }
+            )
             break
     return records
 
 
-def run_study(methods: list[Method], seeds: list[int], output: Path, budget: Budget, jobs: int,
-              data: StudyData) -> list[dict]:
+def run_study(
+    methods: list[Method], seeds: list[int], output: Path, budget: Budget, jobs: int, data: StudyData
+) -> list[dict]:
     output.mkdir(parents=True, exist_ok=True)
     unify_path = output / ("unify_synthetic.json" if data.synthetic else "unify_map.json")
     if data.unify_map is not None:
@@ -385,12 +490,19 @@ def summarise(records: list[dict], methods: list[Method], targets: tuple[str, ..
     for method in methods:
         row = table.setdefault(method.key, {})
         for target in targets:
-            scores = {r["seed"]: r["mIoU"] for r in records if r.get("kind") == "finetune" and "mIoU" in r
-                      and r["method"] == method.key and r["target"] == target}
+            scores = {
+                r["seed"]: r["mIoU"]
+                for r in records
+                if r.get("kind") == "finetune" and "mIoU" in r and r["method"] == method.key and r["target"] == target
+            }
             values = [scores[seed] for seed in sorted(scores)]
-            row[target] = {"mean": statistics.fmean(values) if values else math.nan,
-                           "std": statistics.stdev(values) if len(values) > 1 else math.nan,
-                           "n": len(values), "seeds": sorted(scores), "values": values}
+            row[target] = {
+                "mean": statistics.fmean(values) if values else math.nan,
+                "std": statistics.stdev(values) if len(values) > 1 else math.nan,
+                "n": len(values),
+                "seeds": sorted(scores),
+                "values": values,
+            }
     return table
 
 
@@ -425,8 +537,18 @@ def check_orderings(table: dict) -> list[dict]:
                 continue
             difference, noise, common = paired
             verdict = "holds" if difference > noise else "reversed" if difference < -noise else "within noise"
-            checks.append({"better": better, "worse": worse, "target": target, "difference": difference,
-                           "noise": noise, "paired_seeds": common, "verdict": verdict, "claim": claim})
+            checks.append(
+                {
+                    "better": better,
+                    "worse": worse,
+                    "target": target,
+                    "difference": difference,
+                    "noise": noise,
+                    "paired_seeds": common,
+                    "verdict": verdict,
+                    "claim": claim,
+                }
+            )
     return checks
 
 
@@ -467,64 +589,88 @@ def study_command(info: dict) -> str:
 def section_intro(info: dict) -> str:
     scored = ", ".join(f"{t['key']} on its {t['split']} split" for t in info["targets"])
     folders = "" if info["synthetic"] else "dataset folders shown by name; "
-    return (f"Produced by `{study_command(info)}` ({folders}{info['jobs_run']} jobs, "
-            f"{info['compute_minutes']:.0f} min of job time on {info['lanes']} lanes, "
-            f"{info['wall_minutes']:.0f} min wall clock, {info['date']}). "
-            f"Every method: {info['setup']}. mIoU (%) after fine-tuning ({scored}), mean ± sample std over seeds "
-            f"{', '.join(map(str, info['seeds']))}; \"vs scratch\": mean ± std of the per-seed difference to "
-            "training from scratch with the same seed. The paper's numbers (ResNet-50, VOC-aug + ADE20K (+ COCO) "
-            "pretraining, fine-tuned on VOC-aug and Cityscapes, 100-200 epochs; arXiv 2106.04121) are there to "
-            "show the ordering the paper claims, not to be matched.")
+    return (
+        f"Produced by `{study_command(info)}` ({folders}{info['jobs_run']} jobs, "
+        f"{info['compute_minutes']:.0f} min of job time on {info['lanes']} lanes, "
+        f"{info['wall_minutes']:.0f} min wall clock, {info['date']}). "
+        f"Every method: {info['setup']}. mIoU (%) after fine-tuning ({scored}), mean ± sample std over seeds "
+        f'{", ".join(map(str, info["seeds"]))}; "vs scratch": mean ± std of the per-seed difference to '
+        "training from scratch with the same seed. The paper's numbers (ResNet-50, VOC-aug + ADE20K (+ COCO) "
+        "pretraining, fine-tuned on VOC-aug and Cityscapes, 100-200 epochs; arXiv 2106.04121) are there to "
+        "show the ordering the paper claims, not to be matched."
+    )
 
 
 def render_table(table: dict, methods: list[Method], targets: list[dict]) -> list[str]:
     header = "".join(f" fine-tune {t['key']} ({t['role']}) | vs scratch |" for t in targets)
-    lines = [f"| pretraining |{header} paper VOC | paper Cityscapes | paper setting |",
-             "|---|" + "---:|---:|" * len(targets) + "---:|---:|---|"]
+    lines = [
+        f"| pretraining |{header} paper VOC | paper Cityscapes | paper setting |",
+        "|---|" + "---:|---:|" * len(targets) + "---:|---:|---|",
+    ]
 
     def versus_scratch(key: str, target: str) -> str:
-        paired = None if key == "scratch" or "scratch" not in table else paired_difference(
-            table[key][target], table["scratch"][target])
+        paired = (
+            None
+            if key == "scratch" or "scratch" not in table
+            else paired_difference(table[key][target], table["scratch"][target])
+        )
         return "–" if paired is None else f"{paired[0]:+.2f} ± {paired[1]:.2f}"
 
     for method in methods:
-        cells = "".join(f" {_fmt(table[method.key][t['key']])} | {versus_scratch(method.key, t['key'])} |"
-                        for t in targets)
+        cells = "".join(
+            f" {_fmt(table[method.key][t['key']])} | {versus_scratch(method.key, t['key'])} |" for t in targets
+        )
         paper = " | ".join(f"{method.paper[t]:.2f}" if t in method.paper else "–" for t in TARGETS)
         lines.append(f"| {method.label} |{cells} {paper} | {method.paper_note} |")
     return lines
 
 
 def render_checks(checks: list[dict]) -> list[str]:
-    lines = ["### The paper's orderings, checked", "",
-             "Seeds are paired (seed k of every row fine-tunes on the same sample order), so each check is the mean "
-             "of the per-seed differences; \"noise\" is their sample standard deviation, and \"within noise\" "
-             "means |mean difference| < noise.", "",
-             "| claim | target | mean paired difference (mIoU) | noise | verdict |", "|---|---|---:|---:|---|"]
+    lines = [
+        "### The paper's orderings, checked",
+        "",
+        "Seeds are paired (seed k of every row fine-tunes on the same sample order), so each check is the mean "
+        'of the per-seed differences; "noise" is their sample standard deviation, and "within noise" '
+        "means |mean difference| < noise.",
+        "",
+        "| claim | target | mean paired difference (mIoU) | noise | verdict |",
+        "|---|---|---:|---:|---|",
+    ]
     for check in checks:
-        lines.append(f"| {check['better']} > {check['worse']}: {check['claim']} | {check['target']} | "
-                     f"{check['difference']:+.2f} | {check['noise']:.2f} | {check['verdict']} |")
+        lines.append(
+            f"| {check['better']} > {check['worse']}: {check['claim']} | {check['target']} | "
+            f"{check['difference']:+.2f} | {check['noise']:.2f} | {check['verdict']} |"
+        )
     held = sum(c["verdict"] == "holds" for c in checks)
     reversed_ = sum(c["verdict"] == "reversed" for c in checks)
-    lines += ["", f"Of {len(checks)} checks, {held} hold, {reversed_} are reversed and "
-              f"{len(checks) - held - reversed_} are within noise."]
+    lines += [
+        "",
+        f"Of {len(checks)} checks, {held} hold, {reversed_} are reversed and "
+        f"{len(checks) - held - reversed_} are within noise.",
+    ]
     return lines
 
 
 def render_dynamics(dynamics: dict, methods: list[Method], curves_name: str) -> list[str]:
-    lines = ["### Pretraining dynamics", "",
-             "Per row, mean over seeds of the training log (averages over each logging interval): the loss at the "
-             "first and the last logged step, the prototype accuracy at the end (prototype rows) and the time per "
-             "step of one job on one thread.", "",
-             "| pretraining | steps | loss, first log | loss, last log | prototype accuracy, end | s/step |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "### Pretraining dynamics",
+        "",
+        "Per row, mean over seeds of the training log (averages over each logging interval): the loss at the "
+        "first and the last logged step, the prototype accuracy at the end (prototype rows) and the time per "
+        "step of one job on one thread.",
+        "",
+        "| pretraining | steps | loss, first log | loss, last log | prototype accuracy, end | s/step |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for method in methods:
         row = dynamics.get(method.key)
         if not row:
             continue
         accuracy = f"{row['prototype_accuracy']:.3f}" if row["prototype_accuracy"] is not None else "–"
-        lines.append(f"| {method.label} | {row['steps']} | {row['loss_first']:.3f} | {row['loss_last']:.3f} | "
-                     f"{accuracy} | {row['seconds_per_step']:.2f} |")
+        lines.append(
+            f"| {method.label} | {row['steps']} | {row['loss_first']:.3f} | {row['loss_last']:.3f} | "
+            f"{accuracy} | {row['seconds_per_step']:.2f} |"
+        )
     return lines + ["", f"![pretraining loss per row and seed]({curves_name})"]
 
 
@@ -534,12 +680,28 @@ def section_title(info: dict) -> str:
     return f"The paper's tables in miniature: pretrained on {' + '.join(info['pretrain_names'])}"
 
 
-def render_section(table: dict, checks: list[dict], methods: list[Method], info: dict, plot_name: str,
-                   dynamics: Optional[dict] = None, curves_name: str = "") -> str:
+def render_section(
+    table: dict,
+    checks: list[dict],
+    methods: list[Method],
+    info: dict,
+    plot_name: str,
+    dynamics: Optional[dict] = None,
+    curves_name: str = "",
+) -> str:
     begin, end = section_markers(info["section"])
-    lines = [begin, f"## {section_title(info)}", "", section_intro(info), "",
-             *render_table(table, methods, info["targets"]), "",
-             f"![mIoU per pretraining method]({plot_name})", "", *render_checks(checks)]
+    lines = [
+        begin,
+        f"## {section_title(info)}",
+        "",
+        section_intro(info),
+        "",
+        *render_table(table, methods, info["targets"]),
+        "",
+        f"![mIoU per pretraining method]({plot_name})",
+        "",
+        *render_checks(checks),
+    ]
     if dynamics:
         lines += ["", *render_dynamics(dynamics, methods, curves_name)]
     return "\n".join([*lines, end]) + "\n"
@@ -594,10 +756,13 @@ def write_plot(table: dict, methods: list[Method], path: Path, targets: list[dic
     for axis, target in zip(axes[0], targets):
         key = target["key"]
         means = [table[m.key][key]["mean"] for m in methods]
-        stds = [table[m.key][key]["std"] if table[m.key][key]["std"] == table[m.key][key]["std"] else 0
-                for m in methods]
-        colors = ["#999999" if m.pretrain is None else "#4477aa" if not m.key.startswith("mdp") else "#ee6677"
-                  for m in methods]
+        stds = [
+            table[m.key][key]["std"] if table[m.key][key]["std"] == table[m.key][key]["std"] else 0 for m in methods
+        ]
+        colors = [
+            "#999999" if m.pretrain is None else "#4477aa" if not m.key.startswith("mdp") else "#ee6677"
+            for m in methods
+        ]
         axis.barh(range(len(methods)), means, xerr=stds, color=colors, capsize=3)
         for i, method in enumerate(methods):
             values = table[method.key][key]["values"]
@@ -630,7 +795,7 @@ def write_curves(dynamics: dict, methods: list[Method], path: Path, title: str) 
         axis.set_title(method.key, fontsize=9)
         axis.set_xlabel("step", fontsize=8)
         axis.grid(alpha=0.3)
-    for axis in list(axes.flat)[len(rows):]:
+    for axis in list(axes.flat)[len(rows) :]:
         axis.axis("off")
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
@@ -650,8 +815,9 @@ def replace_section(markdown: str, section: str, begin: str = SECTION_BEGIN, end
     return markdown.rstrip("\n") + "\n\n" + section
 
 
-def write_report(records: list[dict], methods: list[Method], results_md: Path, info: dict,
-                 dynamics: Optional[dict] = None) -> dict:
+def write_report(
+    records: list[dict], methods: list[Method], results_md: Path, info: dict, dynamics: Optional[dict] = None
+) -> dict:
     """Rewrite the study's section of ``results_md`` and its key in the .json next to it; returns the table."""
     key = info["section"].replace("-", "_")
     table = summarise(records, methods, tuple(t["key"] for t in info["targets"]))
@@ -681,50 +847,90 @@ def study_wall_minutes(records: list[dict]) -> float:
 
 
 def _add_paper_tables_arguments(tables: argparse.ArgumentParser) -> None:
-    tables.add_argument("--pretrain", nargs="+", default=[SYNTHETIC], metavar="SPEC",
-                        help="pretraining datasets NAME:PATH[:split], concatenated in this order (default: "
-                             "synthetic, the generated VOC-aug + ADE20K + COCO-Stuff look-alikes)")
-    tables.add_argument("--targets", nargs="+", default=[], metavar="SPEC",
-                        help="fine-tuning datasets NAME:PATH[:split]: trained on the format's training split, "
-                             "scored on split (default: the format's evaluation split); required unless synthetic")
-    tables.add_argument("--unify-map", type=Path, default=None,
-                        help="class-name unification map (JSON) for the mdp_unified row; synthetic has its own")
+    tables.add_argument(
+        "--pretrain",
+        nargs="+",
+        default=[SYNTHETIC],
+        metavar="SPEC",
+        help="pretraining datasets NAME:PATH[:split], concatenated in this order (default: "
+        "synthetic, the generated VOC-aug + ADE20K + COCO-Stuff look-alikes)",
+    )
+    tables.add_argument(
+        "--targets",
+        nargs="+",
+        default=[],
+        metavar="SPEC",
+        help="fine-tuning datasets NAME:PATH[:split]: trained on the format's training split, "
+        "scored on split (default: the format's evaluation split); required unless synthetic",
+    )
+    tables.add_argument(
+        "--unify-map",
+        type=Path,
+        default=None,
+        help="class-name unification map (JSON) for the mdp_unified row; synthetic has its own",
+    )
     tables.add_argument("--seeds", type=int, nargs="+", default=DEFAULT_SEEDS, help="seeds per row")
-    tables.add_argument("--methods", nargs="+", default=None, choices=METHOD_KEYS, metavar="METHOD",
-                        help="rows to run (default: all; mdp_unified only with a unification map; the choices "
-                             "are listed in the usage line)")
+    tables.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        choices=METHOD_KEYS,
+        metavar="METHOD",
+        help="rows to run (default: all; mdp_unified only with a unification map; the choices "
+        "are listed in the usage line)",
+    )
     tables.add_argument("--jobs", type=int, default=2, help="jobs side by side, one thread each (default 2)")
-    tables.add_argument("--output", type=Path, default=Path("runs/paper_tables"),
-                        help="folder of the run folders (default runs/paper_tables)")
-    tables.add_argument("--results", type=Path, default=Path("docs/RESULTS.md"),
-                        help="Markdown file whose section is (re)written; .json and .png next to it")
-    tables.add_argument("--section", default=DEFAULT_SECTION,
-                        help="name of the section (its markers, its .json key and plot names; default paper-tables)")
+    tables.add_argument(
+        "--output",
+        type=Path,
+        default=Path("runs/paper_tables"),
+        help="folder of the run folders (default runs/paper_tables)",
+    )
+    tables.add_argument(
+        "--results",
+        type=Path,
+        default=Path("docs/RESULTS.md"),
+        help="Markdown file whose section is (re)written; .json and .png next to it",
+    )
+    tables.add_argument(
+        "--section",
+        default=DEFAULT_SECTION,
+        help="name of the section (its markers, its .json key and plot names; default paper-tables)",
+    )
 
 
 def _add_override_arguments(tables: argparse.ArgumentParser) -> None:
     """Overrides of the recipes: backbone, crop, schedule lengths, where the synthetic data lives, quick mode."""
     tables.add_argument("--arch", default=None, help="backbone (timm name; default resnet18)")
     tables.add_argument("--crop", type=int, default=None, help="square training crop in pixels (default 96)")
-    tables.add_argument("--base-size", type=int, default=None,
-                        help="short side before the random rescale and at evaluation (default: the recipes')")
+    tables.add_argument(
+        "--base-size",
+        type=int,
+        default=None,
+        help="short side before the random rescale and at evaluation (default: the recipes')",
+    )
     tables.add_argument("--pretrain-epochs", type=int, default=None, help="override the pretraining epochs")
     tables.add_argument("--pretrain-steps", type=int, default=None, help="cap on each pretraining's steps")
     tables.add_argument("--finetune-iterations", type=int, default=None, help="override the fine-tuning iterations")
     tables.add_argument("--synthetic-root", default="", help="synthetic benchmark folder (default: the cache)")
-    tables.add_argument("--quick", action="store_true",
-                        help="a few steps per run (and a tiny synthetic benchmark): a smoke test, numbers meaningless")
+    tables.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few steps per run (and a tiny synthetic benchmark): a smoke test, numbers meaningless",
+    )
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     from mdp_hub.help_format import HelpFormatter, plain  # here: the study driver needs no timm otherwise
 
-    parser = argparse.ArgumentParser(prog="python -m training.experiments", description=plain(__doc__),
-                                     formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.experiments", description=plain(__doc__), formatter_class=HelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
     summary = "pretrain every method, fine-tune on seen and held-out datasets, write a section of docs/RESULTS.md"
-    tables = sub.add_parser("paper-tables", help=summary, description=summary[0].upper() + summary[1:] + ".",
-                            formatter_class=HelpFormatter)
+    tables = sub.add_parser(
+        "paper-tables", help=summary, description=summary[0].upper() + summary[1:] + ".", formatter_class=HelpFormatter
+    )
     _add_paper_tables_arguments(tables)
     _add_override_arguments(tables)
     return parser.parse_args(argv)
@@ -748,8 +954,9 @@ def study_methods(requested: Optional[list[str]], has_unify_map: bool) -> list[M
     """The rows to run (default: all); the unified-labels row needs a unification map."""
     keys = requested or [key for key in METHOD_KEYS if key != "mdp_unified" or has_unify_map]
     if "mdp_unified" in keys and not has_unify_map:
-        raise ValueError("--methods mdp_unified needs --unify-map FILE (a class-name unification map) for these "
-                         "datasets")
+        raise ValueError(
+            "--methods mdp_unified needs --unify-map FILE (a class-name unification map) for these datasets"
+        )
     return [method for method in METHODS if method.key in keys]
 
 
@@ -757,10 +964,12 @@ def study_setup(budget: Budget, data: StudyData) -> str:
     scale = f", short side {budget.base_size} px" if budget.base_size else ""
     steps = f" (at most {budget.pretrain_max_steps} steps)" if budget.pretrain_max_steps else ""
     jitter = "" if data.synthetic else ", MoCo-v2 colour jitter"
-    return (f"{budget.arch}, {budget.crop} px crops{scale}, batch {budget.pretrain_batch}, {budget.pretrain_epochs} "
-            f"pretraining epochs{steps} over {' + '.join(data.names)} (demo recipe: OS16, SGD, cosine{jitter}); "
-            f"then DeepLabV3 at OS16, {budget.finetune_iterations} iterations at batch {budget.finetune_batch} "
-            f"(MMSeg schedule: SGD 0.02, poly), whole-image evaluation{scale}")
+    return (
+        f"{budget.arch}, {budget.crop} px crops{scale}, batch {budget.pretrain_batch}, {budget.pretrain_epochs} "
+        f"pretraining epochs{steps} over {' + '.join(data.names)} (demo recipe: OS16, SGD, cosine{jitter}); "
+        f"then DeepLabV3 at OS16, {budget.finetune_iterations} iterations at batch {budget.finetune_batch} "
+        f"(MMSeg schedule: SGD 0.02, poly), whole-image evaluation{scale}"
+    )
 
 
 @command("python -m training.experiments", expected=(ValueError,))  # bad specs, layouts, method lists
@@ -777,16 +986,27 @@ def main(argv: Optional[list[str]] = None) -> int:
     records = run_study(methods, args.seeds, output, budget, args.jobs, data)
     failures = [r for r in records if "error" in r]
     info = {
-        "date": time.strftime("%Y-%m-%d"), "seeds": args.seeds, "lanes": args.jobs, "budget": asdict(budget),
-        "quick": args.quick, "methods": [m.key for m in methods], "methods_requested": args.methods is not None,
+        "date": time.strftime("%Y-%m-%d"),
+        "seeds": args.seeds,
+        "lanes": args.jobs,
+        "budget": asdict(budget),
+        "quick": args.quick,
+        "methods": [m.key for m in methods],
+        "methods_requested": args.methods is not None,
         "unify_map_file": args.unify_map.name if args.unify_map else "",
-        "section": args.section, "synthetic": data.synthetic,
-        "pretrain_names": data.names, "pretrain": [shown_spec(spec) for spec in data.pretrain],
-        "targets": [{**asdict(t), "role": t.role, "train_spec": shown_spec(t.train_spec),
-                     "eval_spec": shown_spec(t.eval_spec)} for t in data.targets],
-        "jobs_run": len(records), "failures": len(failures),
+        "section": args.section,
+        "synthetic": data.synthetic,
+        "pretrain_names": data.names,
+        "pretrain": [shown_spec(spec) for spec in data.pretrain],
+        "targets": [
+            {**asdict(t), "role": t.role, "train_spec": shown_spec(t.train_spec), "eval_spec": shown_spec(t.eval_spec)}
+            for t in data.targets
+        ],
+        "jobs_run": len(records),
+        "failures": len(failures),
         "compute_minutes": sum(r.get("seconds", 0.0) for r in records) / 60,
-        "wall_minutes": study_wall_minutes(records), "setup": study_setup(budget, data),
+        "wall_minutes": study_wall_minutes(records),
+        "setup": study_setup(budget, data),
     }
     dynamics = pretraining_dynamics(output, methods, args.seeds, budget.pretrain_batch)
     table = write_report(records, methods, args.results, info, dynamics)

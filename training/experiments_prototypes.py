@@ -33,14 +33,18 @@ THRESHOLDS = (0.0, 0.3, 0.5, 0.7, 0.9)
 
 
 @torch.inference_mode()
-def zero_finetune_scores(segmenter: PrototypeSegmenter, spec: str, max_images: int | None = None,
-                         thresholds: tuple[float, ...] = THRESHOLDS) -> dict:
+def zero_finetune_scores(
+    segmenter: PrototypeSegmenter, spec: str, max_images: int | None = None, thresholds: tuple[float, ...] = THRESHOLDS
+) -> dict:
     """mIoU / aAcc of one evaluation split (dataset spec string) in the restricted and open settings, and the
     kept share / accuracy of open-setting pseudo-labels at each confidence threshold."""
     dataset = build_segmentation_dataset(spec, train=False, mean=list(segmenter.mean), std=list(segmenter.std))
     name = segmenter.resolve_dataset(dataset.reader.dataset_name)
     num_classes = dataset.num_classes
-    if list(dataset.class_names) != segmenter.label_space["datasets"][segmenter.dataset_names.index(name)]["class_names"]:
+    if (
+        list(dataset.class_names)
+        != segmenter.label_space["datasets"][segmenter.dataset_names.index(name)]["class_names"]
+    ):
         raise ValueError(f"{spec}: its classes differ from those of {name!r} in the model's label space")
     # global id -> local id of this dataset; every other class (and "no prototype") -> the extra column K
     to_local = torch.full((len(segmenter.class_names) + 1,), num_classes, dtype=torch.long)
@@ -67,33 +71,57 @@ def zero_finetune_scores(segmenter: PrototypeSegmenter, spec: str, max_images: i
     ground_truth = restricted.matrix.sum(dim=1).double()
     present = int((ground_truth > 0).sum())
     return {
-        "spec": spec, "dataset": name, "images": count, "classes": num_classes, "classes_in_ground_truth": present,
-        "restricted": {"mIoU": scores_restricted.miou, "aAcc": scores_restricted.aacc,
-                       "per_class_IoU": dict(zip(scores_restricted.class_names, scores_restricted.iou))},
+        "spec": spec,
+        "dataset": name,
+        "images": count,
+        "classes": num_classes,
+        "classes_in_ground_truth": present,
+        "restricted": {
+            "mIoU": scores_restricted.miou,
+            "aAcc": scores_restricted.aacc,
+            "per_class_IoU": dict(zip(scores_restricted.class_names, scores_restricted.iou)),
+        },
         # the extra column only collects errors: its own IoU (0) is not part of the mean
         "open": {"mIoU": float(torch.tensor(scores_open.iou[:num_classes]).nanmean()), "aAcc": scores_open.aacc},
         "majority_class_mIoU": 100 * float(ground_truth.max() / ground_truth.sum()) / max(present, 1),
-        "pseudo_labels": {str(t): {"kept": float(k / ground_truth.sum()), "accuracy": float(c / max(k, 1))}
-                          for t, k, c in zip(thresholds, kept_pixels.tolist(), correct_kept.tolist())},
+        "pseudo_labels": {
+            str(t): {"kept": float(k / ground_truth.sum()), "accuracy": float(c / max(k, 1))}
+            for t, k, c in zip(thresholds, kept_pixels.tolist(), correct_kept.tolist())
+        },
     }
 
 
 def results_markdown(results: list[dict], info: dict) -> str:
-    lines = ["# Zero-fine-tuning mIoU of the prototype segmenter (synthetic benchmark)", "",
-             "Produced by `python -m training.experiments_prototypes`. Nearest class prototype per pixel at the "
-             "image's native size, no decoder, no fine-tuning; MMSeg-style dataset-level mIoU (classes absent "
-             "from ground truth and predictions are left out; predicted-but-absent classes count as 0).", ""]
+    lines = [
+        "# Zero-fine-tuning mIoU of the prototype segmenter (synthetic benchmark)",
+        "",
+        "Produced by `python -m training.experiments_prototypes`. Nearest class prototype per pixel at the "
+        "image's native size, no decoder, no fine-tuning; MMSeg-style dataset-level mIoU (classes absent "
+        "from ground truth and predictions are left out; predicted-but-absent classes count as 0).",
+        "",
+    ]
     lines += [f"- {key}: {value}" for key, value in info.items()]
-    lines += ["", "| dataset (val split) | images | classes (in GT) | mIoU restricted | aAcc restricted | "
-              "mIoU open label space | aAcc open | majority-class mIoU |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "| dataset (val split) | images | classes (in GT) | mIoU restricted | aAcc restricted | "
+        "mIoU open label space | aAcc open | majority-class mIoU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
-        lines.append(f"| {r['dataset']} | {r['images']} | {r['classes']} ({r['classes_in_ground_truth']}) | "
-                     f"{r['restricted']['mIoU']:.2f} | {r['restricted']['aAcc']:.2f} | {r['open']['mIoU']:.2f} | "
-                     f"{r['open']['aAcc']:.2f} | {r['majority_class_mIoU']:.2f} |")
+        lines.append(
+            f"| {r['dataset']} | {r['images']} | {r['classes']} ({r['classes_in_ground_truth']}) | "
+            f"{r['restricted']['mIoU']:.2f} | {r['restricted']['aAcc']:.2f} | {r['open']['mIoU']:.2f} | "
+            f"{r['open']['aAcc']:.2f} | {r['majority_class_mIoU']:.2f} |"
+        )
     thresholds = list(results[0]["pseudo_labels"]) if results else []
-    lines += ["", "Pseudo-labels (open label space, as `python -m training.mine` writes them): share of labelled pixels "
-              "kept at confidence >= threshold / accuracy of the kept pixels.", "",
-              "| dataset | " + " | ".join(f">= {t}" for t in thresholds) + " |", "|---|" + "---:|" * len(thresholds)]
+    lines += [
+        "",
+        "Pseudo-labels (open label space, as `python -m training.mine` writes them): share of labelled pixels "
+        "kept at confidence >= threshold / accuracy of the kept pixels.",
+        "",
+        "| dataset | " + " | ".join(f">= {t}" for t in thresholds) + " |",
+        "|---|" + "---:|" * len(thresholds),
+    ]
     for r in results:
         cells = [f"{100 * q['kept']:.1f}% / {100 * q['accuracy']:.1f}%" for q in r["pseudo_labels"].values()]
         lines.append(f"| {r['dataset']} | " + " | ".join(cells) + " |")
@@ -101,13 +129,20 @@ def results_markdown(results: list[dict], info: dict) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training.experiments_prototypes",
-                                     description=plain(__doc__.split("\n\n")[0]), formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.experiments_prototypes",
+        description=plain(__doc__.split("\n\n")[0]),
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument("--model", required=True, help="export folder with prototypes or MDP pretraining checkpoint")
     parser.add_argument("--synthetic-root", default=None, help="synthetic benchmark folder (default: the shared cache)")
     parser.add_argument("--max-images", type=int, default=None, help="images per split (default: all)")
-    parser.add_argument("--output", type=Path, default=Path("prototype_results.md"),
-                        help="markdown report (a .json beside it); docs/RESULTS.md holds the recorded run")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path("prototype_results.md"),
+        help="markdown report (a .json beside it); docs/RESULTS.md holds the recorded run",
+    )
     parser.add_argument("--note", action="append", default=[], help="extra line for the report (what was trained)")
     return parser.parse_args(argv)
 
@@ -119,11 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     specs = ensure_synthetic(args.synthetic_root)["pretrain_val"]
     results = [zero_finetune_scores(segmenter, spec, args.max_images) for spec in specs]
     for r in results:
-        print(f"{r['dataset']}: mIoU restricted {r['restricted']['mIoU']:.2f}, open {r['open']['mIoU']:.2f}, "
-              f"majority-class {r['majority_class_mIoU']:.2f} ({r['images']} images)")
-    info = {"model": args.model, "classes in the label space": len(segmenter.class_names),
-            "classes with a prototype": int(segmenter.available.sum()), "temperature": segmenter.tau,
-            **{f"note {i + 1}": note for i, note in enumerate(args.note)}}
+        print(
+            f"{r['dataset']}: mIoU restricted {r['restricted']['mIoU']:.2f}, open {r['open']['mIoU']:.2f}, "
+            f"majority-class {r['majority_class_mIoU']:.2f} ({r['images']} images)"
+        )
+    info = {
+        "model": args.model,
+        "classes in the label space": len(segmenter.class_names),
+        "classes with a prototype": int(segmenter.available.sum()),
+        "temperature": segmenter.tau,
+        **{f"note {i + 1}": note for i, note in enumerate(args.note)},
+    }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(results_markdown(results, info))
     args.output.with_suffix(".json").write_text(json.dumps({"info": info, "results": results}, indent=1) + "\n")

@@ -58,8 +58,9 @@ def threshold_labels(labels: torch.Tensor, scores: torch.Tensor, threshold: floa
     return torch.where(keep, labels, LOCAL_IGNORE).to(torch.uint8)
 
 
-def mine(model: str, images: Path, out: Path, *, threshold: float = 0.5, dataset: str | None = None,
-         device: str = "cpu") -> dict:
+def mine(
+    model: str, images: Path, out: Path, *, threshold: float = 0.5, dataset: str | None = None, device: str = "cpu"
+) -> dict:
     """Write the pseudo-labelled folder ``out`` (see the module docstring) and return its summary.
 
     Everything is written into a hidden folder next to ``out`` that replaces ``out`` (absent or empty) only once
@@ -72,8 +73,10 @@ def mine(model: str, images: Path, out: Path, *, threshold: float = 0.5, dataset
     segmenter = PrototypeSegmenter.from_pretrained(model).to(device)
     _, class_names, dataset = segmenter.candidates(dataset)
     if len(class_names) >= LOCAL_IGNORE:
-        raise UserError(f"{model}: {len(class_names)} classes do not fit the folder format's 0..254 ids; "
-                        f"pick one dataset with --dataset ({', '.join(segmenter.dataset_names)})")
+        raise UserError(
+            f"{model}: {len(class_names)} classes do not fit the folder format's 0..254 ids; "
+            f"pick one dataset with --dataset ({', '.join(segmenter.dataset_names)})"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     container = Path(tempfile.mkdtemp(prefix=f".{out.name}.mining-", dir=out.parent))
     staging = container / out.resolve().name  # the folder reader names the dataset after its folder
@@ -88,8 +91,15 @@ def mine(model: str, images: Path, out: Path, *, threshold: float = 0.5, dataset
     return summary
 
 
-def _write_pseudo_labels(segmenter: PrototypeSegmenter, files: list[Path], images: Path, out: Path,
-                         class_names: list[str], dataset: str | None, threshold: float) -> dict:
+def _write_pseudo_labels(
+    segmenter: PrototypeSegmenter,
+    files: list[Path],
+    images: Path,
+    out: Path,
+    class_names: list[str],
+    dataset: str | None,
+    threshold: float,
+) -> dict:
     """Classes, masks, images and unification map of the pseudo-labelled folder ``out``; returns the summary."""
     (out / CLASSES_FILE).write_text("".join(f"{name}\n" for name in class_names))
     device = segmenter.prototypes.device
@@ -118,23 +128,32 @@ def _write_pseudo_labels(segmenter: PrototypeSegmenter, files: list[Path], image
     (out / UNIFY_FILE).write_text(json.dumps(unify, indent=1) + "\n")
     kept = int(class_pixels.sum())
     return {
-        "images": str(images), "threshold": threshold, "dataset": dataset,
-        "num_images": len(files), "pixels": total_pixels, "kept_pixels": kept,
+        "images": str(images),
+        "threshold": threshold,
+        "dataset": dataset,
+        "num_images": len(files),
+        "pixels": total_pixels,
+        "kept_pixels": kept,
         "kept_fraction": kept / max(total_pixels, 1),
         "class_pixels": {name: int(n) for name, n in zip(class_names, class_pixels.tolist()) if n > 0},
     }
 
 
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training.mine", description=plain(__doc__.split("\n\n")[0]),
-                                     formatter_class=HelpFormatter)
-    parser.add_argument("--model", required=True,
-                        help="export folder with prototypes, MDP pretraining checkpoint, or Hub repo ORG/NAME")
+    parser = argparse.ArgumentParser(
+        prog="python -m training.mine", description=plain(__doc__.split("\n\n")[0]), formatter_class=HelpFormatter
+    )
+    parser.add_argument(
+        "--model", required=True, help="export folder with prototypes, MDP pretraining checkpoint, or Hub repo ORG/NAME"
+    )
     parser.add_argument("--images", required=True, type=Path, help="folder of unlabeled images (searched recursively)")
     parser.add_argument("--out", required=True, type=Path, help="new folder for the pseudo-labelled dataset")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="minimum confidence of a kept pixel (default 0.5, the method's pseudo_label_threshold)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="minimum confidence of a kept pixel (default 0.5, the method's pseudo_label_threshold)",
+    )
     parser.add_argument("--dataset", help="label with one pretraining dataset's classes only, e.g. voc_aug")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     return parser.parse_args(argv)
@@ -143,10 +162,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @command("python -m training.mine", expected=(ValueError,))
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    summary = mine(args.model, args.images, args.out, threshold=args.threshold, dataset=args.dataset,
-                   device=args.device)
-    print(f"kept {summary['kept_pixels']} of {summary['pixels']} pixels ({100 * summary['kept_fraction']:.1f}%) "
-          f"at confidence >= {args.threshold} in {summary['num_images']} images -> {summary['dataset_spec']}")
+    summary = mine(
+        args.model, args.images, args.out, threshold=args.threshold, dataset=args.dataset, device=args.device
+    )
+    print(
+        f"kept {summary['kept_pixels']} of {summary['pixels']} pixels ({100 * summary['kept_fraction']:.1f}%) "
+        f"at confidence >= {args.threshold} in {summary['num_images']} images -> {summary['dataset_spec']}"
+    )
     top = sorted(summary["class_pixels"].items(), key=lambda item: -item[1])[:10]
     if top:
         print("most kept classes: " + ", ".join(f"{name} {count}" for name, count in top))

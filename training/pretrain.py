@@ -7,6 +7,7 @@ The run folder holds ``config.yaml`` (resolved), ``label_space.json``, ``last.pt
 ``checkpoint_<step>.pth`` snapshots, ``metrics.jsonl``, ``tensorboard/``, ``loss_curves.png``,
 ``prototype_similarity.png`` and ``export/`` (the Hub-ready backbone).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -160,18 +161,28 @@ def resolve_unify_map(value: str) -> Optional[Path]:
 def build_stages(cfg: PretrainConfig, info: distributed.DistInfo) -> tuple[LabelSpace, list[Stage]]:
     """The label space over every dataset of the run and, per stage, a sharded sampler over its datasets."""
     data = cfg.data
-    common = dict(crop_size=data.crop_size, mean=data.mean, std=data.std, scale_range=tuple(data.scale_range),
-                  base_size=data.base_size or None, photometric=data.photometric, photometric_on=data.photometric_on)
+    common = dict(
+        crop_size=data.crop_size,
+        mean=data.mean,
+        std=data.std,
+        scale_range=tuple(data.scale_range),
+        base_size=data.base_size or None,
+        photometric=data.photometric,
+        photometric_on=data.photometric_on,
+    )
     dataset, label_space = build_pretrain_dataset(
-        resolve_dataset_specs(cfg), skip_bad_samples=data.skip_bad_samples, unify_map=resolve_unify_map(data.unify_map),
+        resolve_dataset_specs(cfg),
+        skip_bad_samples=data.skip_bad_samples,
+        unify_map=resolve_unify_map(data.unify_map),
         **common,
     )
     if data.unlabeled:
         if cfg.method.name != "mdp":
             raise ConfigError(f"data.unlabeled needs method.name 'mdp' (pseudo-labels), got {cfg.method.name!r}")
         source = len(label_space.datasets)
-        unlabeled = [UnlabeledAsPretrain(build_unlabeled_dataset(folder, **common), source)
-                     for folder in data.unlabeled]
+        unlabeled = [
+            UnlabeledAsPretrain(build_unlabeled_dataset(folder, **common), source) for folder in data.unlabeled
+        ]
         dataset = ConcatWithIndex([LabeledWithFlag(dataset), *unlabeled])
     stage_configs = cfg.train.stages or [config_lib.StageConfig(list(label_space.dataset_names), cfg.train.epochs)]
     stages = []
@@ -188,8 +199,9 @@ def build_stages(cfg: PretrainConfig, info: distributed.DistInfo) -> tuple[Label
         if data.unlabeled:
             ids.append(len(label_space.datasets))  # unlabeled folders join every stage
         part = dataset if len(stage_configs) == 1 else DatasetSubset(dataset, ids)
-        sampler = MultiDatasetSampler(part, mode=data.sampling, num_replicas=info.world_size, rank=info.rank,
-                                      seed=cfg.train.seed)
+        sampler = MultiDatasetSampler(
+            part, mode=data.sampling, num_replicas=info.world_size, rank=info.rank, seed=cfg.train.seed
+        )
         stages.append(Stage(part, sampler, steps_per_epoch(sampler, cfg.train.batch_size), stage.epochs))
     return label_space, stages
 
@@ -238,8 +250,9 @@ def load_pretrained_backbone(backbone: nn.Module, source: str) -> None:
     import timm
 
     if ":" not in source and not timm.is_model(source.split(".")[0]):  # hf-hub:, local-dir: go to timm
-        raise ConfigError(f"init.pretrained={source!r}: no such file, and not a timm model name such as "
-                          "resnet50.tv_in1k")
+        raise ConfigError(
+            f"init.pretrained={source!r}: no such file, and not a timm model name such as resnet50.tv_in1k"
+        )
     reference = timm.create_model(source, pretrained=True, num_classes=0, global_pool="")
     backbone.load_state_dict(reference.state_dict(), strict=True)
 
@@ -248,13 +261,19 @@ def build_model(cfg: PretrainConfig, label_space: LabelSpace, info: distributed.
     """(method on the device, the module the loop calls): init, SyncBN, momentum copy, channels_last, DDP, compile."""
     try:
         method = build_method(
-            cfg.method.name, label_space=label_space, arch=cfg.method.arch, output_stride=cfg.method.output_stride,
-            embed_dim=cfg.method.embed_dim, head_hidden_dim=cfg.method.head_hidden_dim or None,
+            cfg.method.name,
+            label_space=label_space,
+            arch=cfg.method.arch,
+            output_stride=cfg.method.output_stride,
+            embed_dim=cfg.method.embed_dim,
+            head_hidden_dim=cfg.method.head_hidden_dim or None,
             **checked_method_options(cfg),
         )
     except ValueError as error:  # an option that does not fit this run's data, e.g. sc_topk >= classes
-        raise ConfigError(f"method.options for the {label_space.num_classes} classes of "
-                          f"{', '.join(label_space.dataset_names)}: {error}") from None
+        raise ConfigError(
+            f"method.options for the {label_space.num_classes} classes of "
+            f"{', '.join(label_space.dataset_names)}: {error}"
+        ) from None
     if cfg.init.pretrained:
         load_pretrained_backbone(method.encoder.backbone, cfg.init.pretrained)
     if cfg.train.sync_bn and info.distributed and info.device.type == "cuda":
@@ -288,9 +307,16 @@ def build_probe(cfg: PretrainConfig, method: nn.Module) -> Optional[LearningProb
     data = cfg.data
     no_jitter = PhotometricConfig(color_jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
     dataset, _ = build_pretrain_dataset(
-        resolve_dataset_specs(cfg), crop_size=data.crop_size, mean=data.mean, std=data.std,
-        scale_range=tuple(data.scale_range), base_size=data.base_size or None, photometric=no_jitter,
-        photometric_on="worker", two_views=False, skip_bad_samples=data.skip_bad_samples,
+        resolve_dataset_specs(cfg),
+        crop_size=data.crop_size,
+        mean=data.mean,
+        std=data.std,
+        scale_range=tuple(data.scale_range),
+        base_size=data.base_size or None,
+        photometric=no_jitter,
+        photometric_on="worker",
+        two_views=False,
+        skip_bad_samples=data.skip_bad_samples,
         unify_map=resolve_unify_map(data.unify_map),
     )
     count = min(cfg.train.probe_images, len(dataset))
@@ -325,8 +351,9 @@ def write_plots(run_dir: Path, method: nn.Module, label_space: LabelSpace, logge
         plot_loss_curves(run_dir / METRICS_NAME, run_dir / "loss_curves.png")
     memory = getattr(method, "memory", None)
     if memory is not None and hasattr(memory, "prototypes") and int((memory.counts > 0).sum()) > 0:
-        plot_prototype_similarity(memory.prototypes.cpu(), memory.counts.cpu(), label_space.class_names,
-                                  run_dir / "prototype_similarity.png")
+        plot_prototype_similarity(
+            memory.prototypes.cpu(), memory.counts.cpu(), label_space.class_names, run_dir / "prototype_similarity.png"
+        )
     logger.message(f"plots written to {run_dir}")
 
 
@@ -382,8 +409,14 @@ class StageEpochs:
     def __call__(self, epoch: int, skip: int):
         stage, _ = self.schedule.epoch_stage[epoch]
         return epoch_loader(
-            stage.dataset, stage.sampler, batch_size=self.cfg.train.batch_size, epoch=epoch, skip=skip,
-            seed=self.cfg.train.seed, num_workers=self.cfg.data.num_workers, pin_memory=self.pin_memory,
+            stage.dataset,
+            stage.sampler,
+            batch_size=self.cfg.train.batch_size,
+            epoch=epoch,
+            skip=skip,
+            seed=self.cfg.train.seed,
+            num_workers=self.cfg.data.num_workers,
+            pin_memory=self.pin_memory,
         )
 
 
@@ -396,8 +429,12 @@ def on_device_views(cfg: PretrainConfig, label_space: LabelSpace, model: nn.Modu
     tables = torch.stack([label_space.global_lookup_table(i) for i in range(len(label_space.datasets))])
     if cfg.data.unlabeled:  # the unlabeled folders' source id: every pixel ignored
         tables = torch.cat([tables, torch.full((1, tables.shape[1]), IGNORE_INDEX)])
-    return DeviceViews(model, BatchPhotometric(cfg.data.photometric, cfg.data.mean, cfg.data.std),
-                       channels_last=cfg.train.channels_last, label_tables=tables)
+    return DeviceViews(
+        model,
+        BatchPhotometric(cfg.data.photometric, cfg.data.mean, cfg.data.std),
+        channels_last=cfg.train.channels_last,
+        label_tables=tables,
+    )
 
 
 def checkpoint_extras(cfg: PretrainConfig, label_space: LabelSpace) -> dict:
@@ -408,29 +445,51 @@ def checkpoint_extras(cfg: PretrainConfig, label_space: LabelSpace) -> dict:
         "backbone_prefix": BACKBONE_PREFIX,
         "config": config_lib.to_dict(cfg),
         "label_space": label_space.to_dict(),
-        "data_config": {"mean": list(cfg.data.mean), "std": list(cfg.data.std),
-                        "crop_size": [cfg.data.crop_size, cfg.data.crop_size]},
+        "data_config": {
+            "mean": list(cfg.data.mean),
+            "std": list(cfg.data.std),
+            "crop_size": [cfg.data.crop_size, cfg.data.crop_size],
+        },
     }
 
 
-def build_trainer(cfg: PretrainConfig, run_dir: Path, info: distributed.DistInfo, method: nn.Module,
-                  model: nn.Module, schedule: Schedule, extras: dict, logger: RunLogger) -> Trainer:
-    optimizer = build_optimizer(method, cfg.optim.name, schedule.base_lr, cfg.optim.weight_decay,
-                                cfg.optim.momentum, tuple(cfg.optim.betas))
+def build_trainer(
+    cfg: PretrainConfig,
+    run_dir: Path,
+    info: distributed.DistInfo,
+    method: nn.Module,
+    model: nn.Module,
+    schedule: Schedule,
+    extras: dict,
+    logger: RunLogger,
+) -> Trainer:
+    optimizer = build_optimizer(
+        method, cfg.optim.name, schedule.base_lr, cfg.optim.weight_decay, cfg.optim.momentum, tuple(cfg.optim.betas)
+    )
     total_steps = schedule.total_steps
     return Trainer(
         module=method,
         model=model,
         optimizer=optimizer,
         scaler=make_grad_scaler(cfg.train.amp, info.device),
-        lr_at=functools.partial(warmup_cosine, total_steps=total_steps, warmup_steps=schedule.warmup_steps,
-                                base_lr=schedule.base_lr, min_lr=cfg.optim.min_lr_ratio * schedule.base_lr),
+        lr_at=functools.partial(
+            warmup_cosine,
+            total_steps=total_steps,
+            warmup_steps=schedule.warmup_steps,
+            base_lr=schedule.base_lr,
+            min_lr=cfg.optim.min_lr_ratio * schedule.base_lr,
+        ),
         iterate_epoch=StageEpochs(cfg, schedule, info),
         config=LoopConfig(
-            total_steps=total_steps, epoch_lengths=schedule.epoch_lengths, amp=cfg.train.amp,
-            clip_grad_norm=cfg.optim.clip_grad_norm, channels_last=cfg.train.channels_last,
-            log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every,
-            snapshot_every=cfg.train.snapshot_every, keep_snapshots=cfg.train.keep_snapshots,
+            total_steps=total_steps,
+            epoch_lengths=schedule.epoch_lengths,
+            amp=cfg.train.amp,
+            clip_grad_norm=cfg.optim.clip_grad_norm,
+            channels_last=cfg.train.channels_last,
+            log_every=cfg.train.log_every,
+            checkpoint_every=cfg.train.checkpoint_every,
+            snapshot_every=cfg.train.snapshot_every,
+            keep_snapshots=cfg.train.keep_snapshots,
             probe_every=cfg.train.probe_every,
         ),
         run_dir=run_dir,
@@ -455,8 +514,15 @@ def prepare_process(cfg: PretrainConfig, info: distributed.DistInfo) -> None:
         cfg.data.photometric_on = "device" if info.device.type == "cuda" else "worker"
 
 
-def record_start(cfg: PretrainConfig, run_dir: Path, info: distributed.DistInfo, label_space: LabelSpace,
-                 trainer: Trainer, schedule: Schedule, start: int) -> None:
+def record_start(
+    cfg: PretrainConfig,
+    run_dir: Path,
+    info: distributed.DistInfo,
+    label_space: LabelSpace,
+    trainer: Trainer,
+    schedule: Schedule,
+    start: int,
+) -> None:
     """Write the run's config and label space and say what runs."""
     if info.is_main:  # only now: a refused resume leaves the earlier run's files as they were
         config_lib.save_config(cfg, run_dir / "config.yaml")
@@ -471,8 +537,7 @@ def record_start(cfg: PretrainConfig, run_dir: Path, info: distributed.DistInfo,
     )
 
 
-def finish(cfg: PretrainConfig, run_dir: Path, method: nn.Module, label_space: LabelSpace,
-           logger: RunLogger) -> None:
+def finish(cfg: PretrainConfig, run_dir: Path, method: nn.Module, label_space: LabelSpace, logger: RunLogger) -> None:
     """Plots and the Hub-ready export of the finished run."""
     if cfg.train.plots:
         write_plots(run_dir, method, label_space, logger)
@@ -514,14 +579,24 @@ def train(cfg: PretrainConfig, run_dir: Path) -> int:
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m training.pretrain", formatter_class=HelpFormatter,
+        prog="python -m training.pretrain",
+        formatter_class=HelpFormatter,
         description="MDP pretraining. No arguments: the synthetic CPU demo, ending with a timm-loadable export.",
     )
-    parser.add_argument("--recipe", default="demo",
-                        help="recipe name or YAML file (default: demo); the names are the files in "
-                             "training/recipes/, e.g. voc_ade20k_coco_200ep (docs/TRAINING.md lists them)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set optim.lr=0.01 --set method.options.tau=0.1")
+    parser.add_argument(
+        "--recipe",
+        default="demo",
+        help="recipe name or YAML file (default: demo); the names are the files in "
+        "training/recipes/, e.g. voc_ade20k_coco_200ep (docs/TRAINING.md lists them)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.lr=0.01 --set method.options.tau=0.1",
+    )
     parser.add_argument("--output", type=Path, default=None, help="run folder (default: runs/<recipe name>)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return parser.parse_args(argv)

@@ -36,18 +36,27 @@ class Probe:
 
 PROBES: tuple[Probe, ...] = (
     Probe("demo", "demo as shipped (anchored prototypes, window 256)"),
-    Probe("before", "the previous demo: window 16, prototypes from first regions",
-          ("method.options.window=16", "method.options.prototype_anchors=false")),
+    Probe(
+        "before",
+        "the previous demo: window 16, prototypes from first regions",
+        ("method.options.window=16", "method.options.prototype_anchors=false"),
+    ),
     Probe("no_anchors", "prototypes from first regions (window 256)", ("method.options.prototype_anchors=false",)),
-    Probe("no_anchors_m0999", "... and a slow key encoder (momentum 0.999)",
-          ("method.options.prototype_anchors=false", "method.momentum=0.999", "method.momentum_final=0.999")),
+    Probe(
+        "no_anchors_m0999",
+        "... and a slow key encoder (momentum 0.999)",
+        ("method.options.prototype_anchors=false", "method.momentum=0.999", "method.momentum_final=0.999"),
+    ),
     Probe("window_16", "anchors, window 16", ("method.options.window=16",)),
     Probe("window_4096", "anchors, window 4096 (the paper's)", ("method.options.window=4096",)),
     Probe("tau_0.2", "tau 0.2", ("method.options.tau=0.2",)),
     Probe("lr_0.1x", "learning rate x0.1", ("optim.lr=0.1",)),
     Probe("no_extras", "no mixing, no CSC", (_NO_EXTRAS,)),
-    Probe("adamw", "AdamW (lr 1e-3 at batch 8, wd 0.05)", ("optim.name=adamw", "optim.lr=0.032",
-                                                           "optim.weight_decay=0.05")),
+    Probe(
+        "adamw",
+        "AdamW (lr 1e-3 at batch 8, wd 0.05)",
+        ("optim.name=adamw", "optim.lr=0.032", "optim.weight_decay=0.05"),
+    ),
     Probe("embed_128", "embedding 128, head hidden 512", ("method.embed_dim=128", "method.head_hidden_dim=512")),
     Probe("supervised_ce", "reference: supervised CE, same steps", ("method.name=supervised_ce", "method.options={}")),
 )
@@ -107,9 +116,11 @@ def summarise(metrics_path: Path) -> dict[str, float]:
 
 
 def table(rows: list[tuple[Probe, dict]]) -> str:
-    header = ("| probe | loss first 10% -> last 20% (ratio) | prototype accuracy first -> last 20% | prototype cos "
-              "at end | held-out prototype accuracy | backbone linear probe (random init) | backbone NCC | "
-              "image share of embeddings | backbone grad norm, first 10% |\n|---|---|---|---|---|---|---|---|---|")
+    header = (
+        "| probe | loss first 10% -> last 20% (ratio) | prototype accuracy first -> last 20% | prototype cos "
+        "at end | held-out prototype accuracy | backbone linear probe (random init) | backbone NCC | "
+        "image share of embeddings | backbone grad norm, first 10% |\n|---|---|---|---|---|---|---|---|---|"
+    )
     lines = [header]
     for probe, s in rows:
         lines.append(
@@ -140,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path("runs/probes"), help="run folders (default: %(default)s)")
     parser.add_argument("--doc", type=Path, default=Path("docs/LEARNING.md"), help="page to write the table into")
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side, one thread each (default: 2)")
-    parser.add_argument("--only", nargs="+", metavar="KEY", choices=[p.key for p in PROBES],
-                        help="run only these rows")
+    parser.add_argument("--only", nargs="+", metavar="KEY", choices=[p.key for p in PROBES], help="run only these rows")
     args = parser.parse_args(argv)
     probes = [p for p in PROBES if not args.only or p.key in args.only]
     try:

@@ -106,8 +106,6 @@ def _describe_source(cfg: dict[str, Any]) -> str:
     return f"Hugging Face Hub repo {cfg.get('hf_hub_id')}"
 
 
-
-
 def cached_weights_path(cfg: dict[str, Any], cache_dir: str | None = None) -> str | None:
     """The local weights file ``cfg`` points at: its ``file``, or the Hub snapshot's cached weights (None if the
     repo is not cached yet)."""
@@ -134,8 +132,11 @@ def verify_pretrained_checksum(cfg: dict[str, Any], cache_dir: str | None = None
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> ResNet:
     cfg = None
     if pretrained:
-        cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg"),
-                                     pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay")).to_dict()
+        cfg = resolve_pretrained_cfg(
+            variant,
+            pretrained_cfg=kwargs.get("pretrained_cfg"),
+            pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"),
+        ).to_dict()
         local = cfg.get("file") or cfg.get("state_dict") is not None
         if not local and cfg.get("hf_hub_id") and cached_weights_path(cfg, kwargs.get("cache_dir")) is None:
             repo_id, _, revision = cfg["hf_hub_id"].partition("@")
@@ -150,16 +151,24 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> ResNet:
         with ThreadPoolExecutor(max_workers=1) as pool:
             check = pool.submit(verify_checksum, early) if early and Path(early).is_file() else None
             model = build_model_with_cfg(
-                ResNet, variant, pretrained, pretrained_filter_fn=strict_backbone_filter,
-                **dict(_BLOCKS[variant], **kwargs)
+                ResNet,
+                variant,
+                pretrained,
+                pretrained_filter_fn=strict_backbone_filter,
+                **dict(_BLOCKS[variant], **kwargs),
             )
             if check is not None:
                 check.result()
             elif pretrained:
                 verify_pretrained_checksum(cfg, kwargs.get("cache_dir"))
         return model
-    except (OSError, EntryNotFoundError, SafetensorError,  # OSError covers HTTP, offline and connection errors
-            pickle.UnpicklingError, RuntimeError) as err:
+    except (
+        OSError,
+        EntryNotFoundError,
+        SafetensorError,  # OSError covers HTTP, offline and connection errors
+        pickle.UnpicklingError,
+        RuntimeError,
+    ) as err:
         if not pretrained or isinstance(err, (CheckpointError, WeightsNotAvailableError)):
             raise
         if cfg.get("file"):
@@ -198,8 +207,12 @@ def list_as_pretrained(repo_id: str) -> list[str]:
 
     The default tag also lists the bare model name, as timm does for its own models.
     """
-    names = [f"{model_name}.{recipe.tag}" for model_name in _BLOCKS for recipe in catalog.RECIPES
-             if catalog.repo_id(model_name, recipe.tag) == repo_id]
+    names = [
+        f"{model_name}.{recipe.tag}"
+        for model_name in _BLOCKS
+        for recipe in catalog.RECIPES
+        if catalog.repo_id(model_name, recipe.tag) == repo_id
+    ]
     for name in names:
         timm_registry._model_has_pretrained.add(name)
         if name.endswith(f".{catalog.DEFAULT_TAG}"):

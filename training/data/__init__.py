@@ -18,8 +18,22 @@ from training.data.synthetic import ensure_synthetic
 from training.data.transforms import PhotometricConfig
 
 __all__ = [
-    "IGNORE_INDEX", "LabelSpace", "load_unify_map", "DatasetSpec", "parse_spec", "build_pretrain_dataset",
-    "build_segmentation_dataset", "build_unlabeled_dataset", "MultiDatasetSampler", "ensure_synthetic",
-    "PhotometricConfig", "BadSampleError", "DatasetLayoutError", "READERS", "open_reader", "SegmentationSamples",
-    "SingleDatasetSegmentation", "UnlabeledImages",
+    "IGNORE_INDEX",
+    "LabelSpace",
+    "load_unify_map",
+    "DatasetSpec",
+    "parse_spec",
+    "build_pretrain_dataset",
+    "build_segmentation_dataset",
+    "build_unlabeled_dataset",
+    "MultiDatasetSampler",
+    "ensure_synthetic",
+    "PhotometricConfig",
+    "BadSampleError",
+    "DatasetLayoutError",
+    "READERS",
+    "open_reader",
+    "SegmentationSamples",
+    "SingleDatasetSegmentation",
+    "UnlabeledImages",
 ]

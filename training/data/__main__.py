@@ -15,14 +15,17 @@ from training.data.synthetic import ensure_synthetic, generate
 def main(argv: list[str] | None = None) -> int:
     from mdp_hub.help_format import HelpFormatter, plain  # here: the data tools need no timm otherwise
 
-    parser = argparse.ArgumentParser(prog="python -m training.data", description=plain(__doc__),
-                                     formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.data", description=plain(__doc__), formatter_class=HelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
     synth = commands.add_parser("synth", help="write the synthetic multi-dataset benchmark in the real layouts")
     synth.add_argument("out_dir", nargs="?", help="new folder (default: the cache used by the trainers)")
     synth.add_argument("--seed", type=int, default=0, help="random seed of the images (default 0)")
     check = commands.add_parser("check", help="validate datasets: layout, every sample, class histograms")
-    check.add_argument("specs", nargs="+", metavar="SPEC", help="NAME:PATH[:split], e.g. ade20k:/data/ADEChallengeData2016")
+    check.add_argument(
+        "specs", nargs="+", metavar="SPEC", help="NAME:PATH[:split], e.g. ade20k:/data/ADEChallengeData2016"
+    )
     check.add_argument("--json", action="store_true", help="print the reports as JSON")
     args = parser.parse_args(argv)
 

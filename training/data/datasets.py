@@ -39,8 +39,9 @@ def check_photometric_on(value: str) -> str:
     return value
 
 
-def open_readers(specs: Sequence[str | DatasetSpec], *, train: bool, skip_bad_samples: bool
-                 ) -> tuple[list[SegmentationReader], list[BadSampleError]]:
+def open_readers(
+    specs: Sequence[str | DatasetSpec], *, train: bool, skip_bad_samples: bool
+) -> tuple[list[SegmentationReader], list[BadSampleError]]:
     """Open every spec and check at start-up that each listed file exists.
 
     Missing files raise (naming the first one) unless ``skip_bad_samples``, which drops and returns them.
@@ -51,8 +52,12 @@ def open_readers(specs: Sequence[str | DatasetSpec], *, train: bool, skip_bad_sa
         missing = reader.missing_files()
         if missing and not skip_bad_samples:
             more = f" (and {len(missing) - 1} more in this split)" if len(missing) > 1 else ""
-            raise BadSampleError(missing[0].path, missing[0].problem + more +
-                                 "; fix the dataset, or drop such samples with --set data.skip_bad_samples=true")
+            raise BadSampleError(
+                missing[0].path,
+                missing[0].problem
+                + more
+                + "; fix the dataset, or drop such samples with --set data.skip_bad_samples=true",
+            )
         if missing:
             reader.drop(missing)
             dropped.extend(missing)
@@ -61,8 +66,14 @@ def open_readers(specs: Sequence[str | DatasetSpec], *, train: bool, skip_bad_sa
     return readers, dropped
 
 
-def warn_if_crop_dwarfs_images(readers: Sequence[SegmentationReader], crop_size, *, base_size: int | None,
-                               scale_range: Sequence[float], samples: int = 8) -> None:
+def warn_if_crop_dwarfs_images(
+    readers: Sequence[SegmentationReader],
+    crop_size,
+    *,
+    base_size: int | None,
+    scale_range: Sequence[float],
+    samples: int = 8,
+) -> None:
     """Warn when the crop is more than twice the longest side the images reach after the largest rescale: every
     crop is then mostly padding, yet a step costs what its crop area costs. Reads the headers of the first
     ``samples`` images of each dataset (unreadable ones are left to the loaders' errors)."""
@@ -80,9 +91,16 @@ def warn_if_crop_dwarfs_images(readers: Sequence[SegmentationReader], crop_size,
         width, height = max(sizes, key=max)
         longest = max(width, height) * (base_size / min(width, height) if base_size else 1.0) * max(scale_range)
         if crop > 2 * longest:
-            log.warning("%s: crop size %d is far larger than its images (%dx%d, at most %d px after rescaling): "
-                        "every crop is mostly padding and costs as much as a full %d px crop; lower data.crop_size",
-                        reader.root, crop, width, height, longest, crop)
+            log.warning(
+                "%s: crop size %d is far larger than its images (%dx%d, at most %d px after rescaling): "
+                "every crop is mostly padding and costs as much as a full %d px crop; lower data.crop_size",
+                reader.root,
+                crop,
+                width,
+                height,
+                longest,
+                crop,
+            )
 
 
 def lookup(table: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -99,9 +117,18 @@ class SegmentationSamples(Dataset):
     skips too.
     """
 
-    def __init__(self, readers: Sequence[SegmentationReader], tables: Sequence[torch.Tensor], *, train: bool,
-                 transform, two_views: bool = False, skip_bad_samples: bool = False,
-                 dropped_at_startup: Sequence[BadSampleError] = (), photometric_on: str = "worker"):
+    def __init__(
+        self,
+        readers: Sequence[SegmentationReader],
+        tables: Sequence[torch.Tensor],
+        *,
+        train: bool,
+        transform,
+        two_views: bool = False,
+        skip_bad_samples: bool = False,
+        dropped_at_startup: Sequence[BadSampleError] = (),
+        photometric_on: str = "worker",
+    ):
         self.readers = list(readers)
         self.tables = list(tables)
         self.train = train
@@ -156,8 +183,11 @@ class SegmentationSamples(Dataset):
         item = {"dataset_id": torch.tensor(dataset_id), "index": torch.tensor(index)}
         table = self.tables[dataset_id]
         if not self.train:
-            item.update(image=self.transform(image), mask=lookup(table, torch.from_numpy(mask)),
-                        name=self.readers[dataset_id].samples[index - int(self._starts[dataset_id])].name)
+            item.update(
+                image=self.transform(image),
+                mask=lookup(table, torch.from_numpy(mask)),
+                name=self.readers[dataset_id].samples[index - int(self._starts[dataset_id])].name,
+            )
             return item
         if self.photometric_on == "device":  # ids are looked up on the device too (label_tables)
             item.update(self.transform.device_crop(image, mask, label_map))
@@ -187,11 +217,21 @@ class SegmentationSamples(Dataset):
         return {"skipped": len(files), "by_dataset": by_dataset, "files": files}
 
 
-def build_pretrain_dataset(specs: Sequence[str | DatasetSpec], *, crop_size, mean, std,
-                           scale_range=(0.5, 2.0), cat_max_ratio=0.75, two_views=True, skip_bad_samples=False,
-                           unify_map: str | Path | Mapping[str, str] | None = None, base_size: int | None = None,
-                           photometric: PhotometricConfig | None = None, photometric_on: str = "worker"
-                           ) -> tuple[SegmentationSamples, LabelSpace]:
+def build_pretrain_dataset(
+    specs: Sequence[str | DatasetSpec],
+    *,
+    crop_size,
+    mean,
+    std,
+    scale_range=(0.5, 2.0),
+    cat_max_ratio=0.75,
+    two_views=True,
+    skip_bad_samples=False,
+    unify_map: str | Path | Mapping[str, str] | None = None,
+    base_size: int | None = None,
+    photometric: PhotometricConfig | None = None,
+    photometric_on: str = "worker",
+) -> tuple[SegmentationSamples, LabelSpace]:
     """Concatenate several datasets into one label space (in ``specs`` order) for pretraining.
 
     ``photometric_on="device"``: items carry one uint8 crop; the trainer's DeviceViews makes the views.
@@ -205,12 +245,26 @@ def build_pretrain_dataset(specs: Sequence[str | DatasetSpec], *, crop_size, mea
     if isinstance(unify_map, (str, Path)):
         unify_map = load_unify_map(unify_map)
     label_space = LabelSpace([(r.dataset_name, r.class_names) for r in readers], unify_map=unify_map)
-    transform = JointTrainTransform(crop_size=crop_size, mean=mean, std=std, scale_range=scale_range,
-                                    cat_max_ratio=cat_max_ratio, base_size=base_size, photometric=photometric)
+    transform = JointTrainTransform(
+        crop_size=crop_size,
+        mean=mean,
+        std=std,
+        scale_range=scale_range,
+        cat_max_ratio=cat_max_ratio,
+        base_size=base_size,
+        photometric=photometric,
+    )
     tables = [label_space.global_lookup_table(i) for i in range(len(readers))]
-    dataset = SegmentationSamples(readers, tables, train=True, transform=transform, two_views=two_views,
-                                  skip_bad_samples=skip_bad_samples, dropped_at_startup=dropped,
-                                  photometric_on=photometric_on)
+    dataset = SegmentationSamples(
+        readers,
+        tables,
+        train=True,
+        transform=transform,
+        two_views=two_views,
+        skip_bad_samples=skip_bad_samples,
+        dropped_at_startup=dropped,
+        photometric_on=photometric_on,
+    )
     return dataset, label_space
 
 
@@ -241,10 +295,20 @@ class SingleDatasetSegmentation(SegmentationSamples):
         return self.reader.palette
 
 
-def build_segmentation_dataset(spec: str | DatasetSpec, *, train: bool, crop_size=None, mean, std,
-                               scale_range=(0.5, 2.0), cat_max_ratio=0.75, base_size: int | None = None,
-                               photometric: PhotometricConfig | None = None, skip_bad_samples=False,
-                               photometric_on: str = "worker") -> SingleDatasetSegmentation:
+def build_segmentation_dataset(
+    spec: str | DatasetSpec,
+    *,
+    train: bool,
+    crop_size=None,
+    mean,
+    std,
+    scale_range=(0.5, 2.0),
+    cat_max_ratio=0.75,
+    base_size: int | None = None,
+    photometric: PhotometricConfig | None = None,
+    skip_bad_samples=False,
+    photometric_on: str = "worker",
+) -> SingleDatasetSegmentation:
     """Fine-tuning (``train=True``: rescale/crop/flip/jitter to ``crop_size``) or evaluation (``train=False``:
     whole image, no crop, items carry ``"name"``; use batch size 1) dataset in local ids.
 
@@ -255,13 +319,26 @@ def build_segmentation_dataset(spec: str | DatasetSpec, *, train: bool, crop_siz
         if crop_size is None:
             raise ValueError("build_segmentation_dataset(train=True) needs crop_size")
         warn_if_crop_dwarfs_images(readers, crop_size, base_size=base_size, scale_range=scale_range)
-        transform = JointTrainTransform(crop_size=crop_size, mean=mean, std=std, scale_range=scale_range,
-                                        cat_max_ratio=cat_max_ratio, base_size=base_size, photometric=photometric)
+        transform = JointTrainTransform(
+            crop_size=crop_size,
+            mean=mean,
+            std=std,
+            scale_range=scale_range,
+            cat_max_ratio=cat_max_ratio,
+            base_size=base_size,
+            photometric=photometric,
+        )
     else:
         transform = EvalTransform(mean=mean, std=std)
-    return SingleDatasetSegmentation(readers, [local_lookup_table(readers[0].num_classes)], train=train,
-                                     transform=transform, skip_bad_samples=skip_bad_samples,
-                                     dropped_at_startup=dropped, photometric_on=photometric_on)
+    return SingleDatasetSegmentation(
+        readers,
+        [local_lookup_table(readers[0].num_classes)],
+        train=train,
+        transform=transform,
+        skip_bad_samples=skip_bad_samples,
+        dropped_at_startup=dropped,
+        photometric_on=photometric_on,
+    )
 
 
 class UnlabeledImages(Dataset):
@@ -288,10 +365,25 @@ class UnlabeledImages(Dataset):
         return {"image": query, "image_k": key, "index": torch.tensor(index)}
 
 
-def build_unlabeled_dataset(folder: str | Path, *, crop_size, mean, std, scale_range=(0.5, 2.0),
-                            base_size: int | None = None, photometric: PhotometricConfig | None = None,
-                            photometric_on: str = "worker") -> UnlabeledImages:
+def build_unlabeled_dataset(
+    folder: str | Path,
+    *,
+    crop_size,
+    mean,
+    std,
+    scale_range=(0.5, 2.0),
+    base_size: int | None = None,
+    photometric: PhotometricConfig | None = None,
+    photometric_on: str = "worker",
+) -> UnlabeledImages:
     """Images to be pseudo-labelled (the COCO-without-labels experiment)."""
-    transform = JointTrainTransform(crop_size=crop_size, mean=mean, std=std, scale_range=scale_range,
-                                    cat_max_ratio=1.0, base_size=base_size, photometric=photometric)
+    transform = JointTrainTransform(
+        crop_size=crop_size,
+        mean=mean,
+        std=std,
+        scale_range=scale_range,
+        cat_max_ratio=1.0,
+        base_size=base_size,
+        photometric=photometric,
+    )
     return UnlabeledImages(folder, transform, photometric_on)

@@ -105,8 +105,10 @@ def read_label_png(path: str | Path) -> np.ndarray:
         with Image.open(path) as label:
             if label.mode not in LABEL_MODES:
                 raise BadSampleError(
-                    path, f"label image has mode {label.mode!r}; expected a single-channel palette ('P') or "
-                    "grayscale ('L') PNG of class indices (colour-coded masks cannot be decoded safely)")
+                    path,
+                    f"label image has mode {label.mode!r}; expected a single-channel palette ('P') or "
+                    "grayscale ('L') PNG of class indices (colour-coded masks cannot be decoded safely)",
+                )
             return np.asarray(label)
     except OSError as error:
         raise BadSampleError(path, f"mask is truncated or corrupt ({error})") from error

@@ -53,8 +53,9 @@ def rgb_to_hsv(images: torch.Tensor) -> torch.Tensor:
     safe = torch.where(delta > 0, delta, torch.ones_like(delta))
     hue = torch.where(maxc == r, (g - b) / safe, torch.where(maxc == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
     hue = torch.where(delta > 0, torch.remainder(hue / 6.0, 1.0), torch.zeros_like(hue))
-    saturation = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)),
-                             torch.zeros_like(maxc))
+    saturation = torch.where(
+        maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc)
+    )
     return torch.stack((hue, saturation, maxc), dim=1)
 
 
@@ -118,8 +119,16 @@ def resize_regions(images: torch.Tensor, regions: torch.Tensor, sizes: torch.Ten
     x = replicate_edges(images, regions[:, :2], flip).float()
     region_h, region_w = regions[:, 0].float(), regions[:, 1].float()
     left = torch.where(flip, w - region_w, torch.zeros_like(region_w))  # a mirrored region ends at column w
-    boxes = torch.stack((torch.arange(b, device=x.device, dtype=torch.float32), left, torch.zeros_like(left),
-                         left + w * region_w / sizes[:, 1].float(), h * region_h / sizes[:, 0].float()), dim=1)
+    boxes = torch.stack(
+        (
+            torch.arange(b, device=x.device, dtype=torch.float32),
+            left,
+            torch.zeros_like(left),
+            left + w * region_w / sizes[:, 1].float(),
+            h * region_h / sizes[:, 0].float(),
+        ),
+        dim=1,
+    )
     return roi_align(x, boxes, output_size=(h, w), spatial_scale=1.0, sampling_ratio=1, aligned=True)
 
 
@@ -135,8 +144,9 @@ class BatchPhotometric(nn.Module):
         self.config = photometric
         self.mean, self.std = check_mean_std(mean, std)
 
-    def jitter(self, images: torch.Tensor, valid: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+    def jitter(
+        self, images: torch.Tensor, valid: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """float ``[N, 3, H, W]`` in 0-1 -> jittered ``[N, 3, H, W]`` in 0-1, independent draws per sample.
 
         ``valid`` (bool ``[N, 1, H, W]``, optional) marks real pixels: the contrast mean ignores the padding.
@@ -176,9 +186,14 @@ class BatchPhotometric(nn.Module):
             out = torch.where(apply, gaussian_blur(out, sigma, high), out)
         return out
 
-    def forward(self, images: torch.Tensor, sizes: torch.Tensor | None = None, views: int = 2,
-                generator: torch.Generator | None = None, regions: torch.Tensor | None = None
-                ) -> list[torch.Tensor]:
+    def forward(
+        self,
+        images: torch.Tensor,
+        sizes: torch.Tensor | None = None,
+        views: int = 2,
+        generator: torch.Generator | None = None,
+        regions: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
         """uint8 ``[B, 3, H, W]`` (+ real crop sizes int64 ``[B, 2]``, optional) -> ``views`` float32 tensors
         ``[B, 3, H, W]``: jittered, normalised, zero (= mean colour) outside each crop's real size.
 
@@ -186,15 +201,17 @@ class BatchPhotometric(nn.Module):
         and flipped first (``resize_regions``). With ``sizes``, whatever the padding holds is replaced by the crop's
         last row / column, so the blur sees no artificial border (workers pad with zeros, the cheapest fill)."""
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"BatchPhotometric expects uint8 [B, 3, H, W] crops, got {images.dtype} "
-                             f"{tuple(images.shape)}")
+            raise ValueError(
+                f"BatchPhotometric expects uint8 [B, 3, H, W] crops, got {images.dtype} {tuple(images.shape)}"
+            )
         b, _, h, w = images.shape
         valid = None
         if sizes is not None and tuple(sizes.shape) != (b, 2):
             raise ValueError(f"crop sizes must be int64 [B, 2] = [{b}, 2], got {tuple(sizes.shape)}")
         if regions is not None and (sizes is None or tuple(regions.shape) != (b, 3)):
-            raise ValueError(f"source regions must be int64 [B, 3] = [{b}, 3] and come with crop sizes, got "
-                             f"{tuple(regions.shape)}")
+            raise ValueError(
+                f"source regions must be int64 [B, 3] = [{b}, 3] and come with crop sizes, got {tuple(regions.shape)}"
+            )
         with torch.autocast(images.device.type, enabled=False):  # resize and jitter in fp32 even inside AMP
             x = images if regions is None else resize_regions(images, regions, sizes)
             if sizes is not None:
@@ -224,8 +241,14 @@ class DeviceViews(nn.Module):
     Batches that already carry float views and int64 masks pass through unchanged. Holds no state of its own.
     """
 
-    def __init__(self, model, augment: BatchPhotometric, channels_last: bool = False,
-                 label_tables: torch.Tensor | None = None, views: int = 2):
+    def __init__(
+        self,
+        model,
+        augment: BatchPhotometric,
+        channels_last: bool = False,
+        label_tables: torch.Tensor | None = None,
+        views: int = 2,
+    ):
         super().__init__()
         if views not in (1, 2):
             raise ValueError(f"DeviceViews makes 1 or 2 views, not {views}")
@@ -238,8 +261,7 @@ class DeviceViews(nn.Module):
     def forward(self, batch: dict):
         images, masks = batch["image"], batch.get("mask")
         if images.dtype == torch.uint8:
-            views = self.augment(images, batch.get("image_size"), views=self.views,
-                                 regions=batch.get("source_region"))
+            views = self.augment(images, batch.get("image_size"), views=self.views, regions=batch.get("source_region"))
             if self.channels_last:
                 views = [view.contiguous(memory_format=torch.channels_last) for view in views]
             batch = {k: v for k, v in batch.items() if k not in ("image_size", "source_region")}

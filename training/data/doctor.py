@@ -60,13 +60,19 @@ def check_spec(spec: str | DatasetSpec) -> list[dict]:
     """Reports for the spec's split, or for the default training and evaluation splits if none is given."""
     spec = parse_spec(spec)
     reports = []
-    for train in ([True] if spec.split else [True, False]):
+    for train in [True] if spec.split else [True, False]:
         try:
             reader = open_reader(spec, train=train)
         except (DatasetLayoutError, BadSampleError) as error:
             split = spec.split or ("(default training split)" if train else "(default evaluation split)")
-            reports.append({"spec": str(spec), "split": split, "samples": 0,
-                            "errors": [{"file": str(spec.path), "problem": str(error)}]})
+            reports.append(
+                {
+                    "spec": str(spec),
+                    "split": split,
+                    "samples": 0,
+                    "errors": [{"file": str(spec.path), "problem": str(error)}],
+                }
+            )
             continue
         reports.append(check_reader(reader, spec.with_split(reader.split)))
     return reports
@@ -81,11 +87,15 @@ def format_report(report: dict, max_errors: int = 20) -> str:
     if "class_pixels" not in report:
         return "\n".join(lines)
     sizes = report["image_sizes"]
-    lines.append(f"  image sizes (WxH): min {sizes['min_wh'][0]}x{sizes['min_wh'][1]}, "
-                 f"max {sizes['max_wh'][0]}x{sizes['max_wh'][1]}, most common {sizes['most_common_wh']}")
+    lines.append(
+        f"  image sizes (WxH): min {sizes['min_wh'][0]}x{sizes['min_wh'][1]}, "
+        f"max {sizes['max_wh'][0]}x{sizes['max_wh'][1]}, most common {sizes['most_common_wh']}"
+    )
     total = report["labelled_pixels"] + report["ignore_pixels"]
-    lines.append(f"  classes present: {report['classes_present']} of {report['num_classes']}; "
-                 f"ignore pixels {100 * report['ignore_pixels'] / max(total, 1):.1f}%")
+    lines.append(
+        f"  classes present: {report['classes_present']} of {report['num_classes']}; "
+        f"ignore pixels {100 * report['ignore_pixels'] / max(total, 1):.1f}%"
+    )
     for name, count in sorted(report["class_pixels"].items(), key=lambda kv: -kv[1]):
         share = 100 * count / max(report["labelled_pixels"], 1)
         lines.append(f"    {name:<28} {share:6.2f}% of labelled pixels, in {report['class_images'][name]} images")

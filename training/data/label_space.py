@@ -113,7 +113,7 @@ class LabelSpace:
     def dataset_class_ids(self, name_or_id: str | int) -> torch.Tensor:
         """Global id of each local class of one dataset, int64 ``[K_d]`` (works with and without unification)."""
         entry = self.datasets[self.dataset_index(name_or_id)]
-        return self._concat_to_global[entry.offset:entry.offset + entry.num_classes].clone()
+        return self._concat_to_global[entry.offset : entry.offset + entry.num_classes].clone()
 
     def to_global(self, dataset_id: int | torch.Tensor, local: torch.Tensor) -> torch.Tensor:
         """Local ids (255 or -1 = ignore) -> global ids (-1 = ignore).

@@ -217,8 +217,11 @@ class SegmentationReader:
         image = self.load_image(index)
         raw = self._raw_mask(sample)
         if raw.shape != tuple(image.shape[-2:]):
-            raise BadSampleError(sample.mask, f"mask is {raw.shape[1]}x{raw.shape[0]} (WxH) but image "
-                                 f"{sample.image.name} is {image.shape[-1]}x{image.shape[-2]}")
+            raise BadSampleError(
+                sample.mask,
+                f"mask is {raw.shape[1]}x{raw.shape[0]} (WxH) but image "
+                f"{sample.image.name} is {image.shape[-1]}x{image.shape[-2]}",
+            )
         table = self.tables[sample.encoding]
         if raw.dtype != np.uint8 or table.size != 256:
             return image, apply_table(raw, table, sample.mask, self.valid_hint), IDENTITY
@@ -233,8 +236,9 @@ class SegmentationReader:
 
     def _require_known_split(self) -> None:
         if self.split not in self.splits:
-            raise DatasetLayoutError(f"{self.root}: unknown {self.format_name} split {self.split!r}; "
-                                     f"choose one of {', '.join(self.splits)}")
+            raise DatasetLayoutError(
+                f"{self.root}: unknown {self.format_name} split {self.split!r}; choose one of {', '.join(self.splits)}"
+            )
 
     def _read_list(self, path: Path) -> list[str]:
         if not path.is_file():
@@ -292,7 +296,10 @@ class VOCReader(SegmentationReader):
         lists = self._require_dir(self.root / "ImageSets" / "Segmentation", "ImageSets/Segmentation/")
         self._require_known_split()
         labels = self.root / "SegmentationClass"
-        return [SampleFiles(images / f"{i}.jpg", labels / f"{i}.png", i) for i in self._read_list(lists / f"{self.split}.txt")]
+        return [
+            SampleFiles(images / f"{i}.jpg", labels / f"{i}.png", i)
+            for i in self._read_list(lists / f"{self.split}.txt")
+        ]
 
 
 class VOCAugReader(VOCReader):
@@ -310,8 +317,9 @@ class VOCAugReader(VOCReader):
         if self.split != "train_aug":
             samples = super()._list_samples()
             if self.split == "aug":
-                return [SampleFiles(s.image, self.root / "SegmentationClassAug" / f"{s.name}.png", s.name)
-                        for s in samples]
+                return [
+                    SampleFiles(s.image, self.root / "SegmentationClassAug" / f"{s.name}.png", s.name) for s in samples
+                ]
             return samples
         images = self._require_dir(self.root / "JPEGImages", "JPEGImages/")
         lists = self._require_dir(self.root / "ImageSets" / "Segmentation", "ImageSets/Segmentation/")
@@ -322,7 +330,8 @@ class VOCAugReader(VOCReader):
         else:
             raise DatasetLayoutError(
                 f"{lists}: neither trainaug.txt nor aug.txt found; run MMSegmentation's "
-                "tools/dataset_converters/voc_aug.py to build SegmentationClassAug and the aug lists")
+                "tools/dataset_converters/voc_aug.py to build SegmentationClassAug and the aug lists"
+            )
         official = set()
         for name in ("train.txt", "val.txt"):
             if (lists / name).is_file():
@@ -399,10 +408,13 @@ class COCOStuff10kReader(SegmentationReader):
     def _list_samples(self) -> list[SampleFiles]:
         converted = self.root / "images" / f"{self.split}2014"
         if converted.is_dir():
-            labels = self._require_dir(self.root / "annotations" / f"{self.split}2014",
-                                       f"annotations/{self.split}2014/")
-            return [SampleFiles(p, labels / f"{p.stem}_labelTrainIds.png", p.stem, "converted")
-                    for p in _image_files(converted, (".jpg", ".jpeg"))]
+            labels = self._require_dir(
+                self.root / "annotations" / f"{self.split}2014", f"annotations/{self.split}2014/"
+            )
+            return [
+                SampleFiles(p, labels / f"{p.stem}_labelTrainIds.png", p.stem, "converted")
+                for p in _image_files(converted, (".jpg", ".jpeg"))
+            ]
         ids = self._read_list(self.root / "imageLists" / f"{self.split}.txt")
         images, labels = self.root / "images", self.root / "annotations"
         return [SampleFiles(images / f"{i}.jpg", labels / f"{i}.mat", i, "mat") for i in ids]
@@ -445,8 +457,9 @@ class CityscapesReader(SegmentationReader):
         return samples
 
     def _tables(self) -> dict[str, np.ndarray]:
-        label_ids = {i: classes.CITYSCAPES_ID_TO_TRAIN_ID.get(i, LOCAL_IGNORE)
-                     for i in range(classes.CITYSCAPES_NUM_LABEL_IDS)}
+        label_ids = {
+            i: classes.CITYSCAPES_ID_TO_TRAIN_ID.get(i, LOCAL_IGNORE) for i in range(classes.CITYSCAPES_NUM_LABEL_IDS)
+        }
         return {"label_ids": lookup_table(label_ids), "train_ids": identity_table(self.num_classes)}
 
 
@@ -486,8 +499,10 @@ class FolderReader(SegmentationReader):
             images, masks = images / self.split, masks / self.split
         elif self._explicit_split:
             raise DatasetLayoutError(f"{images / self.split}: split folder not found")
-        return [SampleFiles(p, masks / p.relative_to(images).with_suffix(".png"), str(p.relative_to(images)))
-                for p in _image_files(images)]
+        return [
+            SampleFiles(p, masks / p.relative_to(images).with_suffix(".png"), str(p.relative_to(images)))
+            for p in _image_files(images)
+        ]
 
 
 class CamVidReader(SegmentationReader):
@@ -546,7 +561,11 @@ class OxfordPetReader(SegmentationReader):
 # if 4 (60/20/20). The rule depends on nothing but the file's own name, so it is the same on every machine and
 # does not move samples when files are added or missing.
 NUMBERED_SPLITS: dict[str, tuple[int, ...]] = {
-    "train": (0, 1, 2), "val": (3,), "test": (4,), "trainval": (0, 1, 2, 3), "all": (0, 1, 2, 3, 4),
+    "train": (0, 1, 2),
+    "val": (3,),
+    "test": (4,),
+    "trainval": (0, 1, 2, 3),
+    "all": (0, 1, 2, 3, 4),
 }
 
 
@@ -559,8 +578,10 @@ class NumberedSplitReader(SegmentationReader):
     def _in_split(self, path: Path) -> bool:
         match = self.name_pattern.fullmatch(path.stem)
         if match is None:
-            raise DatasetLayoutError(f"{path}: unexpected file name in a {self.format_name} layout "
-                                     f"(expected {self.name_pattern.pattern} before the suffix)")
+            raise DatasetLayoutError(
+                f"{path}: unexpected file name in a {self.format_name} layout "
+                f"(expected {self.name_pattern.pattern} before the suffix)"
+            )
         return int(match.group(1)) % 5 in NUMBERED_SPLITS[self.split]
 
 
@@ -578,8 +599,11 @@ class CCPReader(NumberedSplitReader):
         photos = self._require_dir(self.root / "photos", "photos/")
         labels = self._require_dir(self.root / "annotations" / "pixel-level", "annotations/pixel-level/")
         self._check_label_list()
-        return [SampleFiles(photos / f"{p.stem}.jpg", p, p.stem, "mat")
-                for p in sorted(labels.glob("*.mat")) if self._in_split(p)]
+        return [
+            SampleFiles(photos / f"{p.stem}.jpg", p, p.stem, "mat")
+            for p in sorted(labels.glob("*.mat"))
+            if self._in_split(p)
+        ]
 
     def _check_label_list(self) -> None:
         """The release's class list, if present, must be the one the ids are decoded with."""
@@ -593,8 +617,10 @@ class CCPReader(NumberedSplitReader):
         except (*MAT_READ_ERRORS, AttributeError) as error:
             raise DatasetLayoutError(f"{path}: cannot read the class list 'label_list' ({error})") from error
         if names != [classes.CCP_LABEL_LIST_BACKGROUND, *classes.CCP_CLASSES[1:]]:
-            raise DatasetLayoutError(f"{path}: class list differs from the {len(self.class_names)} classes this "
-                                     "reader decodes (Clothing Co-Parsing's label_list.mat)")
+            raise DatasetLayoutError(
+                f"{path}: class list differs from the {len(self.class_names)} classes this "
+                "reader decodes (Clothing Co-Parsing's label_list.mat)"
+            )
 
     def _tables(self) -> dict[str, np.ndarray]:
         return {"mat": lookup_table({i: i for i in range(self.num_classes)})}  # no ignore value
@@ -618,8 +644,11 @@ class MSRCReader(NumberedSplitReader):
         self._require_known_split()
         images = self._require_dir(self.root / "Images", "Images/")
         labels = self._require_dir(self.root / "newsegmentations_mats", "newsegmentations_mats/")
-        return [SampleFiles(p, labels / f"{p.stem}_GT.mat", p.stem)
-                for p in _image_files(images, (".bmp",)) if self._in_split(p)]
+        return [
+            SampleFiles(p, labels / f"{p.stem}_GT.mat", p.stem)
+            for p in _image_files(images, (".bmp",))
+            if self._in_split(p)
+        ]
 
     def _tables(self) -> dict[str, np.ndarray]:
         return {"local": lookup_table({**{i: i for i in range(self.num_classes)}, LOCAL_IGNORE: LOCAL_IGNORE})}
@@ -630,20 +659,32 @@ class MSRCReader(NumberedSplitReader):
         labels = labels.ravel()
         bad = np.unique(labels[(labels < 1) | (labels > self.num_classes)])
         if bad.size:
-            raise BadSampleError(sample.mask, f"'newlabels' holds classes {bad[:10].tolist()} outside "
-                                 f"1..{self.num_classes}")
+            raise BadSampleError(
+                sample.mask, f"'newlabels' holds classes {bad[:10].tolist()} outside 1..{self.num_classes}"
+            )
         if labels.size >= LOCAL_IGNORE:
             raise BadSampleError(sample.mask, f"'newlabels' lists {labels.size} segments; at most 254 are supported")
         segment_table = np.full(256, LOCAL_IGNORE, dtype=np.int16)
         segment_table[0] = INVALID  # segment ids start at 1
-        segment_table[1:labels.size + 1] = labels - 1
+        segment_table[1 : labels.size + 1] = labels - 1
         return apply_table(segments, segment_table, sample.mask, "segment ids 1..255 in 'newseg'")
 
 
 READERS: dict[str, type[SegmentationReader]] = {
     reader.format_name: reader
-    for reader in (VOCReader, VOCAugReader, ADE20KReader, COCOStuff164kReader, COCOStuff10kReader,
-                   CityscapesReader, CamVidReader, OxfordPetReader, CCPReader, MSRCReader, FolderReader)
+    for reader in (
+        VOCReader,
+        VOCAugReader,
+        ADE20KReader,
+        COCOStuff164kReader,
+        COCOStuff10kReader,
+        CityscapesReader,
+        CamVidReader,
+        OxfordPetReader,
+        CCPReader,
+        MSRCReader,
+        FolderReader,
+    )
 }
 
 

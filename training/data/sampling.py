@@ -20,8 +20,17 @@ SAMPLING_MODES = ("proportional", "balanced")
 class MultiDatasetSampler(Sampler[int]):
     """Indices into a dataset exposing ``dataset_ids`` (int64 ``[N]``, the dataset of each sample)."""
 
-    def __init__(self, dataset, *, mode: str = "proportional", num_replicas: int | None = None,
-                 rank: int | None = None, seed: int = 0, shuffle: bool = True, drop_last: bool = True):
+    def __init__(
+        self,
+        dataset,
+        *,
+        mode: str = "proportional",
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = True,
+    ):
         if mode not in SAMPLING_MODES:
             raise ValueError(f"sampling mode {mode!r}: choose one of {', '.join(SAMPLING_MODES)}")
         if num_replicas is None:
@@ -57,8 +66,10 @@ class MultiDatasetSampler(Sampler[int]):
         picks = []
         for indices, count in zip(members, quota):
             rounds = math.ceil(count / indices.numel())
-            cycle = [torch.randperm(indices.numel(), generator=generator) if self.shuffle
-                     else torch.arange(indices.numel()) for _ in range(rounds)]
+            cycle = [
+                torch.randperm(indices.numel(), generator=generator) if self.shuffle else torch.arange(indices.numel())
+                for _ in range(rounds)
+            ]
             picks.append(indices[torch.cat(cycle)[:count]])
         if self.shuffle:
             order = torch.cat(picks)
@@ -75,7 +86,7 @@ class MultiDatasetSampler(Sampler[int]):
             repeats = math.ceil(self.total_size / order.numel())
             order = order.repeat(repeats)
         order = order[: self.total_size]
-        return iter(order[self.rank:self.total_size:self.num_replicas].tolist())
+        return iter(order[self.rank : self.total_size : self.num_replicas].tolist())
 
     def __len__(self) -> int:
         return self.num_samples

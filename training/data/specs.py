@@ -4,8 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-KNOWN_FORMATS = ("voc_aug", "voc", "ade20k", "coco_stuff164k", "coco_stuff10k", "cityscapes", "camvid",
-                 "oxford_pet", "ccp", "msrc", "folder")
+KNOWN_FORMATS = (
+    "voc_aug",
+    "voc",
+    "ade20k",
+    "coco_stuff164k",
+    "coco_stuff10k",
+    "cityscapes",
+    "camvid",
+    "oxford_pet",
+    "ccp",
+    "msrc",
+    "folder",
+)
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,10 @@ class Concept:
 
     color: tuple[float, float, float]
     texture: str
-    frequency: float = 8.0     # texture cycles per 100 px
-    contrast: float = 0.2      # texture amplitude (relative brightness change)
-    spread: float = 0.05       # per-instance colour standard deviation
-    shape: str = "region"      # "region" for stuff, else a thing's shape family
+    frequency: float = 8.0  # texture cycles per 100 px
+    contrast: float = 0.2  # texture amplitude (relative brightness change)
+    spread: float = 0.05  # per-instance colour standard deviation
+    shape: str = "region"  # "region" for stuff, else a thing's shape family
     size: tuple[float, float] = (0.2, 0.5)  # thing height as a fraction of the image height
 
 
@@ -61,38 +61,49 @@ CONCEPTS: dict[str, Concept] = {
     "sand": Concept((0.84, 0.75, 0.55), "noise", frequency=40.0, contrast=0.10, spread=0.04),
     "fence": Concept((0.55, 0.50, 0.42), "grid", frequency=12.0, contrast=0.45, spread=0.04),
     # things
-    "person": Concept((0.45, 0.35, 0.40), "stripes", frequency=4.0, contrast=0.10, spread=0.22,
-                      shape="person", size=(0.30, 0.70)),
-    "rider": Concept((0.45, 0.35, 0.40), "stripes", frequency=18.0, contrast=0.25, spread=0.22,
-                     shape="person", size=(0.30, 0.60)),
+    "person": Concept(
+        (0.45, 0.35, 0.40), "stripes", frequency=4.0, contrast=0.10, spread=0.22, shape="person", size=(0.30, 0.70)
+    ),
+    "rider": Concept(
+        (0.45, 0.35, 0.40), "stripes", frequency=18.0, contrast=0.25, spread=0.22, shape="person", size=(0.30, 0.60)
+    ),
     "car": Concept((0.50, 0.50, 0.55), "gradient", contrast=0.15, spread=0.25, shape="car", size=(0.18, 0.40)),
-    "bus": Concept((0.85, 0.70, 0.20), "windows", frequency=8.0, contrast=0.25, spread=0.08,
-                   shape="bus", size=(0.30, 0.55)),
-    "truck": Concept((0.80, 0.68, 0.25), "noise", frequency=8.0, contrast=0.12, spread=0.08,
-                     shape="bus", size=(0.30, 0.55)),
-    "cat": Concept((0.70, 0.52, 0.32), "stripes", frequency=16.0, contrast=0.30, spread=0.10,
-                   shape="animal", size=(0.20, 0.40)),
-    "dog": Concept((0.66, 0.50, 0.34), "dots", frequency=16.0, contrast=0.30, spread=0.10,
-                   shape="animal", size=(0.22, 0.45)),
-    "horse": Concept((0.45, 0.28, 0.16), "noise", frequency=5.0, contrast=0.10, spread=0.06,
-                     shape="quadruped", size=(0.35, 0.60)),
-    "sheep": Concept((0.88, 0.86, 0.80), "noise", frequency=35.0, contrast=0.25, spread=0.03,
-                     shape="quadruped", size=(0.25, 0.45)),
-    "cow": Concept((0.25, 0.22, 0.20), "dots", frequency=5.0, contrast=0.90, spread=0.04,
-                   shape="quadruped", size=(0.30, 0.55)),
-    "boat": Concept((0.80, 0.80, 0.82), "stripes", frequency=5.0, contrast=0.15, spread=0.15,
-                    shape="boat", size=(0.20, 0.40)),
-    "aeroplane": Concept((0.85, 0.85, 0.88), "gradient", contrast=0.10, spread=0.04,
-                         shape="plane", size=(0.20, 0.35)),
-    "bottle": Concept((0.25, 0.55, 0.30), "gradient", contrast=0.40, spread=0.12,
-                      shape="bottle", size=(0.25, 0.45)),
-    "chair": Concept((0.50, 0.32, 0.18), "stripes", frequency=10.0, contrast=0.20, spread=0.08,
-                     shape="chair", size=(0.25, 0.45)),
+    "bus": Concept(
+        (0.85, 0.70, 0.20), "windows", frequency=8.0, contrast=0.25, spread=0.08, shape="bus", size=(0.30, 0.55)
+    ),
+    "truck": Concept(
+        (0.80, 0.68, 0.25), "noise", frequency=8.0, contrast=0.12, spread=0.08, shape="bus", size=(0.30, 0.55)
+    ),
+    "cat": Concept(
+        (0.70, 0.52, 0.32), "stripes", frequency=16.0, contrast=0.30, spread=0.10, shape="animal", size=(0.20, 0.40)
+    ),
+    "dog": Concept(
+        (0.66, 0.50, 0.34), "dots", frequency=16.0, contrast=0.30, spread=0.10, shape="animal", size=(0.22, 0.45)
+    ),
+    "horse": Concept(
+        (0.45, 0.28, 0.16), "noise", frequency=5.0, contrast=0.10, spread=0.06, shape="quadruped", size=(0.35, 0.60)
+    ),
+    "sheep": Concept(
+        (0.88, 0.86, 0.80), "noise", frequency=35.0, contrast=0.25, spread=0.03, shape="quadruped", size=(0.25, 0.45)
+    ),
+    "cow": Concept(
+        (0.25, 0.22, 0.20), "dots", frequency=5.0, contrast=0.90, spread=0.04, shape="quadruped", size=(0.30, 0.55)
+    ),
+    "boat": Concept(
+        (0.80, 0.80, 0.82), "stripes", frequency=5.0, contrast=0.15, spread=0.15, shape="boat", size=(0.20, 0.40)
+    ),
+    "aeroplane": Concept((0.85, 0.85, 0.88), "gradient", contrast=0.10, spread=0.04, shape="plane", size=(0.20, 0.35)),
+    "bottle": Concept((0.25, 0.55, 0.30), "gradient", contrast=0.40, spread=0.12, shape="bottle", size=(0.25, 0.45)),
+    "chair": Concept(
+        (0.50, 0.32, 0.18), "stripes", frequency=10.0, contrast=0.20, spread=0.08, shape="chair", size=(0.25, 0.45)
+    ),
     "pole": Concept((0.58, 0.58, 0.58), "gradient", contrast=0.10, spread=0.04, shape="pole", size=(0.55, 0.85)),
-    "traffic_sign": Concept((0.85, 0.15, 0.12), "rings", frequency=20.0, contrast=0.50, spread=0.04,
-                            shape="sign", size=(0.10, 0.18)),
-    "other": Concept((0.50, 0.50, 0.50), "checker", frequency=20.0, contrast=0.50, spread=0.25,
-                     shape="blob", size=(0.15, 0.35)),
+    "traffic_sign": Concept(
+        (0.85, 0.15, 0.12), "rings", frequency=20.0, contrast=0.50, spread=0.04, shape="sign", size=(0.10, 0.18)
+    ),
+    "other": Concept(
+        (0.50, 0.50, 0.50), "checker", frequency=20.0, contrast=0.50, spread=0.25, shape="blob", size=(0.15, 0.35)
+    ),
 }
 
 
@@ -101,15 +112,14 @@ class SyntheticDataset:
     """Which concepts a dataset renders and the raw label value it writes for each."""
 
     name: str
-    top: dict[str, int]      # stuff concepts for the upper band (sky-like)
-    middle: dict[str, int]   # stuff concepts with an irregular skyline (buildings, trees, walls)
-    bottom: dict[str, int]   # ground stuff
+    top: dict[str, int]  # stuff concepts for the upper band (sky-like)
+    middle: dict[str, int]  # stuff concepts with an irregular skyline (buildings, trees, walls)
+    bottom: dict[str, int]  # ground stuff
     things: dict[str, int]
     max_things: int
     size: tuple[tuple[int, int], tuple[int, int]]  # (height range, width range)
     color_shift: tuple[float, float, float]
     thing_scale: float = 1.0  # VOC is object-centric: larger things
-
 
 
 def _voc(name: str) -> int:
@@ -132,45 +142,104 @@ def _cityscapes(name: str) -> int:  # raw labelId
 BACKGROUND = _voc("background")
 DATASETS: dict[str, SyntheticDataset] = {
     "voc_aug": SyntheticDataset(
-        "voc_aug", top={"sky": BACKGROUND, "wall": BACKGROUND},
+        "voc_aug",
+        top={"sky": BACKGROUND, "wall": BACKGROUND},
         middle={"building": BACKGROUND, "tree": BACKGROUND, "mountain": BACKGROUND},
         bottom={"grass": BACKGROUND, "road": BACKGROUND, "water": BACKGROUND, "floor": BACKGROUND},
-        things={c: _voc(n) for c, n in [("person", "person"), ("car", "car"), ("bus", "bus"), ("cat", "cat"),
-                                         ("dog", "dog"), ("horse", "horse"), ("boat", "boat"),
-                                         ("aeroplane", "aeroplane"), ("bottle", "bottle"), ("chair", "chair")]},
-        max_things=3, size=((128, 176), (160, 192)), color_shift=(0.0, 0.0, 0.0), thing_scale=1.6),
+        things={
+            c: _voc(n)
+            for c, n in [
+                ("person", "person"),
+                ("car", "car"),
+                ("bus", "bus"),
+                ("cat", "cat"),
+                ("dog", "dog"),
+                ("horse", "horse"),
+                ("boat", "boat"),
+                ("aeroplane", "aeroplane"),
+                ("bottle", "bottle"),
+                ("chair", "chair"),
+            ]
+        },
+        max_things=3,
+        size=((128, 176), (160, 192)),
+        color_shift=(0.0, 0.0, 0.0),
+        thing_scale=1.6,
+    ),
     "ade20k": SyntheticDataset(
-        "ade20k", top={"sky": _ade("sky"), "wall": _ade("wall")},
+        "ade20k",
+        top={"sky": _ade("sky"), "wall": _ade("wall")},
         middle={"building": _ade("building"), "tree": _ade("tree"), "mountain": _ade("mountain")},
-        bottom={"road": _ade("road"), "grass": _ade("grass"), "floor": _ade("floor"), "water": _ade("water"),
-                "sand": _ade("sand"), "sidewalk": _ade("sidewalk")},
-        things={"person": _ade("person"), "car": _ade("car"), "chair": _ade("chair"), "bus": _ade("bus"),
-                "other": 0},
-        max_things=5, size=((128, 192), (128, 192)), color_shift=(0.02, -0.01, 0.0)),
+        bottom={
+            "road": _ade("road"),
+            "grass": _ade("grass"),
+            "floor": _ade("floor"),
+            "water": _ade("water"),
+            "sand": _ade("sand"),
+            "sidewalk": _ade("sidewalk"),
+        },
+        things={"person": _ade("person"), "car": _ade("car"), "chair": _ade("chair"), "bus": _ade("bus"), "other": 0},
+        max_things=5,
+        size=((128, 192), (128, 192)),
+        color_shift=(0.02, -0.01, 0.0),
+    ),
     "coco_stuff164k": SyntheticDataset(
-        "coco_stuff164k", top={"sky": _coco("sky-other"), "wall_concrete": _coco("wall-concrete")},
+        "coco_stuff164k",
+        top={"sky": _coco("sky-other"), "wall_concrete": _coco("wall-concrete")},
         middle={"building": _coco("building-other"), "tree": _coco("tree"), "wall_brick": _coco("wall-brick")},
         bottom={"grass": _coco("grass"), "road": _coco("road"), "water": _coco("sea"), "sand": _coco("sand")},
-        things={c: _coco(n) for c, n in [("person", "person"), ("car", "car"), ("bus", "bus"),
-                                         ("truck", "truck"), ("dog", "dog"), ("cat", "cat"), ("sheep", "sheep"),
-                                         ("cow", "cow")]},
-        max_things=5, size=((128, 192), (128, 192)), color_shift=(-0.01, 0.0, 0.02)),
+        things={
+            c: _coco(n)
+            for c, n in [
+                ("person", "person"),
+                ("car", "car"),
+                ("bus", "bus"),
+                ("truck", "truck"),
+                ("dog", "dog"),
+                ("cat", "cat"),
+                ("sheep", "sheep"),
+                ("cow", "cow"),
+            ]
+        },
+        max_things=5,
+        size=((128, 192), (128, 192)),
+        color_shift=(-0.01, 0.0, 0.02),
+    ),
     "cityscapes": SyntheticDataset(
-        "cityscapes", top={"sky": _cityscapes("sky")},
-        middle={"building": _cityscapes("building"), "tree": _cityscapes("vegetation"),
-                "fence": _cityscapes("fence")},
-        bottom={"road": _cityscapes("road"), "sidewalk": _cityscapes("sidewalk"),
-                "terrain": _cityscapes("terrain")},
-        things={c: _cityscapes(n) for c, n in [("person", "person"), ("rider", "rider"), ("car", "car"),
-                                                ("truck", "truck"), ("bus", "bus"), ("pole", "pole"),
-                                                ("traffic_sign", "traffic sign")]},
-        max_things=6, size=((96, 96), (192, 192)), color_shift=(0.0, 0.02, -0.02)),
+        "cityscapes",
+        top={"sky": _cityscapes("sky")},
+        middle={"building": _cityscapes("building"), "tree": _cityscapes("vegetation"), "fence": _cityscapes("fence")},
+        bottom={"road": _cityscapes("road"), "sidewalk": _cityscapes("sidewalk"), "terrain": _cityscapes("terrain")},
+        things={
+            c: _cityscapes(n)
+            for c, n in [
+                ("person", "person"),
+                ("rider", "rider"),
+                ("car", "car"),
+                ("truck", "truck"),
+                ("bus", "bus"),
+                ("pole", "pole"),
+                ("traffic_sign", "traffic sign"),
+            ]
+        },
+        max_things=6,
+        size=((96, 96), (192, 192)),
+        color_shift=(0.0, 0.02, -0.02),
+    ),
 }
 
 # Images per split; VOC's train_aug = official train (with boundaries) + SBD-style aug.
-DEFAULT_SIZES = {"voc_train": 60, "voc_aug": 240, "voc_val": 60, "ade20k_train": 300, "ade20k_val": 60,
-                 "coco_stuff164k_train": 300, "coco_stuff164k_val": 60, "cityscapes_train": 200,
-                 "cityscapes_val": 60}
+DEFAULT_SIZES = {
+    "voc_train": 60,
+    "voc_aug": 240,
+    "voc_val": 60,
+    "ade20k_train": 300,
+    "ade20k_val": 60,
+    "coco_stuff164k_train": 300,
+    "coco_stuff164k_val": 60,
+    "cityscapes_train": 200,
+    "cityscapes_val": 60,
+}
 
 
 # ---- rendering ---------------------------------------------------------------------------------------------
@@ -227,20 +296,37 @@ def _box(yy, xx, top, left, bottom, right):
 def _figure_parts(shape: str, yy, xx, cy: float, cx: float, h: float, flip: int, rng: np.random.Generator):
     """A person or a four-legged animal. ``None`` for other shapes."""
     if shape == "person":
-        return [(_ellipse(yy, xx, cy - 0.40 * h, cx, 0.10 * h, 0.08 * h), 1.6),
-                (_box(yy, xx, cy - 0.30 * h, cx - 0.13 * h, cy + 0.10 * h, cx + 0.13 * h), 1.0),
-                (_box(yy, xx, cy + 0.10 * h, cx - 0.11 * h, cy + 0.50 * h, cx - 0.02 * h), 0.6),
-                (_box(yy, xx, cy + 0.10 * h, cx + 0.02 * h, cy + 0.50 * h, cx + 0.11 * h), 0.6)]
+        return [
+            (_ellipse(yy, xx, cy - 0.40 * h, cx, 0.10 * h, 0.08 * h), 1.6),
+            (_box(yy, xx, cy - 0.30 * h, cx - 0.13 * h, cy + 0.10 * h, cx + 0.13 * h), 1.0),
+            (_box(yy, xx, cy + 0.10 * h, cx - 0.11 * h, cy + 0.50 * h, cx - 0.02 * h), 0.6),
+            (_box(yy, xx, cy + 0.10 * h, cx + 0.02 * h, cy + 0.50 * h, cx + 0.11 * h), 0.6),
+        ]
     if shape in ("animal", "quadruped"):
         body_w = 0.55 * h if shape == "animal" else 0.7 * h
         ear = 0.12 * h
-        parts = [(_ellipse(yy, xx, cy, cx, 0.25 * h, body_w), 1.0),
-                 (_ellipse(yy, xx, cy - 0.25 * h, cx + flip * body_w, 0.18 * h, 0.18 * h), 1.1),
-                 (_box(yy, xx, cy - 0.48 * h, cx + flip * body_w - ear, cy - 0.32 * h,
-                       cx + flip * body_w + ear), 0.9 if shape == "animal" else 1.0)]
+        parts = [
+            (_ellipse(yy, xx, cy, cx, 0.25 * h, body_w), 1.0),
+            (_ellipse(yy, xx, cy - 0.25 * h, cx + flip * body_w, 0.18 * h, 0.18 * h), 1.1),
+            (
+                _box(yy, xx, cy - 0.48 * h, cx + flip * body_w - ear, cy - 0.32 * h, cx + flip * body_w + ear),
+                0.9 if shape == "animal" else 1.0,
+            ),
+        ]
         for offset in (-0.6, -0.3, 0.3, 0.6):
-            parts.append((_box(yy, xx, cy + 0.1 * h, cx + offset * body_w - 0.05 * h, cy + 0.5 * h,
-                               cx + offset * body_w + 0.05 * h), 0.8))
+            parts.append(
+                (
+                    _box(
+                        yy,
+                        xx,
+                        cy + 0.1 * h,
+                        cx + offset * body_w - 0.05 * h,
+                        cy + 0.5 * h,
+                        cx + offset * body_w + 0.05 * h,
+                    ),
+                    0.8,
+                )
+            )
         return parts
     return None
 
@@ -249,38 +335,51 @@ def _vehicle_parts(shape: str, yy, xx, cy: float, cx: float, h: float, flip: int
     """Car, bus, boat or plane. ``None`` for other shapes."""
     if shape == "car":
         w = 1.0 * h
-        return [(_box(yy, xx, cy - 0.1 * h, cx - w, cy + 0.3 * h, cx + w), 1.0),
-                (_box(yy, xx, cy - 0.4 * h, cx - 0.55 * w, cy - 0.1 * h, cx + 0.45 * w), 0.7),
-                (_ellipse(yy, xx, cy + 0.3 * h, cx - 0.6 * w, 0.18 * h, 0.18 * h), 0.15),
-                (_ellipse(yy, xx, cy + 0.3 * h, cx + 0.6 * w, 0.18 * h, 0.18 * h), 0.15)]
+        return [
+            (_box(yy, xx, cy - 0.1 * h, cx - w, cy + 0.3 * h, cx + w), 1.0),
+            (_box(yy, xx, cy - 0.4 * h, cx - 0.55 * w, cy - 0.1 * h, cx + 0.45 * w), 0.7),
+            (_ellipse(yy, xx, cy + 0.3 * h, cx - 0.6 * w, 0.18 * h, 0.18 * h), 0.15),
+            (_ellipse(yy, xx, cy + 0.3 * h, cx + 0.6 * w, 0.18 * h, 0.18 * h), 0.15),
+        ]
     if shape == "bus":
         w = 1.1 * h
-        return [(_box(yy, xx, cy - 0.45 * h, cx - w, cy + 0.35 * h, cx + w), 1.0),
-                (_ellipse(yy, xx, cy + 0.38 * h, cx - 0.7 * w, 0.12 * h, 0.12 * h), 0.15),
-                (_ellipse(yy, xx, cy + 0.38 * h, cx + 0.7 * w, 0.12 * h, 0.12 * h), 0.15)]
+        return [
+            (_box(yy, xx, cy - 0.45 * h, cx - w, cy + 0.35 * h, cx + w), 1.0),
+            (_ellipse(yy, xx, cy + 0.38 * h, cx - 0.7 * w, 0.12 * h, 0.12 * h), 0.15),
+            (_ellipse(yy, xx, cy + 0.38 * h, cx + 0.7 * w, 0.12 * h, 0.12 * h), 0.15),
+        ]
     if shape == "boat":
         hull = (yy >= cy) & (yy < cy + 0.3 * h) & (np.abs(xx - cx) < h * (0.9 - (yy - cy) / h))
-        sail = (yy >= cy - 0.6 * h) & (yy < cy) & (flip * (xx - cx) >= 0) & \
-            (flip * (xx - cx) < 0.5 * h * (yy - cy + 0.6 * h) / (0.6 * h))
+        sail = (
+            (yy >= cy - 0.6 * h)
+            & (yy < cy)
+            & (flip * (xx - cx) >= 0)
+            & (flip * (xx - cx) < 0.5 * h * (yy - cy + 0.6 * h) / (0.6 * h))
+        )
         return [(hull, 0.7), (sail, 1.2)]
     if shape == "plane":
-        return [(_ellipse(yy, xx, cy, cx, 0.12 * h, 0.9 * h), 1.0),
-                (_box(yy, xx, cy - 0.05 * h, cx - 0.15 * h, cy + 0.5 * h, cx + 0.15 * h), 0.9),
-                (_box(yy, xx, cy - 0.4 * h, cx - flip * 0.85 * h - 0.08 * h, cy, cx - flip * 0.85 * h + 0.08 * h),
-                 0.8)]
+        return [
+            (_ellipse(yy, xx, cy, cx, 0.12 * h, 0.9 * h), 1.0),
+            (_box(yy, xx, cy - 0.05 * h, cx - 0.15 * h, cy + 0.5 * h, cx + 0.15 * h), 0.9),
+            (_box(yy, xx, cy - 0.4 * h, cx - flip * 0.85 * h - 0.08 * h, cy, cx - flip * 0.85 * h + 0.08 * h), 0.8),
+        ]
     return None
 
 
 def _object_parts(shape: str, yy, xx, cy: float, cx: float, h: float, flip: int, rng: np.random.Generator):
     """Bottle, chair, pole, sign or a random blob. ``None`` for other shapes."""
     if shape == "bottle":
-        return [(_box(yy, xx, cy - 0.15 * h, cx - 0.15 * h, cy + 0.5 * h, cx + 0.15 * h), 1.0),
-                (_box(yy, xx, cy - 0.5 * h, cx - 0.06 * h, cy - 0.15 * h, cx + 0.06 * h), 0.8)]
+        return [
+            (_box(yy, xx, cy - 0.15 * h, cx - 0.15 * h, cy + 0.5 * h, cx + 0.15 * h), 1.0),
+            (_box(yy, xx, cy - 0.5 * h, cx - 0.06 * h, cy - 0.15 * h, cx + 0.06 * h), 0.8),
+        ]
     if shape == "chair":
-        return [(_box(yy, xx, cy - 0.5 * h, cx - 0.3 * h, cy, cx - 0.2 * h), 1.0),
-                (_box(yy, xx, cy - 0.05 * h, cx - 0.3 * h, cy + 0.05 * h, cx + 0.3 * h), 1.1),
-                (_box(yy, xx, cy + 0.05 * h, cx - 0.3 * h, cy + 0.5 * h, cx - 0.22 * h), 0.8),
-                (_box(yy, xx, cy + 0.05 * h, cx + 0.22 * h, cy + 0.5 * h, cx + 0.3 * h), 0.8)]
+        return [
+            (_box(yy, xx, cy - 0.5 * h, cx - 0.3 * h, cy, cx - 0.2 * h), 1.0),
+            (_box(yy, xx, cy - 0.05 * h, cx - 0.3 * h, cy + 0.05 * h, cx + 0.3 * h), 1.1),
+            (_box(yy, xx, cy + 0.05 * h, cx - 0.3 * h, cy + 0.5 * h, cx - 0.22 * h), 0.8),
+            (_box(yy, xx, cy + 0.05 * h, cx + 0.22 * h, cy + 0.5 * h, cx + 0.3 * h), 0.8),
+        ]
     if shape == "pole":
         return [(_box(yy, xx, cy - 0.5 * h, cx - 0.025 * h, cy + 0.5 * h, cx + 0.025 * h), 1.0)]
     if shape == "sign":
@@ -301,8 +400,10 @@ def thing_parts(shape: str, yy, xx, cy: float, cx: float, h: float, flip: int, r
             return parts
     raise ValueError(f"unknown shape {shape!r}")
 
-def _paint(image: np.ndarray, where: np.ndarray, concept: Concept, base: np.ndarray, pattern: np.ndarray,
-           tone: float = 1.0) -> None:
+
+def _paint(
+    image: np.ndarray, where: np.ndarray, concept: Concept, base: np.ndarray, pattern: np.ndarray, tone: float = 1.0
+) -> None:
     shade = (1.0 + concept.contrast * pattern[where])[:, None] * tone
     image[where] = np.clip(base[None, :] * shade, 0, 1)
 
@@ -310,8 +411,9 @@ def _paint(image: np.ndarray, where: np.ndarray, concept: Concept, base: np.ndar
 class _Canvas:
     """An image being rendered, its label map and the pixel grid; shared by the stuff and thing painters."""
 
-    def __init__(self, spec: SyntheticDataset, rng: np.random.Generator, height: int, width: int,
-                 background_value: int):
+    def __init__(
+        self, spec: SyntheticDataset, rng: np.random.Generator, height: int, width: int, background_value: int
+    ):
         self.rng = rng
         self.height, self.width = height, width
         self.yy, self.xx = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -342,8 +444,9 @@ def _paint_stuff(canvas: _Canvas, spec: SyntheticDataset) -> None:
         block = np.searchsorted(edges, np.arange(width), side="right")
         heights = rng.uniform(0.1, 0.45, size=13)[block] * height
         middle_name = rng.choice(list(spec.middle))
-        canvas.fill((yy >= (horizon - heights)[None, :]) & (yy < ground_line[None, :]), middle_name,
-                    spec.middle[middle_name])
+        canvas.fill(
+            (yy >= (horizon - heights)[None, :]) & (yy < ground_line[None, :]), middle_name, spec.middle[middle_name]
+        )
     else:
         ground_line = horizon
     ground = yy >= ground_line[None, :]
@@ -377,8 +480,7 @@ def _paint_things(canvas: _Canvas, spec: SyntheticDataset) -> None:
             label[pole] = spec.things.get("pole", label[pole])
 
 
-def render(spec: SyntheticDataset, rng: np.random.Generator, background_value: int
-           ) -> tuple[np.ndarray, np.ndarray]:
+def render(spec: SyntheticDataset, rng: np.random.Generator, background_value: int) -> tuple[np.ndarray, np.ndarray]:
     """One image uint8 ``[H, W, 3]`` and its raw label map uint8 ``[H, W]`` (values from ``spec``)."""
     height = int(rng.integers(spec.size[0][0], spec.size[0][1] + 1))
     width = int(rng.integers(spec.size[1][0], spec.size[1][1] + 1))
@@ -439,22 +541,30 @@ def write_voc(root: Path, seed: int, sizes: dict[str, int]) -> Path:
             else:
                 outlined = np.where(boundary_band(label), 255, label).astype(np.uint8)
                 _save_png(outlined, voc / "SegmentationClass" / f"{name}.png", palette)
-    for split, names in (("train", ids["train"]), ("val", ids["val"]), ("trainval", ids["train"] + ids["val"]),
-                         ("aug", ids["aug"]), ("trainaug", ids["train"] + ids["aug"])):
+    for split, names in (
+        ("train", ids["train"]),
+        ("val", ids["val"]),
+        ("trainval", ids["train"] + ids["val"]),
+        ("aug", ids["aug"]),
+        ("trainaug", ids["train"] + ids["aug"]),
+    ):
         (lists / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
     return voc
 
 
 def write_ade20k(root: Path, seed: int, sizes: dict[str, int]) -> Path:
     ade = root / "ADEChallengeData2016"
-    for split, prefix, count in (("training", "train", sizes["ade20k_train"]),
-                                 ("validation", "val", sizes["ade20k_val"])):
+    for split, prefix, count in (
+        ("training", "train", sizes["ade20k_train"]),
+        ("validation", "val", sizes["ade20k_val"]),
+    ):
         for i in range(count):
             image, label = render(DATASETS["ade20k"], _rng(seed, "ade20k", split, i), 0)
             _save_jpeg(image, ade / "images" / split / f"ADE_{prefix}_{i + 1:08d}.jpg")
             _save_png(label, ade / "annotations" / split / f"ADE_{prefix}_{i + 1:08d}.png")
     (ade / "objectInfo150.txt").write_text(
-        "Idx\tName\n" + "".join(f"{i + 1}\t{n}\n" for i, n in enumerate(classes.ADE20K_CLASSES)))
+        "Idx\tName\n" + "".join(f"{i + 1}\t{n}\n" for i, n in enumerate(classes.ADE20K_CLASSES))
+    )
     return ade
 
 
@@ -575,8 +685,9 @@ def default_cache_dir(seed: int) -> Path:
     return Path.home() / ".cache" / "mdp-hub" / "synthetic" / f"{SYNTHETIC_VERSION}-seed{seed}"
 
 
-def ensure_synthetic(root: str | os.PathLike | None = None, seed: int = 0, *,
-                     sizes: dict[str, int] | None = None) -> dict:
+def ensure_synthetic(
+    root: str | os.PathLike | None = None, seed: int = 0, *, sizes: dict[str, int] | None = None
+) -> dict:
     """Spec strings of the synthetic benchmark, generating it once (atomically) if the folder is absent.
 
     ``root``: where the benchmark lives; default ``$MDP_SYNTH_DIR/<version>-seed<seed>``, else

@@ -52,12 +52,15 @@ class PhotometricConfig:
 
     def build(self) -> v2.Transform:
         """PIL RGB image -> jittered PIL RGB image."""
-        return v2.Compose([
-            v2.RandomApply([v2.ColorJitter(self.brightness, self.contrast, self.saturation, self.hue)],
-                           p=self.color_jitter_p),
-            v2.RandomGrayscale(p=self.grayscale_p),
-            v2.RandomApply([PILGaussianBlur(self.blur_sigma)], p=self.blur_p),
-        ])
+        return v2.Compose(
+            [
+                v2.RandomApply(
+                    [v2.ColorJitter(self.brightness, self.contrast, self.saturation, self.hue)], p=self.color_jitter_p
+                ),
+                v2.RandomGrayscale(p=self.grayscale_p),
+                v2.RandomApply([PILGaussianBlur(self.blur_sigma)], p=self.blur_p),
+            ]
+        )
 
 
 class PILGaussianBlur(torch.nn.Module):
@@ -132,7 +135,7 @@ def crop_mask(mask: np.ndarray, box: CropBox) -> np.ndarray:
     repeated), the output's when downsampling."""
     rows, cols = box.nearest_rows_cols()
     if box.src_h < box.height:
-        region = mask[box.top:box.top + box.src_h]
+        region = mask[box.top : box.top + box.src_h]
         return region.take(cols, axis=1).take(rows - box.top, axis=0)
     return mask.take(rows, axis=0).take(cols, axis=1)
 
@@ -144,12 +147,13 @@ def crop_image(image: torch.Tensor, box: CropBox) -> torch.Tensor:
     Only the source region is resampled, flipped first and copied channels-last: torch's uint8 resize is ~2x
     faster in that layout than channels-first, and ~4x faster than PIL's ``Image.resize(box=...)`` (docs/DATA.md).
     """
-    region = image.as_subclass(torch.Tensor)[None, :, box.top:box.top + box.src_h, box.left:box.left + box.src_w]
+    region = image.as_subclass(torch.Tensor)[None, :, box.top : box.top + box.src_h, box.left : box.left + box.src_w]
     if box.flip:
         region = region.flip(-1)
     region = region.contiguous(memory_format=torch.channels_last)
-    return torch.nn.functional.interpolate(region, size=(box.height, box.width), mode="bilinear",
-                                           align_corners=False, antialias=True)[0]
+    return torch.nn.functional.interpolate(
+        region, size=(box.height, box.width), mode="bilinear", align_corners=False, antialias=True
+    )[0]
 
 
 class JointTrainTransform:
@@ -162,8 +166,18 @@ class JointTrainTransform:
     ``base_size`` = short side before the random ratio (MMSeg: 512); ``None`` keeps each image's own size.
     """
 
-    def __init__(self, *, crop_size, mean, std, scale_range=(0.5, 2.0), cat_max_ratio=0.75, base_size=None,
-                 photometric: PhotometricConfig | None = None, hflip_p: float = 0.5):
+    def __init__(
+        self,
+        *,
+        crop_size,
+        mean,
+        std,
+        scale_range=(0.5, 2.0),
+        cat_max_ratio=0.75,
+        base_size=None,
+        photometric: PhotometricConfig | None = None,
+        hflip_p: float = 0.5,
+    ):
         self.crop_size = as_pair(crop_size)
         self.mean, self.std = check_mean_std(mean, std)
         if not 0 < scale_range[0] <= scale_range[1]:
@@ -177,8 +191,9 @@ class JointTrainTransform:
         self.photometric = photometric.build() if photometric.enabled else None
         self.normalize = Normalize(self.mean, self.std)
 
-    def draw(self, height: int, width: int, mask: np.ndarray | None, label_map=None
-             ) -> tuple[CropBox, np.ndarray | None]:
+    def draw(
+        self, height: int, width: int, mask: np.ndarray | None, label_map=None
+    ) -> tuple[CropBox, np.ndarray | None]:
         """Random geometry for a ``height x width`` image and, if ``mask`` (uint8 ``[H, W]``) is given, its crop in
         local ids: ``label_map`` (training.data.readers.LabelMap) maps the raw values of the cropped pixels only.
 
@@ -207,8 +222,9 @@ class JointTrainTransform:
                 break
         return box, cropped
 
-    def geometric(self, image: torch.Tensor, mask: np.ndarray | None, label_map=None
-                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def geometric(
+        self, image: torch.Tensor, mask: np.ndarray | None, label_map=None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """uint8 ``[3, H, W]`` and uint8 ``[H, W]`` (or None for unlabelled images; raw values with ``label_map``)
         -> cropped uint8 image ``[3, h, w]`` and local-id mask ``[h, w]``, ``h, w`` <= crop size (padding comes
         after normalisation)."""
@@ -230,15 +246,18 @@ class JointTrainTransform:
         """
         box, cropped = self.draw(image.shape[-2], image.shape[-1], mask, label_map)
         if box.src_h <= box.height and box.src_w <= box.width:
-            region = image.as_subclass(torch.Tensor)[:, box.top:box.top + box.src_h, box.left:box.left + box.src_w]
+            region = image.as_subclass(torch.Tensor)[:, box.top : box.top + box.src_h, box.left : box.left + box.src_w]
             source = (box.src_h, box.src_w, int(box.flip))
         else:
             region = crop_image(image, box)
             source = (box.height, box.width, 0)
         padded = torch.zeros((*self.crop_size, 3), dtype=torch.uint8).permute(2, 0, 1)  # channels-last
-        padded[:, :region.shape[-2], :region.shape[-1]] = region
-        item = {"image": padded, "image_size": torch.tensor((box.height, box.width), dtype=torch.int64),
-                "source_region": torch.tensor(source, dtype=torch.int64)}
+        padded[:, : region.shape[-2], : region.shape[-1]] = region
+        item = {
+            "image": padded,
+            "image_size": torch.tensor((box.height, box.width), dtype=torch.int64),
+            "source_region": torch.tensor(source, dtype=torch.int64),
+        }
         if cropped is not None:
             item["mask"] = pad_to(torch.from_numpy(cropped), self.crop_size, LOCAL_IGNORE)
         return item
@@ -249,8 +268,10 @@ class JointTrainTransform:
         if self.photometric is None:
             return [pad_to(self.normalize(image), self.crop_size, 0.0)] * count
         picture = F.to_pil_image(image.as_subclass(torch.Tensor))
-        return [pad_to(self.normalize(F.pil_to_tensor(self.photometric(picture))), self.crop_size, 0.0)
-                for _ in range(count)]
+        return [
+            pad_to(self.normalize(F.pil_to_tensor(self.photometric(picture))), self.crop_size, 0.0)
+            for _ in range(count)
+        ]
 
     def pad_mask(self, mask: torch.Tensor) -> torch.Tensor:
         return pad_to(mask, self.crop_size, LOCAL_IGNORE)
@@ -261,8 +282,7 @@ def pad_to(tensor: torch.Tensor, size: tuple[int, int], value: float) -> torch.T
     pad_h, pad_w = size[0] - tensor.shape[-2], size[1] - tensor.shape[-1]
     if pad_h <= 0 and pad_w <= 0:
         return tensor.as_subclass(torch.Tensor)
-    return torch.nn.functional.pad(tensor.as_subclass(torch.Tensor), (0, max(pad_w, 0), 0, max(pad_h, 0)),
-                                   value=value)
+    return torch.nn.functional.pad(tensor.as_subclass(torch.Tensor), (0, max(pad_w, 0), 0, max(pad_h, 0)), value=value)
 
 
 class Normalize:

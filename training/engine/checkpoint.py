@@ -3,6 +3,7 @@
 Every value written is a tensor or a plain Python type, so :func:`load_checkpoint` reads it with
 ``torch.load(weights_only=True)``. The layout is the contract in docs/ARCHITECTURE.md ("Training checkpoint").
 """
+
 from __future__ import annotations
 
 import os
@@ -78,7 +79,8 @@ def _restore_cuda_rng_states(saved: list) -> None:
         warnings.warn(
             f"checkpoint holds CUDA RNG states for {len(saved)} device(s), this process sees {visible} ({what}); "
             "other devices keep their seeded state, so their random draws differ from an uninterrupted run",
-            RuntimeWarning, stacklevel=3,
+            RuntimeWarning,
+            stacklevel=3,
         )
 
 

@@ -7,6 +7,7 @@ DataLoader's worker seeds come from a generator seeded by (seed, epoch) instead 
 With ``num_workers=0`` the augmentations then draw from the restored global RNG, so resume is bit-exact; with
 workers, the data order is exact and the augmentation draws depend on which worker loads which batch.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Iterator, Optional, Sized

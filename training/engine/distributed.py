@@ -20,6 +20,7 @@ aborts the whole process ("terminate called without an active exception", SIGABR
 it. The collectives below therefore hand the backend private buffers only and keep them until the backend has let
 go of them; :func:`cleanup` waits for that, so no backend thread touches a Python object once it returns.
 """
+
 from __future__ import annotations
 
 import os
@@ -79,14 +80,17 @@ def _elastic_store(world_size: int, timeout: timedelta) -> dist.PrefixStore | No
                 "torchrun shares one TCPStore across restarts and this run spans several nodes: a restarted group may "
                 "read its peers' addresses from the failed attempt and fail to connect. Launch every node with "
                 "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (a fresh store per restart); see docs/TRAINING.md",
-                RuntimeWarning, stacklevel=3)
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return None
     for name in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT"):
         if not os.environ.get(name):
             raise RuntimeError(f"TORCHELASTIC_USE_AGENT_STORE=True but {name} is not set: not launched by torchrun?")
     attempt = _env_int("TORCHELASTIC_RESTART_COUNT", 0)
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], _env_int("MASTER_PORT", 0), world_size, is_master=False,
-                          timeout=timeout)
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], _env_int("MASTER_PORT", 0), world_size, is_master=False, timeout=timeout
+    )
     return dist.PrefixStore(f"mdp/attempt_{attempt}/", store)
 
 
@@ -149,8 +153,11 @@ def _wait_for_backend_release(timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while any(buffer._use_count() > 1 for buffer in _handed_over):
         if time.monotonic() > deadline:
-            warnings.warn(f"the distributed backend still holds {len(_handed_over)} buffer(s) after {timeout:.0f} s",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"the distributed backend still holds {len(_handed_over)} buffer(s) after {timeout:.0f} s",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             break
         time.sleep(0.001)
     _handed_over.clear()

@@ -3,6 +3,7 @@
 The progress bar shows images/s and how the wall time splits into waiting for data and computing, so a slow
 input pipeline shows up at once. Other ranks get a logger whose methods do nothing.
 """
+
 from __future__ import annotations
 
 import json

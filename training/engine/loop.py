@@ -8,6 +8,7 @@ clipping, the post-step hook (EMA), the non-finite guard, logging, checkpoints, 
 Nothing in the per-step path reads a tensor on the host; the guard, the averages for logging and the stop flag are
 looked at only on log/checkpoint boundaries.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -215,15 +216,14 @@ class Trainer:
             warnings.warn(
                 f"{path} was written by {len(per_rank)} process(es), this run has {self.dist.world_size}: random "
                 "streams are derived afresh per rank from rank 0's, so random draws differ from an uninterrupted run",
-                RuntimeWarning, stacklevel=2,
+                RuntimeWarning,
+                stacklevel=2,
             )
             restore_rng_state({**state["rng"], "cuda": []})  # the CUDA streams are reseeded below
             distributed.seed_everything(int(torch.randint(0, 2**31, ())), self.dist.rank)
         self.step = int(state["step"])
         if self.step > self.config.total_steps:
-            raise CheckpointError(
-                f"{path} is at step {self.step}, beyond this run's {self.config.total_steps} steps"
-            )
+            raise CheckpointError(f"{path} is at step {self.step}, beyond this run's {self.config.total_steps} steps")
         return self.step
 
     # ------------------------------------------------------------ the loop
@@ -321,8 +321,14 @@ class Trainer:
             out = self.model(batch)
         self._record_terms(out)
         before_log = (self.step + 1) % cfg.log_every == 0 or self.step + 1 == cfg.total_steps
-        optimizer_step(out["loss"], self.optimizer, self.scaler, parameters, cfg.clip_grad_norm,
-                       self._measure_gradients if before_log and self.gradient_groups else None)
+        optimizer_step(
+            out["loss"],
+            self.optimizer,
+            self.scaler,
+            parameters,
+            cfg.clip_grad_norm,
+            self._measure_gradients if before_log and self.gradient_groups else None,
+        )
         if self.after_step is not None:
             self.after_step(self.step)
         self.step += 1

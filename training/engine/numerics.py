@@ -4,6 +4,7 @@ The guard keeps everything on the device: each step folds "is any loss term non-
 (first bad step, which terms), and the host looks at them only at log/checkpoint boundaries. A checkpoint is never
 written after a non-finite step, so ``last.pth`` always holds the last good state.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -2,6 +2,7 @@
 
 Because the schedule is a function of the step and nothing else, resuming needs no scheduler state.
 """
+
 from __future__ import annotations
 
 import math

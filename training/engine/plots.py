@@ -1,4 +1,5 @@
 """Figures written to the run folder: loss curves and the class-prototype cosine-similarity heat map."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,16 +18,25 @@ NON_LOSS_KEYS = ("step", "lr", "img_per_s", "data_time_s", "compute_time_s", "da
 
 
 DYNAMICS_KEYS = (  # learning-dynamics columns drawn on the second panel when a run logged them
-    "prototype_accuracy", "val_prototype_accuracy", "val_backbone_probe", "val_backbone_ncc",
-    "prototype_cos_mean", "val_embed_image_share",
+    "prototype_accuracy",
+    "val_prototype_accuracy",
+    "val_backbone_probe",
+    "val_backbone_ncc",
+    "prototype_cos_mean",
+    "val_embed_image_share",
 )
 
 
 def _plot_columns(axis, records: list[dict], names: list[str]) -> None:
     for name in names:
         points = [(r["step"], float(r[name])) for r in records if name in r]
-        axis.plot([p[0] for p in points], [p[1] for p in points], label=name,
-                  linewidth=1.5 if name == "loss" else 1.0, marker="." if len(points) < 30 else None)
+        axis.plot(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            label=name,
+            linewidth=1.5 if name == "loss" else 1.0,
+            marker="." if len(points) < 30 else None,
+        )
     axis.legend(fontsize=7)
     axis.grid(alpha=0.3)
 

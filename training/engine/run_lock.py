@@ -4,6 +4,7 @@ Two runs writing one folder would interleave ``metrics.jsonl`` and delete each o
 kernel releases a ``flock`` when its process dies however it dies, so a lock file left by a killed run (its pid no
 longer running) is simply taken over by the next run; a live owner makes the next run stop at once, naming its pid.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -55,7 +56,8 @@ class RunLock:
                 raise RunFolderBusy(
                     f"{self.path.parent}: another run is using this folder (pid {owner.get('pid', '?')} on "
                     f"{owner.get('host', '?')}, started {owner.get('started', '?')}); wait for it to end or stop "
-                    "it, or give this run another --output") from None
+                    "it, or give this run another --output"
+                ) from None
             except OSError as error:  # a filesystem without file locks
                 os.close(fd)
                 log.warning("%s: cannot lock the run folder (%s); make sure no other run uses it", self.path, error)
@@ -67,8 +69,12 @@ class RunLock:
             _write_owner(fd)
             self._fd = fd
         if self.previous_owner:
-            log.warning("%s: took over the lock of pid %s on %s, which is no longer running", self.path,
-                        self.previous_owner.get("pid", "?"), self.previous_owner.get("host", "?"))
+            log.warning(
+                "%s: took over the lock of pid %s on %s, which is no longer running",
+                self.path,
+                self.previous_owner.get("pid", "?"),
+                self.previous_owner.get("host", "?"),
+            )
 
     def release(self) -> None:
         if self._fd is None:

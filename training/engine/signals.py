@@ -6,6 +6,7 @@ writes ``last.pth`` and leaves with :class:`StopRequested`, so a restart resumes
 Ctrl-C does not wait for the boundary: it raises ``KeyboardInterrupt`` at once (a checkpoint being written then
 is abandoned and the previous one stays, see ``checkpoint.save_atomic``).
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,10 @@ class StopRequested(UserError):
         self.signum = signum
         self.step = step
         self.exit_code = 128 + signum
-        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint written: "
-                         "run the same command again to resume")
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint written: "
+            "run the same command again to resume"
+        )
 
 
 class StopSignal:
@@ -50,8 +53,10 @@ class StopSignal:
         self.received = signum  # first: a second Ctrl-C may arrive while the message below is being written
         if signum == signal.SIGINT:
             # os.write: the handler may run while the main thread is inside a print to stderr (progress bar)
-            os.write(sys.stderr.fileno(), b"\nCtrl-C: stopping after this step with a checkpoint "
-                                           b"(press Ctrl-C again to abort without one)\n")
+            os.write(
+                sys.stderr.fileno(),
+                b"\nCtrl-C: stopping after this step with a checkpoint (press Ctrl-C again to abort without one)\n",
+            )
 
     def __enter__(self) -> "StopSignal":
         self._pid = os.getpid()

@@ -188,8 +188,14 @@ class MDP(PretrainMethod):
         labels, ground_truth = self._labels_with_pseudo_labels(batch, keys)
         if self.mixing:
             view = cross_dataset_mix(
-                batch["image"], labels, batch["dataset_id"], self.num_classes,
-                self.p_mix, self.pixel_mix, self.region_fraction, IGNORE_INDEX,
+                batch["image"],
+                labels,
+                batch["dataset_id"],
+                self.num_classes,
+                self.p_mix,
+                self.pixel_mix,
+                self.region_fraction,
+                IGNORE_INDEX,
             )
         else:
             view = unmixed_batch(batch["image"], labels)

@@ -148,4 +148,3 @@ def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return labels
     resized = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0]
     return resized.to(labels.dtype)
-

@@ -28,9 +28,7 @@ def create_backbone(arch: str = "resnet50", output_stride: int = 8, pretrained: 
     """A headless timm backbone whose ``forward_features`` returns ``[B, num_features, H/os, W/os]``."""
     if output_stride not in (8, 16, 32):
         raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
-    return timm.create_model(
-        arch, pretrained=pretrained, num_classes=0, global_pool="", output_stride=output_stride
-    )
+    return timm.create_model(arch, pretrained=pretrained, num_classes=0, global_pool="", output_stride=output_stride)
 
 
 class PooledProjectionHead(nn.Module):

@@ -48,8 +48,9 @@ class LearningProbe:
     images: [N, 3, H, W] normalised crops; labels: [N, H, W] global ids (-1 ignore); N >= 2.
     """
 
-    def __init__(self, method: nn.Module, images: torch.Tensor, labels: torch.Tensor, chunk: int = 8,
-                 max_pixels: int = 4096):
+    def __init__(
+        self, method: nn.Module, images: torch.Tensor, labels: torch.Tensor, chunk: int = 8, max_pixels: int = 4096
+    ):
         if images.shape[0] < 2:
             raise ValueError(f"the probe needs at least 2 images (half fit, half score), got {images.shape[0]}")
         self.method = method
@@ -66,7 +67,7 @@ class LearningProbe:
         backbone_maps, embedding_maps = [], []
         with batchnorm_stats_preserved(encoder):
             for start in range(0, self.images.shape[0], self.chunk):
-                features = encoder.backbone.forward_features(self.images[start:start + self.chunk].to(device))
+                features = encoder.backbone.forward_features(self.images[start : start + self.chunk].to(device))
                 backbone_maps.append(features.float())
                 head = encoder.head
                 if head is not None and getattr(self.method, "head_type", None) == "dense":

@@ -61,7 +61,9 @@ def pseudo_label(
         class_mask = prototypes.norm(dim=1) > 0
     embeddings = encoder(images)
     if embeddings.dim() != 4:
-        raise ValueError(f"pseudo_label needs dense embeddings [B, D, h, w], the encoder gave {tuple(embeddings.shape)}")
+        raise ValueError(
+            f"pseudo_label needs dense embeddings [B, D, h, w], the encoder gave {tuple(embeddings.shape)}"
+        )
     labels, confidence = pseudo_labels_from_embeddings(embeddings, prototypes, class_mask, threshold, tau)
     size = tuple(images.shape[-2:])
     return resize_labels(labels, size), resize_labels(confidence, size)

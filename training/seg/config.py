@@ -5,6 +5,7 @@ to 1e-4, iteration-based, global batch 16, crop 512x512) with the MDP paper's tw
 (timm's ``resnet50``, 7x7 stem) and no auxiliary head. Recipes inherit with ``base:`` and are type-checked by
 ``training.config`` (unknown keys and wrong types are errors naming the file or the ``--set`` argument).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -92,18 +93,24 @@ class FinetuneConfig:
     def __post_init__(self):
         if self.eval.mode not in MODES:
             raise ConfigError(f"eval.mode: {self.eval.mode!r} is not one of {MODES}")
-        for name, pair in (("data.crop_size", self.data.crop_size), ("eval.crop_size", self.eval.crop_size),
-                           ("eval.stride", self.eval.stride)):
+        for name, pair in (
+            ("data.crop_size", self.data.crop_size),
+            ("eval.crop_size", self.eval.crop_size),
+            ("eval.stride", self.eval.stride),
+        ):
             if len(pair) != 2 or min(pair) <= 0:
                 raise ConfigError(f"{name}: expected [height, width] > 0, got {pair}")
         if self.eval.test_scale and (len(self.eval.test_scale) != 2 or min(self.eval.test_scale) <= 0):
             raise ConfigError(f"eval.test_scale: expected [] or [long, short] > 0, got {self.eval.test_scale}")
         if self.data.photometric_on not in ("auto", "device", "worker"):
-            raise ConfigError(f"data.photometric_on {self.data.photometric_on!r}: expected 'auto', 'device' or "
-                              "'worker'")
+            raise ConfigError(
+                f"data.photometric_on {self.data.photometric_on!r}: expected 'auto', 'device' or 'worker'"
+            )
         if self.train.iterations <= 0 or self.train.batch_size <= 0:
-            raise ConfigError(f"train.iterations={self.train.iterations} and train.batch_size="
-                              f"{self.train.batch_size} must both be positive")
+            raise ConfigError(
+                f"train.iterations={self.train.iterations} and train.batch_size="
+                f"{self.train.batch_size} must both be positive"
+            )
 
 
 def overrides_to_dict(overrides: list[str]) -> dict:

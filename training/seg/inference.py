@@ -3,6 +3,7 @@
 Every function takes a model whose ``forward(image [B, 3, H, W])`` returns ``{"out": logits [B, K, H, W]}``
 at the input size (``SegmentationModel``) and returns ``[B, K, H, W]`` scores for the input it was given.
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,8 +17,9 @@ def whole_inference(model: torch.nn.Module, image: torch.Tensor) -> torch.Tensor
     return model(image)["out"]
 
 
-def slide_inference(model: torch.nn.Module, image: torch.Tensor, crop_size: tuple[int, int],
-                    stride: tuple[int, int]) -> torch.Tensor:
+def slide_inference(
+    model: torch.nn.Module, image: torch.Tensor, crop_size: tuple[int, int], stride: tuple[int, int]
+) -> torch.Tensor:
     """Sliding-window logits ``[B, K, H, W]`` of ``image [B, 3, H, W]``, as MMSeg's ``slide_inference``.
 
     Windows of ``crop_size`` (h, w) start every ``stride`` pixels; the last row/column of windows is shifted back
@@ -44,9 +46,16 @@ def slide_inference(model: torch.nn.Module, image: torch.Tensor, crop_size: tupl
     return logits_sum / counts
 
 
-def predict_logits(model: torch.nn.Module, image: torch.Tensor, *, mode: str = "whole",
-                   crop_size: tuple[int, int] | None = None, stride: tuple[int, int] | None = None,
-                   flip: bool = False, output_size: tuple[int, int] | None = None) -> torch.Tensor:
+def predict_logits(
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    *,
+    mode: str = "whole",
+    crop_size: tuple[int, int] | None = None,
+    stride: tuple[int, int] | None = None,
+    flip: bool = False,
+    output_size: tuple[int, int] | None = None,
+) -> torch.Tensor:
     """Scores ``[B, K, h, w]`` for ``image [B, 3, H, W]``, resized bilinearly to ``output_size`` (h, w) if given.
 
     Without flip these are logits. With ``flip=True`` they are the mean of the softmax probabilities of the image

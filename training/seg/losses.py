@@ -1,4 +1,5 @@
 """Losses of downstream fine-tuning (pure functions on tensors)."""
+
 from __future__ import annotations
 
 import torch
@@ -7,8 +8,9 @@ import torch.nn.functional as F
 from training.data.label_space import IGNORE_INDEX
 
 
-def segmentation_cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int = IGNORE_INDEX,
-                               avg_non_ignore: bool = False) -> torch.Tensor:
+def segmentation_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int = IGNORE_INDEX, avg_non_ignore: bool = False
+) -> torch.Tensor:
     """Pixel-wise cross-entropy, a scalar.
 
     ``logits``: ``[B, K, H, W]``; ``target``: ``[B, H, W]`` int64 local ids, ``ignore_index`` for unlabelled

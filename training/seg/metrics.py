@@ -10,6 +10,7 @@ whole validation set; nothing is averaged per image or per batch. From it:
 
 Ground-truth pixels equal to ``ignore_index`` (``-1`` in this project's label tensors, 255 on disk) are dropped.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,8 +32,9 @@ def reduce_zero_label(label: torch.Tensor, ignore_index: int = 255) -> torch.Ten
     return shifted.to(label.dtype)
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
     """``[K, K]`` int64 counts, ``[gt, pred]``, of predictions ``pred`` and labels ``target`` (same shape, int).
 
     Pixels whose label is ``ignore_index`` are dropped. Uses a weighted bincount so the shape of the work never
@@ -42,7 +44,7 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
         raise ValueError(f"prediction shape {tuple(pred.shape)} differs from label shape {tuple(target.shape)}")
     valid = target != ignore_index
     flat_index = torch.where(valid, target * num_classes + pred, torch.zeros_like(target)).flatten()
-    counts = torch.bincount(flat_index, weights=valid.flatten().to(torch.float64), minlength=num_classes ** 2)
+    counts = torch.bincount(flat_index, weights=valid.flatten().to(torch.float64), minlength=num_classes**2)
     return counts.round().long().view(num_classes, num_classes)
 
 
@@ -59,20 +61,30 @@ class SegmentationMetrics:
 
     def to_dict(self) -> dict:
         return {
-            "mIoU": self.miou, "mAcc": self.macc, "aAcc": self.aacc,
-            "per_class": {name: {"IoU": iou, "Acc": acc}
-                          for name, iou, acc in zip(self.class_names, self.iou, self.acc)},
+            "mIoU": self.miou,
+            "mAcc": self.macc,
+            "aAcc": self.aacc,
+            "per_class": {
+                name: {"IoU": iou, "Acc": acc} for name, iou, acc in zip(self.class_names, self.iou, self.acc)
+            },
         }
 
     def markdown(self) -> str:
         """Per-class table plus a summary row, NaN shown as "n/a" (class absent from GT and predictions)."""
+
         def fmt(value: float) -> str:
             return "n/a" if value != value else f"{value:.2f}"
+
         lines = ["| class | IoU | Acc |", "|---|---:|---:|"]
-        lines += [f"| {name} | {fmt(iou)} | {fmt(acc)} |" for name, iou, acc in zip(self.class_names, self.iou,
-                                                                                     self.acc)]
-        lines += ["", "| mIoU | mAcc | aAcc |", "|---:|---:|---:|",
-                  f"| {fmt(self.miou)} | {fmt(self.macc)} | {fmt(self.aacc)} |"]
+        lines += [
+            f"| {name} | {fmt(iou)} | {fmt(acc)} |" for name, iou, acc in zip(self.class_names, self.iou, self.acc)
+        ]
+        lines += [
+            "",
+            "| mIoU | mAcc | aAcc |",
+            "|---:|---:|---:|",
+            f"| {fmt(self.miou)} | {fmt(self.macc)} | {fmt(self.aacc)} |",
+        ]
         return "\n".join(lines)
 
 
@@ -84,8 +96,14 @@ class ConfusionMatrix:
     validation may turn it off after the data has been checked once.
     """
 
-    def __init__(self, num_classes: int, class_names: list[str] | None = None, device: torch.device | str = "cpu",
-                 ignore_index: int = IGNORE_INDEX, check_labels: bool = True):
+    def __init__(
+        self,
+        num_classes: int,
+        class_names: list[str] | None = None,
+        device: torch.device | str = "cpu",
+        ignore_index: int = IGNORE_INDEX,
+        check_labels: bool = True,
+    ):
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         self.num_classes = num_classes
@@ -100,10 +118,13 @@ class ConfusionMatrix:
             bad = (target != self.ignore_index) & ((target < 0) | (target >= self.num_classes))
             if bool(bad.any()):
                 values = torch.unique(target[bad]).tolist()
-                raise ValueError(f"labels {values[:10]} are outside [0, {self.num_classes}) and are not the ignore "
-                                 f"index {self.ignore_index}: wrong num_classes or label encoding?")
-        self.matrix += confusion_matrix(pred.to(self.matrix.device), target.to(self.matrix.device),
-                                        self.num_classes, self.ignore_index)
+                raise ValueError(
+                    f"labels {values[:10]} are outside [0, {self.num_classes}) and are not the ignore "
+                    f"index {self.ignore_index}: wrong num_classes or label encoding?"
+                )
+        self.matrix += confusion_matrix(
+            pred.to(self.matrix.device), target.to(self.matrix.device), self.num_classes, self.ignore_index
+        )
 
     def all_reduce(self) -> None:
         """Sum the matrices of all processes (no-op without torch.distributed)."""

@@ -12,6 +12,7 @@ Backbone weights come from ``load_backbone_weights(init, ...)``: "scratch", a ti
 "hf-hub:ORG/NAME", "local-dir:/path"), an MDP export folder, or a checkpoint file. Whatever the source, the
 weights are loaded with ``strict=True``, so a state dict of the wrong architecture is an error, never a partial load.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,14 @@ class SegModelConfig:
 class ConvBNReLU(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1):
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size, padding=dilation * (kernel_size // 2),
-                      dilation=dilation, bias=False),
+            nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                padding=dilation * (kernel_size // 2),
+                dilation=dilation,
+                bias=False,
+            ),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )
@@ -63,12 +70,19 @@ class ASPPHead(nn.Module):
     Input ``[B, in_channels, h, w]`` -> logits ``[B, num_classes, h, w]``.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, channels: int = 512,
-                 dilations: tuple[int, ...] = (1, 12, 24, 36), dropout: float = 0.1):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        channels: int = 512,
+        dilations: tuple[int, ...] = (1, 12, 24, 36),
+        dropout: float = 0.1,
+    ):
         super().__init__()
         self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), ConvBNReLU(in_channels, channels, 1))
         self.branches = nn.ModuleList(
-            ConvBNReLU(in_channels, channels, 1 if d == 1 else 3, dilation=d) for d in dilations)
+            ConvBNReLU(in_channels, channels, 1 if d == 1 else 3, dilation=d) for d in dilations
+        )
         self.bottleneck = ConvBNReLU((len(dilations) + 1) * channels, channels, 3)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
@@ -85,11 +99,19 @@ class FCNHead(nn.Module):
     Input ``[B, in_channels, h, w]`` -> logits ``[B, num_classes, h, w]``.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, channels: int = 512, num_convs: int = 2,
-                 concat_input: bool = True, dropout: float = 0.1):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        channels: int = 512,
+        num_convs: int = 2,
+        concat_input: bool = True,
+        dropout: float = 0.1,
+    ):
         super().__init__()
         self.convs = nn.Sequential(
-            *[ConvBNReLU(in_channels if i == 0 else channels, channels, 3) for i in range(num_convs)])
+            *[ConvBNReLU(in_channels if i == 0 else channels, channels, 3) for i in range(num_convs)]
+        )
         self.conv_cat = ConvBNReLU(in_channels + channels, channels, 3) if concat_input else None
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
@@ -128,8 +150,9 @@ def create_backbone(arch: str, output_stride: int = 8) -> nn.Module:
     (C4, C5)."""
     if output_stride not in (8, 16):
         raise ValueError(f"model.output_stride must be 8 or 16, got {output_stride!r}")
-    return timm.create_model(arch, pretrained=False, features_only=True, output_stride=output_stride,
-                             out_indices=(-2, -1))
+    return timm.create_model(
+        arch, pretrained=False, features_only=True, output_stride=output_stride, out_indices=(-2, -1)
+    )
 
 
 def build_segmentation_model(config: SegModelConfig, num_classes: int, arch: str) -> SegmentationModel:
@@ -138,15 +161,18 @@ def build_segmentation_model(config: SegModelConfig, num_classes: int, arch: str
     backbone = create_backbone(arch, config.output_stride)
     c4_channels, c5_channels = backbone.feature_info.channels()
     if config.head == "deeplabv3":
-        decode_head = ASPPHead(c5_channels, num_classes, config.head_channels, tuple(config.aspp_dilations),
-                               config.dropout)
+        decode_head = ASPPHead(
+            c5_channels, num_classes, config.head_channels, tuple(config.aspp_dilations), config.dropout
+        )
     else:
-        decode_head = FCNHead(c5_channels, num_classes, config.head_channels, num_convs=2, concat_input=True,
-                              dropout=config.dropout)
+        decode_head = FCNHead(
+            c5_channels, num_classes, config.head_channels, num_convs=2, concat_input=True, dropout=config.dropout
+        )
     auxiliary_head = None
     if config.aux_head:
-        auxiliary_head = FCNHead(c4_channels, num_classes, config.aux_channels, num_convs=1, concat_input=False,
-                                 dropout=config.dropout)
+        auxiliary_head = FCNHead(
+            c4_channels, num_classes, config.aux_channels, num_convs=1, concat_input=False, dropout=config.dropout
+        )
     return SegmentationModel(backbone, decode_head, auxiliary_head)
 
 
@@ -234,8 +260,9 @@ def load_backbone_weights(model: SegmentationModel, state_dict: dict[str, torch.
     model.backbone.load_state_dict(state_dict, strict=True)
 
 
-def create_segmentation_model(config: SegModelConfig, num_classes: int, init: str = "scratch"
-                              ) -> tuple[SegmentationModel, str]:
+def create_segmentation_model(
+    config: SegModelConfig, num_classes: int, init: str = "scratch"
+) -> tuple[SegmentationModel, str]:
     """Build the model and initialise its backbone from ``init``; returns ``(model, arch)``."""
     arch, state_dict = resolve_init(init, config.arch or ("resnet50" if init == "scratch" else None))
     model = build_segmentation_model(config, num_classes, arch)

@@ -10,6 +10,7 @@
     python -m training.seg.probe linear --init runs/mdp/last.pth --train SPEC --val SPEC [--steps 500]
     python -m training.seg.probe prototype --checkpoint runs/mdp/last.pth --data SPEC
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,9 @@ class LinearProbe(nn.Module):
         return {"out": F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)}
 
 
-def train_linear_probe(probe: LinearProbe, train_set, *, steps: int, batch_size: int, lr: float,
-                       device: torch.device, num_workers: int = 0) -> LinearProbe:
+def train_linear_probe(
+    probe: LinearProbe, train_set, *, steps: int, batch_size: int, lr: float, device: torch.device, num_workers: int = 0
+) -> LinearProbe:
     """SGD (momentum 0.9) with a poly-decayed lr on the classifier only, for ``steps`` batches."""
     probe.to(device).train()
     optimizer = torch.optim.SGD(probe.classifier.parameters(), lr=lr, momentum=0.9)
@@ -116,18 +118,23 @@ def prototype_probe_from_checkpoint(path: str | Path, dataset_name: str) -> Near
     checkpoint = load_checkpoint(Path(path), kind="pretrain")
     model = checkpoint["model"]
     if "memory.prototypes" not in model or "encoder.head.proj.weight" not in model:
-        raise ValueError(f"{path}: no class prototypes / dense projection head: the nearest-prototype probe "
-                         f"needs a checkpoint of a prototype method (mdp), not {checkpoint['config']['method']['name']!r}")
+        raise ValueError(
+            f"{path}: no class prototypes / dense projection head: the nearest-prototype probe "
+            f"needs a checkpoint of a prototype method (mdp), not {checkpoint['config']['method']['name']!r}"
+        )
     label_space = LabelSpace.from_dict(checkpoint["label_space"])
     if dataset_name not in label_space.dataset_names:
-        raise ValueError(f"{path}: dataset {dataset_name!r} is not in the pretraining label space "
-                         f"{list(label_space.dataset_names)}; use the linear probe or fine-tuning for new datasets")
+        raise ValueError(
+            f"{path}: dataset {dataset_name!r} is not in the pretraining label space "
+            f"{list(label_space.dataset_names)}; use the linear probe or fine-tuning for new datasets"
+        )
     output_stride = checkpoint["config"]["method"]["output_stride"]
     hidden, in_channels = model["encoder.head.proj.weight"].shape[:2]
     embed_dim = model["encoder.head.out.weight"].shape[0]
-    encoder = Encoder(create_backbone(checkpoint["arch"], output_stride),
-                      DenseProjectionHead(in_channels, hidden, embed_dim))
-    encoder_state = {k[len("encoder."):]: v for k, v in model.items() if k.startswith("encoder.")}
+    encoder = Encoder(
+        create_backbone(checkpoint["arch"], output_stride), DenseProjectionHead(in_channels, hidden, embed_dim)
+    )
+    encoder_state = {k[len("encoder.") :]: v for k, v in model.items() if k.startswith("encoder.")}
     encoder.load_state_dict(encoder_state, strict=True)
     class_ids = label_space.dataset_class_ids(dataset_name)
     seen = model["memory.counts"][class_ids] > 0
@@ -136,8 +143,10 @@ def prototype_probe_from_checkpoint(path: str | Path, dataset_name: str) -> Near
 
 def _write(metrics: SegmentationMetrics, output: Path, info: dict) -> None:
     json_path, _ = write_results(output, metrics, info)
-    print(f"{info['probe']} probe: mIoU {metrics.miou:.2f}  mAcc {metrics.macc:.2f}  aAcc {metrics.aacc:.2f} "
-          f"-> {json_path}")
+    print(
+        f"{info['probe']} probe: mIoU {metrics.miou:.2f}  mAcc {metrics.macc:.2f}  aAcc {metrics.aacc:.2f} "
+        f"-> {json_path}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,12 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     norm = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
     eval_config = EvalConfig(test_scale=[], overlays=0)
     if args.probe == "linear":
-        train_set = build_segmentation_dataset(resolve_data_spec(args.train, train=True), train=True,
-                                               crop_size=args.crop, **norm)
+        train_set = build_segmentation_dataset(
+            resolve_data_spec(args.train, train=True), train=True, crop_size=args.crop, **norm
+        )
         val_set = build_segmentation_dataset(resolve_data_spec(args.val, train=False), train=False, **norm)
         probe = linear_probe_from_init(args.init, train_set.num_classes, args.arch)
-        train_linear_probe(probe, train_set, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                           device=device)
+        train_linear_probe(probe, train_set, steps=args.steps, batch_size=args.batch_size, lr=args.lr, device=device)
         info = {"probe": "linear", "init": args.init, "data": args.val, "steps": args.steps}
     else:
         checkpoint = load_checkpoint(args.checkpoint, kind="pretrain")

@@ -1,4 +1,5 @@
 """Prediction overlays: image | image blended with the prediction | image blended with the ground truth."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,8 +27,16 @@ def colorize(label: torch.Tensor, palette: np.ndarray) -> np.ndarray:
     return table[index]
 
 
-def save_overlay(path: str | Path, image: torch.Tensor, pred: torch.Tensor, target: torch.Tensor,
-                 palette: np.ndarray, mean: list[float], std: list[float], alpha: float = 0.5) -> Path:
+def save_overlay(
+    path: str | Path,
+    image: torch.Tensor,
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    palette: np.ndarray,
+    mean: list[float],
+    std: list[float],
+    alpha: float = 0.5,
+) -> Path:
     """Write one PNG: image, prediction overlay, ground-truth overlay side by side.
 
     ``image``: normalised ``[3, H, W]``; ``pred``/``target``: ``[H, W]`` at the image's size (ignore = black)."""
