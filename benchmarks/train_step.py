@@ -401,7 +401,7 @@ def projection_report(args: argparse.Namespace, label_space: LabelSpace) -> list
         "",
         "Utilisation is an assumption, not a measurement: dilated ResNet-50 training in bf16 with "
         "channels_last typically sustains a quarter to two fifths of the tensor-core peak; data loading "
-        "must keep up (TRAINING_REFERENCES.md 3.1). Re-run this script with `--device cuda --amp bf16 "
+        "must keep up (docs/DATA.md, workers per GPU). Re-run this script with `--device cuda --amp bf16 "
         "--channels-last --arch resnet50 --crop 512` on the target GPU before quoting a number.",
     ]
 
