@@ -44,6 +44,7 @@ from .checkpoint_io import (
 from .errors import CheckpointError, PrototypesNotFoundError, UserError
 from .heads import load_dense_projection_head
 from .integrity import WEIGHTS_FILENAME, verify_checksum
+from .label_space import dataset_class_ids
 from .prototypes import CONFIG_FILENAME, HEAD_PREFIX, PROTOTYPES_KEY, extract_prototypes, load_prototypes
 
 # The method's defaults (training/mdp): used only when the source does not record its own values.
@@ -75,19 +76,6 @@ class PrototypeSegmentation:
     @property
     def id_space(self) -> str:
         return "global" if self.dataset is None else "local"
-
-
-def dataset_class_ids(label_space: Mapping[str, Any], dataset: str) -> list[int]:
-    """Global id of each local class of ``dataset`` in a ``LabelSpace.to_dict()`` dict, unification included.
-
-    Global ids number the classes that remain after merging, in concatenation order of the merge targets.
-    """
-    unify = dict(label_space.get("unify_map") or {})
-    concat = [f"{d['name']}/{c}" for d in label_space["datasets"] for c in d["class_names"]]
-    position = {name: i for i, name in enumerate(concat)}
-    global_of = {target: rank for rank, target in enumerate(sorted({position[unify.get(n, n)] for n in concat}))}
-    entry = next(d for d in label_space["datasets"] if d["name"] == dataset)
-    return [global_of[position[unify.get(f"{dataset}/{c}", f"{dataset}/{c}")]] for c in entry["class_names"]]
 
 
 def class_colour(name: str) -> tuple[int, int, int]:

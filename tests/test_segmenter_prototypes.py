@@ -14,7 +14,8 @@ from prototype_checkpoints import LABEL_SPACE, MEAN, STD, UNSEEN_CLASS, make_exp
 from mdp_hub import PrototypeSegmenter, PrototypesNotFoundError, install_export
 from mdp_hub.cli import main
 from mdp_hub.export import export
-from mdp_hub.segmenter import NotAnImageError, class_colour, dataset_class_ids, open_image
+from mdp_hub.label_space import dataset_class_ids
+from mdp_hub.segmenter import NotAnImageError, class_colour, open_image
 from training.data import LabelSpace
 
 

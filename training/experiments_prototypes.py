@@ -25,7 +25,8 @@ import torch
 
 from mdp_hub.errors import command
 from mdp_hub.help_format import HelpFormatter, plain
-from mdp_hub.segmenter import PrototypeSegmenter, dataset_class_ids
+from mdp_hub.label_space import dataset_class_ids
+from mdp_hub.segmenter import PrototypeSegmenter
 from training.data import build_segmentation_dataset, ensure_synthetic
 from training.seg.metrics import ConfusionMatrix, metrics_from_confusion
 

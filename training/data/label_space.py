@@ -17,6 +17,8 @@ from typing import Mapping, Sequence
 
 import torch
 
+from mdp_hub.label_space import unified_ids
+
 IGNORE_INDEX = -1
 LOCAL_IGNORE = 255
 LABEL_SPACE_FORMAT = "mdp-hub/label-space"
@@ -68,21 +70,7 @@ class LabelSpace:
 
     def _build_unification(self, unify_map: Mapping[str, str]) -> torch.Tensor:
         """Concatenated id -> global id (identity without a map), int64 ``[sum of K_d]``."""
-        index = {name: i for i, name in enumerate(self.concat_class_names)}
-        target_of = list(range(len(self.concat_class_names)))
-        for source, target in unify_map.items():
-            for label in (source, target):
-                if label not in index:
-                    raise ValueError(
-                        f"unification map: unknown class {label!r}; expected '<dataset>/<class>' with a dataset "
-                        f"of this label space ({', '.join(d.name for d in self.datasets)})"
-                    )
-            if target in unify_map:
-                raise ValueError(f"unification map: {source!r} -> {target!r}, but {target!r} is itself merged away")
-            target_of[index[source]] = index[target]
-        kept = sorted(set(target_of))
-        new_id = {concat_id: i for i, concat_id in enumerate(kept)}
-        return torch.tensor([new_id[t] for t in target_of], dtype=torch.int64)
+        return torch.tensor(unified_ids(self.concat_class_names, unify_map), dtype=torch.int64)
 
     # ---- lookups -------------------------------------------------------------------------------------------
     @property
