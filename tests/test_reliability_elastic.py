@@ -73,7 +73,11 @@ def test_worker_killed_under_torchrun_is_restarted_and_resumes_from_the_last_che
     assert report["restart_count"] == 1 and report["final_step"] == STEPS, report
     assert "Connection refused" not in result.stderr, result.stderr[-3000:]
     assert report["resumed_from"] in range(CHECKPOINT_EVERY, STEPS, CHECKPOINT_EVERY), report
-    assert "(exitcode: -9) local_rank: 1" in result.stderr, result.stderr[-3000:]  # the SIGKILL of rank 1
+    # The fault was rank 1's SIGKILL. The agent reports the first exit its monitor sees: rank 1's -9, or, when the
+    # machine is loaded, rank 0's abort on the connection its killed peer reset, whichever comes first.
+    killed = "(exitcode: -9) local_rank: 1" in result.stderr
+    peer_reset = "local_rank: 0" in result.stderr and "Connection reset by peer" in result.stderr
+    assert killed or peer_reset, result.stderr[-3000:]
 
     state = load_checkpoint(tmp_path / "ddp" / "last.pth")
     assert state["step"] == STEPS and len(state["rng_per_rank"]) == 2
