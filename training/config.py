@@ -18,7 +18,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import yaml
 
@@ -264,7 +264,7 @@ def list_recipes(finetune: bool = False) -> list[str]:
     return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml") if p.stem.startswith(FINETUNE_PREFIX) == finetune)
 
 
-def resolve_recipe_path(recipe: str, finetune: Optional[bool] = None) -> Path:
+def resolve_recipe_path(recipe: str, finetune: bool | None = None) -> Path:
     """A recipe name (``voc_ade20k``) or a path to a YAML file; ``finetune`` (if not None) is the kind of recipe the
     caller runs: a shipped name of the other kind, or an unknown name, raises listing the names of that kind."""
     path = Path(recipe)
@@ -358,7 +358,7 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
     return values
 
 
-def load_config(recipe: str = "demo", overrides: Optional[list[str]] = None) -> PretrainConfig:
+def load_config(recipe: str = "demo", overrides: list[str] | None = None) -> PretrainConfig:
     """Load a recipe (name or file) with its ``base`` chain, apply ``--set`` overrides, type-check the result."""
     path = resolve_recipe_path(recipe, finetune=False)
     values = load_recipe_dict(path)

@@ -41,7 +41,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from mdp_hub.errors import UserError, command
 from training.data.readers import open_reader
@@ -77,7 +76,7 @@ class Method:
 
     key: str
     label: str
-    pretrain: Optional[tuple[str, ...]]
+    pretrain: tuple[str, ...] | None
     paper: dict = field(default_factory=dict)  # the paper's numbers for this row (docs/METHOD.md)
     paper_note: str = ""
 
@@ -233,7 +232,7 @@ class StudyData:
     names: list[str]
     targets: list[Target]
     synthetic: bool
-    unify_map: Optional[dict] = None
+    unify_map: dict | None = None
 
 
 def same_dataset(a: DatasetSpec, b: DatasetSpec) -> bool:
@@ -251,9 +250,7 @@ def resolve_target(text: str, pretrain: list[str]) -> Target:
     return Target(train_reader.dataset_name, str(train_spec), str(spec), eval_reader.split, seen)
 
 
-def resolve_study_data(
-    pretrain: list[str], targets: list[str], unify_file: Optional[Path], budget: Budget
-) -> StudyData:
+def resolve_study_data(pretrain: list[str], targets: list[str], unify_file: Path | None, budget: Budget) -> StudyData:
     """The datasets of a study; ``pretrain == ["synthetic"]`` is the synthetic benchmark with its two targets."""
     synthetic = pretrain == [SYNTHETIC]
     if synthetic:
@@ -289,7 +286,7 @@ class Job:
         where = f"{self.target}/" if self.target else ""
         return f"{self.kind} {where}{self.method.key} seed {self.seed}"
 
-    def done(self) -> Optional[dict]:
+    def done(self) -> dict | None:
         path = self.run_dir / DONE_NAME
         if not path.is_file():
             return None
@@ -506,7 +503,7 @@ def summarise(records: list[dict], methods: list[Method], targets: tuple[str, ..
     return table
 
 
-def paired_difference(a: dict, b: dict) -> Optional[tuple[float, float, list[int]]]:
+def paired_difference(a: dict, b: dict) -> tuple[float, float, list[int]] | None:
     """(mean of a - b over common seeds, its noise, the seeds) for two cells of ``summarise``; None if no common
     seed. Noise: sample std of the per-seed differences, or with one common seed the larger std of the cells."""
     common = sorted(set(a["seeds"]) & set(b["seeds"]))
@@ -686,7 +683,7 @@ def render_section(
     methods: list[Method],
     info: dict,
     plot_name: str,
-    dynamics: Optional[dict] = None,
+    dynamics: dict | None = None,
     curves_name: str = "",
 ) -> str:
     begin, end = section_markers(info["section"])
@@ -816,7 +813,7 @@ def replace_section(markdown: str, section: str, begin: str = SECTION_BEGIN, end
 
 
 def write_report(
-    records: list[dict], methods: list[Method], results_md: Path, info: dict, dynamics: Optional[dict] = None
+    records: list[dict], methods: list[Method], results_md: Path, info: dict, dynamics: dict | None = None
 ) -> dict:
     """Rewrite the study's section of ``results_md`` and its key in the .json next to it; returns the table."""
     key = info["section"].replace("-", "_")
@@ -920,7 +917,7 @@ def _add_override_arguments(tables: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from mdp_hub.help_format import HelpFormatter, plain  # here: the study driver needs no timm otherwise
 
     parser = argparse.ArgumentParser(
@@ -950,7 +947,7 @@ def study_budget(args: argparse.Namespace) -> Budget:
     return budget
 
 
-def study_methods(requested: Optional[list[str]], has_unify_map: bool) -> list[Method]:
+def study_methods(requested: list[str] | None, has_unify_map: bool) -> list[Method]:
     """The rows to run (default: all); the unified-labels row needs a unification map."""
     keys = requested or [key for key in METHOD_KEYS if key != "mdp_unified" or has_unify_map]
     if "mdp_unified" in keys and not has_unify_map:
@@ -973,7 +970,7 @@ def study_setup(budget: Budget, data: StudyData) -> str:
 
 
 @command("python -m training.experiments", expected=(ValueError,))  # bad specs, layouts, method lists
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.jobs < 1:
         raise UserError(f"--jobs {args.jobs}: must be at least 1")

@@ -16,7 +16,6 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
@@ -146,7 +145,7 @@ def resolve_dataset_specs(cfg: PretrainConfig) -> list[str]:
     return specs
 
 
-def resolve_unify_map(value: str) -> Optional[Path]:
+def resolve_unify_map(value: str) -> Path | None:
     """A path as given, or a map shipped next to the recipes (``unify_voc_ade20k.json``); empty = none."""
     if not value:
         return None
@@ -296,7 +295,7 @@ def build_model(cfg: PretrainConfig, label_space: LabelSpace, info: distributed.
     return method, model
 
 
-def build_probe(cfg: PretrainConfig, method: nn.Module) -> Optional[LearningProbe]:
+def build_probe(cfg: PretrainConfig, method: nn.Module) -> LearningProbe | None:
     """The learning-dynamics probe: ``train.probe_images`` fixed crops spread over the pretraining datasets.
 
     Same geometry as training, no colour jitter, drawn with a fixed seed, so every run of the same data and
@@ -577,7 +576,7 @@ def train(cfg: PretrainConfig, run_dir: Path) -> int:
         lock.release()
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m training.pretrain",
         formatter_class=HelpFormatter,
@@ -603,7 +602,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 @command("python -m training.pretrain")
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = config_lib.load_config(args.recipe, args.overrides)
     checked_method_options(cfg)

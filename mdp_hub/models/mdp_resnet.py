@@ -19,7 +19,10 @@ errors that name the repository or file.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -130,58 +133,73 @@ def verify_pretrained_checksum(cfg: dict[str, Any], cache_dir: str | None = None
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> ResNet:
-    cfg = None
-    if pretrained:
-        cfg = resolve_pretrained_cfg(
-            variant,
-            pretrained_cfg=kwargs.get("pretrained_cfg"),
-            pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"),
-        ).to_dict()
-        local = cfg.get("file") or cfg.get("state_dict") is not None
-        if not local and cfg.get("hf_hub_id") and cached_weights_path(cfg, kwargs.get("cache_dir")) is None:
-            repo_id, _, revision = cfg["hf_hub_id"].partition("@")
-            reason = catalog.unpublished_reason(repo_id, offline=constants.HF_HUB_OFFLINE)
-            if reason:  # known without the network, which the Hub client would retry for ~50 s
-                raise catalog.weights_not_available(repo_id, reason)
+    build = partial(
+        build_model_with_cfg,
+        ResNet,
+        variant,
+        pretrained,
+        pretrained_filter_fn=strict_backbone_filter,
+        **dict(_BLOCKS[variant], **kwargs),
+    )
+    if not pretrained:
+        return build()
+    overrides = {key: kwargs.get(key) for key in ("pretrained_cfg", "pretrained_cfg_overlay")}
+    cfg = resolve_pretrained_cfg(variant, **overrides).to_dict()
+    cache_dir = kwargs.get("cache_dir")
+    _fail_fast_if_unpublished(cfg, cache_dir)
     try:
-        # Weights already on disk are hashed on a second thread while timm builds the model (hashlib releases
-        # the GIL), so the integrity check costs no wall time on a multi-core machine; a first download is
-        # hashed after it. Either way the model is returned only after the check passed.
-        early = cached_weights_path(cfg, kwargs.get("cache_dir")) if pretrained else None
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            check = pool.submit(verify_checksum, early) if early and Path(early).is_file() else None
-            model = build_model_with_cfg(
-                ResNet,
-                variant,
-                pretrained,
-                pretrained_filter_fn=strict_backbone_filter,
-                **dict(_BLOCKS[variant], **kwargs),
-            )
-            if check is not None:
-                check.result()
-            elif pretrained:
-                verify_pretrained_checksum(cfg, kwargs.get("cache_dir"))
-        return model
-    except (
-        OSError,
-        EntryNotFoundError,
-        SafetensorError,  # OSError covers HTTP, offline and connection errors
-        pickle.UnpicklingError,
-        RuntimeError,
-    ) as err:
-        if not pretrained or isinstance(err, (CheckpointError, WeightsNotAvailableError)):
+        with _checksum_verified(cfg, cache_dir):
+            return build()
+    except (CheckpointError, WeightsNotAvailableError):
+        raise
+    except (OSError, EntryNotFoundError, SafetensorError, pickle.UnpicklingError) as err:
+        raise _named_load_error(cfg, err) from (err if cfg.get("file") else None)
+    except RuntimeError as err:
+        if not cfg.get("file"):
             raise
-        if cfg.get("file"):
-            if isinstance(err, FileNotFoundError):
-                raise FileNotFoundError(f"{cfg['file']}: no such weights file (pretrained_cfg file)") from None
-            # timm reports a truncated .pth as a bare RuntimeError or OSError; keep it as the cause
-            raise CheckpointError(f"{cfg['file']}: cannot read weights ({type(err).__name__}: {err})") from err
-        if isinstance(err, RuntimeError):
-            raise
-        if isinstance(err, (SafetensorError, pickle.UnpicklingError)):
-            raise CheckpointError(f"{_describe_source(cfg)}: cached weights are corrupt ({err})") from None
-        repo_id = cfg["hf_hub_id"].partition("@")[0]
-        raise catalog.weights_not_available(repo_id, f"could not be fetched ({type(err).__name__})") from None
+        raise _named_load_error(cfg, err) from err
+
+
+def _fail_fast_if_unpublished(cfg: dict[str, Any], cache_dir: str | None) -> None:
+    """Raise at once for uncached Hub weights that are known not to exist, which the Hub client would retry ~50 s."""
+    local = cfg.get("file") or cfg.get("state_dict") is not None
+    if local or not cfg.get("hf_hub_id") or cached_weights_path(cfg, cache_dir) is not None:
+        return
+    repo_id, _, revision = cfg["hf_hub_id"].partition("@")
+    reason = catalog.unpublished_reason(repo_id, offline=constants.HF_HUB_OFFLINE)
+    if reason:
+        raise catalog.weights_not_available(repo_id, reason)
+
+
+@contextmanager
+def _checksum_verified(cfg: dict[str, Any], cache_dir: str | None) -> Iterator[None]:
+    """Verify the weights' recorded sha256 around the block that loads them; its result stands only if it passes.
+
+    Weights already on disk are hashed on a second thread while timm builds the model (hashlib releases the GIL),
+    so the check costs no wall time on a multi-core machine; a first download is hashed after it.
+    """
+    early = cached_weights_path(cfg, cache_dir)
+    if not (early and Path(early).is_file()):
+        yield
+        verify_pretrained_checksum(cfg, cache_dir)
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        check = pool.submit(verify_checksum, early)
+        yield
+        check.result()
+
+
+def _named_load_error(cfg: dict[str, Any], err: Exception) -> Exception:
+    """timm surfaces a failed load as whatever its reader raised; name the file or Hub repo and the fix instead."""
+    if cfg.get("file"):
+        if isinstance(err, FileNotFoundError):
+            return FileNotFoundError(f"{cfg['file']}: no such weights file (pretrained_cfg file)")
+        # timm reports a truncated .pth as a bare RuntimeError or OSError
+        return CheckpointError(f"{cfg['file']}: cannot read weights ({type(err).__name__}: {err})")
+    if isinstance(err, (SafetensorError, pickle.UnpicklingError)):
+        return CheckpointError(f"{_describe_source(cfg)}: cached weights are corrupt ({err})")
+    repo_id = cfg["hf_hub_id"].partition("@")[0]  # OSError covers HTTP, offline and connection errors
+    return catalog.weights_not_available(repo_id, f"could not be fetched ({type(err).__name__})")
 
 
 @register_model

@@ -11,7 +11,7 @@ import random
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -136,7 +136,7 @@ def remove_stale_temporaries(directory: Path) -> list[Path]:
     return stale
 
 
-def load_checkpoint(path: Path, *, kind: Optional[str] = None, map_location: Any = "cpu") -> dict:
+def load_checkpoint(path: Path, *, kind: str | None = None, map_location: Any = "cpu") -> dict:
     """Read a training checkpoint with ``weights_only=True`` and check its format (and ``kind`` if given)."""
     path = Path(path)
     if not path.is_file():
@@ -204,6 +204,6 @@ class CheckpointManager:
                 old.unlink()
         return self.last_path
 
-    def resume_path(self) -> Optional[Path]:
+    def resume_path(self) -> Path | None:
         """``last.pth`` if the run folder has one (auto-resume), else None."""
         return self.last_path if self.last_path.is_file() else None

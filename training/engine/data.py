@@ -10,7 +10,7 @@ workers, the data order is exact and the augmentation draws depend on which work
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional, Sized
+from typing import Callable, Iterator, Sized
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
@@ -57,7 +57,7 @@ def epoch_loader(
     seed: int = 0,
     num_workers: int = 0,
     pin_memory: bool = False,
-    collate_fn: Optional[Callable] = None,
+    collate_fn: Callable | None = None,
 ) -> DataLoader:
     """A DataLoader over ``epoch`` of ``sampler``, starting at batch ``skip``."""
     if hasattr(sampler, "set_epoch"):

@@ -15,13 +15,13 @@ import bisect
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
-from . import distributed
-from .checkpoint import (
+from training.engine import distributed
+from training.engine.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
     CheckpointError,
@@ -31,10 +31,10 @@ from .checkpoint import (
     load_checkpoint,
     restore_rng_state,
 )
-from .logger import RunLogger, StepTimer
-from .numerics import NonFiniteGuard, autocast, group_gradient_norms, optimizer_step
-from .optim import set_lr
-from .signals import StopRequested, StopSignal
+from training.engine.logger import RunLogger, StepTimer
+from training.engine.numerics import NonFiniteGuard, autocast, group_gradient_norms, optimizer_step
+from training.engine.optim import set_lr
+from training.engine.signals import StopRequested, StopSignal
 
 
 @dataclass
@@ -114,11 +114,11 @@ class Trainer:
         run_dir: Path,
         dist_info: distributed.DistInfo,
         checkpoint_extras: Callable[[], dict],
-        after_step: Optional[Callable[[int], None]] = None,
-        after_checkpoint: Optional[Callable[[int], None]] = None,
-        logger: Optional[RunLogger] = None,
-        probe: Optional[Callable[[int], dict]] = None,
-        gradient_groups: Optional[dict[str, list[nn.Parameter]]] = None,
+        after_step: Callable[[int], None] | None = None,
+        after_checkpoint: Callable[[int], None] | None = None,
+        logger: RunLogger | None = None,
+        probe: Callable[[int], dict] | None = None,
+        gradient_groups: dict[str, list[nn.Parameter]] | None = None,
     ):
         self.module = module
         self.model = model
@@ -140,9 +140,9 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.run_dir, config.keep_snapshots)
         self.logger = logger
         self.step = 0
-        self._term_names: Optional[list[str]] = None
-        self._guard: Optional[NonFiniteGuard] = None
-        self._term_sums: Optional[torch.Tensor] = None
+        self._term_names: list[str] | None = None
+        self._guard: NonFiniteGuard | None = None
+        self._term_sums: torch.Tensor | None = None
         self._terms_seen = 0
         self.probe = probe
         self.gradient_groups = gradient_groups or {}
@@ -189,7 +189,7 @@ class Trainer:
         distributed.barrier()
         return self.checkpoints.last_path
 
-    def resume(self, path: Optional[Path] = None, *, expected: Optional[dict] = None) -> int:
+    def resume(self, path: Path | None = None, *, expected: dict | None = None) -> int:
         """Load ``path`` (default: ``last.pth`` of the run folder if present) and return the step to continue from.
 
         ``expected`` entries (e.g. ``{"kind": "pretrain", "arch": "resnet50"}``) must match the checkpoint.
@@ -252,7 +252,7 @@ class Trainer:
         every = self.config.probe_every
         return self.probe is not None and every > 0 and (step % every == 0 or step == self.config.total_steps)
 
-    def _log(self, timer: StepTimer, extra: Optional[dict] = None) -> None:
+    def _log(self, timer: StepTimer, extra: dict | None = None) -> None:
         # Averaged over ranks as well, so the logged loss is the global batch's (one small all_reduce per log).
         sums = distributed.all_reduce_sum_(self._term_sums.clone()) / self.dist.world_size
         averages = (sums / max(1, self._terms_seen)).tolist()

@@ -8,13 +8,12 @@ written after a non-finite step, so ``last.pth`` always holds the last good stat
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable
 
 import torch
 
 from mdp_hub.errors import UserError
-
-from .distributed import all_reduce_max_
+from training.engine.distributed import all_reduce_max_
 
 AMP_MODES = ("none", "bf16", "fp16")
 
@@ -24,7 +23,7 @@ class NonFiniteLossError(UserError, RuntimeError):
 
     exit_code = 1  # the run failed, its input may be fine
 
-    def __init__(self, step: int, terms: list[str], checkpoint: Optional[str] = None):
+    def __init__(self, step: int, terms: list[str], checkpoint: str | None = None):
         self.step = step
         self.terms = terms
         where = f"; the last good checkpoint is {checkpoint}" if checkpoint else ""
@@ -54,8 +53,8 @@ def optimizer_step(
     scaler: torch.amp.GradScaler,
     parameters: Iterable[torch.nn.Parameter],
     clip_grad_norm: float = 0.0,
-    inspect_gradients: Optional[Callable[[], None]] = None,
-) -> Optional[torch.Tensor]:
+    inspect_gradients: Callable[[], None] | None = None,
+) -> torch.Tensor | None:
     """backward -> (unscale -> inspect -> clip) -> step -> scaler update. Returns the pre-clip norm when clipping.
 
     ``inspect_gradients`` (optional) sees the true, unclipped gradients before the step.
@@ -98,7 +97,7 @@ class NonFiniteGuard:
         self.first_bad_step = torch.where(first, torch.full_like(self.first_bad_step, step), self.first_bad_step)
         self.bad_terms = torch.where(first, bad, self.bad_terms)
 
-    def check(self, checkpoint: Optional[str] = None) -> None:
+    def check(self, checkpoint: str | None = None) -> None:
         """Host sync: raise :class:`NonFiniteLossError` if a non-finite step was seen on any rank.
 
         Every rank must call this at the same step (it is a collective under torch.distributed), so that all

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from .logger import read_metrics  # noqa: E402
+from training.engine.logger import read_metrics  # noqa: E402
 
 NON_LOSS_KEYS = ("step", "lr", "img_per_s", "data_time_s", "compute_time_s", "data_fraction")
 

@@ -14,7 +14,6 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Optional
 
 from mdp_hub.errors import UserError
 
@@ -32,8 +31,8 @@ class RunLock:
     def __init__(self, run_dir: Path, *, enabled: bool = True):
         self.path = Path(run_dir) / LOCK_NAME
         self.enabled = enabled
-        self._fd: Optional[int] = None
-        self.previous_owner: Optional[dict] = None  # the dead run whose lock file was taken over, if any
+        self._fd: int | None = None
+        self.previous_owner: dict | None = None  # the dead run whose lock file was taken over, if any
 
     def __enter__(self) -> "RunLock":
         self.acquire()

@@ -12,13 +12,11 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Optional
 
 import torch
 
 from mdp_hub.errors import UserError
-
-from .distributed import all_reduce_max_, is_initialized
+from training.engine.distributed import all_reduce_max_, is_initialized
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
@@ -41,7 +39,7 @@ class StopSignal:
 
     def __init__(self, signals=HANDLED_SIGNALS):
         self.signals = tuple(signals)
-        self.received: Optional[int] = None
+        self.received: int | None = None
         self._previous = {}
         self._pid = os.getpid()
 
@@ -68,7 +66,7 @@ class StopSignal:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
-    def agreed(self, device: torch.device) -> Optional[int]:
+    def agreed(self, device: torch.device) -> int | None:
         """The received signal number, agreed over all ranks (a collective when distributed), or None."""
         if not is_initialized():
             return self.received

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine.distributed import all_gather_cat, all_reduce_sum_
+from training.engine.distributed import all_gather_cat, all_reduce_sum_
 
 
 def region_means(

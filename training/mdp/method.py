@@ -22,8 +22,8 @@ import inspect
 import torch
 from torch import nn
 
-from ..data.label_space import IGNORE_INDEX
-from .losses import (
+from training.data.label_space import IGNORE_INDEX
+from training.mdp.losses import (
     csc1_exclusion,
     moco_infonce,
     pixel_cross_entropy,
@@ -34,10 +34,10 @@ from .losses import (
     prototype_logits,
     sparse_coding_loss,
 )
-from .memory import ClassPrototypeMemory, KeyQueue, RegionMemoryBank
-from .mixing import NO_MIX, MixedBatch, cross_dataset_mix, resize_labels, unmixed_batch
-from .model import Encoder, build_encoder, create_momentum_copy, ema_update_
-from .pseudo_label import pseudo_labels_from_embeddings
+from training.mdp.memory import ClassPrototypeMemory, KeyQueue, RegionMemoryBank
+from training.mdp.mixing import NO_MIX, MixedBatch, cross_dataset_mix, resize_labels, unmixed_batch
+from training.mdp.model import Encoder, build_encoder, create_momentum_copy, ema_update_
+from training.mdp.pseudo_label import pseudo_labels_from_embeddings
 
 
 def _flatten_pixels(embeddings: torch.Tensor) -> torch.Tensor:

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import dynamics
-from .mixing import resize_labels
+from training.mdp import dynamics
+from training.mdp.mixing import resize_labels
 
 PROBE_SEED = 20210608  # the crops of the probe batch depend only on this, the data and the crop settings
 

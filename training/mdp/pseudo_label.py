@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import prototype_logits
-from .mixing import resize_labels
+from training.mdp.losses import prototype_logits
+from training.mdp.mixing import resize_labels
 
 
 @torch.no_grad()
