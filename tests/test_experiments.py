@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -252,6 +253,11 @@ def test_quick_study_on_dataset_specs_writes_its_own_section(tmp_path):
     assert "## The paper's tables in miniature: pretrained on camvid + ccp + oxford_pet" in page
     assert "fine-tune camvid (seen) | vs scratch | fine-tune my_scenes (held out) |" in page
     assert "camvid on its test split, my_scenes on its val split" in page and "### Pretraining dynamics" in page
+    dynamics_row = next(
+        line for line in page.splitlines() if line.startswith("| supervised CE, concatenated labels | 3 |")
+    )
+    probe_start, probe_end = re.search(r"\| ([0-9.]+) -> ([0-9.]+) \|", dynamics_row).groups()
+    assert 0 <= float(probe_start) <= 1 and 0 <= float(probe_end) <= 1  # the learning probe's numbers reach the page
     command = (
         "paper-tables --quick --pretrain camvid:CamVid ccp:ccp oxford_pet:pets --targets camvid:CamVid:test "
         "folder:my_scenes --methods supervised_ce --seeds 0 --section real-images`"

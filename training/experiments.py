@@ -652,23 +652,32 @@ def render_dynamics(dynamics: dict, methods: list[Method], curves_name: str) -> 
     lines = [
         "### Pretraining dynamics",
         "",
-        "Per row, mean over seeds of the training log (averages over each logging interval): the loss at the "
-        "first and the last logged step, the prototype accuracy at the end (prototype rows) and the time per "
-        "step of one job on one thread.",
+        "Per row, mean over seeds. From the training log (averages over each logging interval): the loss at the first "
+        "and the last logged step, the prototype accuracy on the training batches at the end (prototype rows) and "
+        "the time per step of one job. From the learning probe on a fixed set of held-out pretraining crops (the "
+        "same crops for every row; docs/LEARNING.md): the backbone's ridge linear-probe pixel accuracy at step 0 "
+        "(random init) and at the end, and for prototype rows the held-out nearest-prototype accuracy and the mean "
+        "cosine between the prototypes of seen classes at the end.",
         "",
-        "| pretraining | steps | loss, first log | loss, last log | prototype accuracy, end | s/step |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| pretraining | steps | loss, first log | loss, last log | prototype accuracy, end | backbone probe, "
+        "step 0 -> end | held-out prototype accuracy | prototype cosine | s/step |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for method in methods:
         row = dynamics.get(method.key)
         if not row:
             continue
-        accuracy = f"{row['prototype_accuracy']:.3f}" if row["prototype_accuracy"] is not None else "–"
         lines.append(
             f"| {method.label} | {row['steps']} | {row['loss_first']:.3f} | {row['loss_last']:.3f} | "
-            f"{accuracy} | {row['seconds_per_step']:.2f} |"
+            f"{_optional(row['prototype_accuracy'])} | {_optional(row.get('backbone_probe_start'))} -> "
+            f"{_optional(row.get('backbone_probe_end'))} | {_optional(row.get('heldout_prototype_accuracy'))} | "
+            f"{_optional(row.get('prototype_cosine'))} | {row['seconds_per_step']:.2f} |"
         )
     return lines + ["", f"![pretraining loss per row and seed]({curves_name})"]
+
+
+def _optional(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
 
 def section_title(info: dict) -> str:
@@ -704,36 +713,52 @@ def render_section(
     return "\n".join([*lines, end]) + "\n"
 
 
-def pretraining_logs(output: Path, method: Method, seeds: list[int]) -> list[list[dict]]:
-    """The loss records of each seed's pretraining metrics.jsonl (seeds without one are left out)."""
+def pretraining_logs(output: Path, method: Method, seeds: list[int], key: str = "loss") -> list[list[dict]]:
+    """The records holding ``key`` in each seed's pretraining metrics.jsonl (seeds without any are left out)."""
     if method.pretrain is None:
         return []
     logs = []
     for seed in seeds:
         path = output / "pretrain" / method.key / f"seed{seed}" / METRICS_NAME
-        records = [r for r in read_metrics(path) if "loss" in r] if path.is_file() else []
+        records = [r for r in read_metrics(path) if key in r] if path.is_file() else []
         if records:
             logs.append(records)
     return logs
 
 
+def _mean_of(values: list) -> float | None:
+    values = [float(v) for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def probe_dynamics(output: Path, method: Method, seeds: list[int]) -> dict:
+    """Means over seeds of the learning probe's first and last records (empty for runs without probe records)."""
+    probes = pretraining_logs(output, method, seeds, key="val_backbone_probe")
+    return {
+        "backbone_probe_start": _mean_of([log[0]["val_backbone_probe"] for log in probes]),
+        "backbone_probe_end": _mean_of([log[-1]["val_backbone_probe"] for log in probes]),
+        "heldout_prototype_accuracy": _mean_of([log[-1].get("val_prototype_accuracy") for log in probes]),
+        "prototype_cosine": _mean_of([log[-1].get("prototype_cos_mean") for log in probes]),
+    }
+
+
 def pretraining_dynamics(output: Path, methods: list[Method], seeds: list[int], batch: int) -> dict:
-    """``{method: {"steps", "loss_first", "loss_last", "prototype_accuracy", "seconds_per_step", "curves"}}``,
-    means over the seeds' pretraining logs."""
+    """``{method: {"steps", "loss_first", "loss_last", "prototype_accuracy", "seconds_per_step", "curves",
+    **probe_dynamics}}``, means over the seeds' pretraining logs."""
     dynamics = {}
     for method in methods:
         logs = pretraining_logs(output, method, seeds)
         if not logs:
             continue
-        accuracies = [log[-1]["prototype_accuracy"] for log in logs if "prototype_accuracy" in log[-1]]
         speeds = [r["img_per_s"] for log in logs for r in log if r.get("img_per_s")]
         dynamics[method.key] = {
             "steps": max(log[-1]["step"] for log in logs),
             "loss_first": statistics.fmean(float(log[0]["loss"]) for log in logs),
             "loss_last": statistics.fmean(float(log[-1]["loss"]) for log in logs),
-            "prototype_accuracy": statistics.fmean(accuracies) if accuracies else None,
+            "prototype_accuracy": _mean_of([log[-1].get("prototype_accuracy") for log in logs]),
             "seconds_per_step": batch / statistics.fmean(speeds) if speeds else math.nan,
             "curves": [[[r["step"], float(r["loss"])] for r in log] for log in logs],
+            **probe_dynamics(output, method, seeds),
         }
     return dynamics
 
