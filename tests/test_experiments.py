@@ -50,6 +50,23 @@ def test_orderings_hold_reverse_or_fall_within_noise():
     }
 
 
+def test_mixing_and_sparse_coding_together_are_checked_only_without_the_mixing_only_row():
+    methods = {m.key: m for m in METHODS}
+    records = [
+        _record(key, target, seed, value + seed)
+        for seed in (0, 1)
+        for target in experiments.TARGETS
+        for key, value in (("mdp_csc", 50), ("mdp_no_mixing", 45), ("mdp", 48))
+    ]
+
+    def pairs(keys: list[str]) -> set:
+        table = summarise([r for r in records if r["method"] in keys], [methods[k] for k in keys])
+        return {(c["better"], c["worse"]) for c in check_orderings(table)}
+
+    assert pairs(["mdp_no_mixing", "mdp_csc"]) == {("mdp_csc", "mdp_no_mixing")}
+    assert pairs(["mdp_no_mixing", "mdp", "mdp_csc"]) == {("mdp", "mdp_no_mixing"), ("mdp_csc", "mdp")}
+
+
 def test_section_replacement_keeps_the_rest_of_the_page():
     page = "# Results\n\nintro\n\n## Other section\n\nkept | exactly\n"
     first = replace_section(page, f"{SECTION_BEGIN}\nA\n{SECTION_END}\n")

@@ -159,7 +159,10 @@ PAPER_ORDERINGS: tuple[tuple[str, str, str], ...] = (
     ("mdp_no_mixing", "region_bank", "class prototypes beat a region bank (R5: 70.56 vs 70.11)"),
     ("mdp", "mdp_no_mixing", "cross-dataset mixing helps (R7: 73.32 vs 71.98)"),
     ("mdp_csc", "mdp", "sparse coding helps, mostly on the unseen dataset (R8: Cityscapes 76.53 vs 75.37)"),
+    ("mdp_csc", "mdp_no_mixing", "mixing and sparse coding together help (R7, R8: 73.32 vs 71.98)"),
 )
+# An ordering checked only when the row between its two rows was not run (it would count the same claim twice).
+ORDERING_SKIPPED_WITH = {("mdp_csc", "mdp_no_mixing"): "mdp"}
 
 
 @dataclass
@@ -526,7 +529,7 @@ def check_orderings(table: dict) -> list[dict]:
     """
     checks = []
     for better, worse, claim in PAPER_ORDERINGS:
-        if better not in table or worse not in table:
+        if better not in table or worse not in table or ORDERING_SKIPPED_WITH.get((better, worse)) in table:
             continue
         for target in table[better]:
             paired = paired_difference(table[better][target], table[worse][target])
