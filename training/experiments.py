@@ -83,7 +83,7 @@ class Method:
 
 # The demo recipe runs the full method (mixing + CSC2); every row states all of its options explicitly.
 _MDP = ("method.name=mdp",)
-_P2PROTO = "method.options={tau: 0.07, window: 256, mixing: false, sparse_coding: null}"
+_P2PROTO = "method.options={tau: 0.07, window: 4096, mixing: false, sparse_coding: null}"
 METHODS: tuple[Method, ...] = (
     Method(
         "scratch",
@@ -136,14 +136,14 @@ METHODS: tuple[Method, ...] = (
     Method(
         "mdp",
         "MDP prototypes + mixing",
-        (*_MDP, "method.options={tau: 0.07, window: 256, mixing: true, sparse_coding: null}"),
+        (*_MDP, "method.options={tau: 0.07, window: 4096, mixing: true, sparse_coding: null}"),
         {},
         "no number without CSC",
     ),
     Method(
         "mdp_csc",
         "MDP prototypes + mixing + CSC2 (full)",
-        (*_MDP, "method.options={tau: 0.07, window: 256, mixing: true, sparse_coding: csc2}"),
+        (*_MDP, "method.options={tau: 0.07, window: 4096, mixing: true, sparse_coding: csc2}"),
         {"voc_aug": 73.32, "cityscapes": 77.75},
         "VOC+ADE20K 100 ep (R2)",
     ),

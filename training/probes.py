@@ -24,7 +24,7 @@ from training.engine.logger import read_metrics
 
 SECTION_BEGIN = "<!-- probes:begin (written by python -m training.probes) -->"
 SECTION_END = "<!-- probes:end -->"
-_NO_EXTRAS = "method.options={window: 256, mixing: false, sparse_coding: null}"
+_NO_EXTRAS = "method.options={mixing: false, sparse_coding: null}"
 
 
 @dataclass(frozen=True)
@@ -35,20 +35,20 @@ class Probe:
 
 
 PROBES: tuple[Probe, ...] = (
-    Probe("demo", "demo as shipped (anchored prototypes, window 256)"),
+    Probe("demo", "demo as shipped (anchored prototypes, the paper's window 4096)"),
     Probe(
         "before",
         "the previous demo: window 16, prototypes from first regions",
         ("method.options.window=16", "method.options.prototype_anchors=false"),
     ),
-    Probe("no_anchors", "prototypes from first regions (window 256)", ("method.options.prototype_anchors=false",)),
+    Probe("no_anchors", "prototypes from first regions", ("method.options.prototype_anchors=false",)),
     Probe(
         "no_anchors_m0999",
         "... and a slow key encoder (momentum 0.999)",
         ("method.options.prototype_anchors=false", "method.momentum=0.999", "method.momentum_final=0.999"),
     ),
     Probe("window_16", "anchors, window 16", ("method.options.window=16",)),
-    Probe("window_4096", "anchors, window 4096 (the paper's)", ("method.options.window=4096",)),
+    Probe("window_256", "anchors, window 256", ("method.options.window=256",)),
     Probe("tau_0.2", "tau 0.2", ("method.options.tau=0.2",)),
     Probe("lr_0.1x", "learning rate x0.1", ("optim.lr=0.1",)),
     Probe("no_extras", "no mixing, no CSC", (_NO_EXTRAS,)),
