@@ -185,7 +185,8 @@ class SegmentationSamples(Dataset):
         if not self.train:
             item.update(
                 image=self.transform(image),
-                mask=lookup(table, torch.from_numpy(mask)),
+                # masks decoded straight from a PIL buffer are read-only, which torch.from_numpy warns about
+                mask=lookup(table, torch.from_numpy(mask if mask.flags.writeable else mask.copy())),
                 name=self.readers[dataset_id].samples[index - int(self._starts[dataset_id])].name,
             )
             return item
