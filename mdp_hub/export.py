@@ -48,7 +48,7 @@ from .integrity import (
     sha256_file,
 )
 from .model_card import CardInfo, parse_metrics, render_card
-from .prototypes import CONFIG_FILENAME, PROTOTYPES_FILENAME, class_names_of, extract_prototypes
+from .prototypes import CONFIG_FILENAME, PROTOTYPES_FILENAME, class_names_of, extract_prototypes, prototype_regime
 from .provenance import PARTIAL_SUFFIX, RunRecord, resolve_tag
 
 EXPORT_FILES = (WEIGHTS_FILENAME, CONFIG_FILENAME, CARD_FILENAME, PROTOTYPES_FILENAME)
@@ -132,6 +132,7 @@ class _ExportPlan:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     results: list
+    prototype_regime: dict[str, Any] | None = None  # anchor shares of the class memory (mdp_hub.prototypes)
 
 
 def _plan_export(src: Path, tag: str | None, results: list, arch: str | None) -> _ExportPlan:
@@ -183,6 +184,7 @@ def _plan_export(src: Path, tag: str | None, results: list, arch: str | None) ->
         mean,
         std,
         results,
+        prototype_regime(state_dict, label_space) if training else None,
     )
 
 
@@ -221,6 +223,7 @@ def _write_config(plan: _ExportPlan, staging: Path, checksums: dict[str, str]) -
         "metrics": [result.to_dict() for result in plan.results],
         "label_space": plan.label_space,
         "prototypes_file": PROTOTYPES_FILENAME if plan.prototypes is not None else None,
+        "prototype_regime": plan.prototype_regime,
         "training_config": plan.content.get("config") if plan.training else None,
     }
     _save_hf_config(

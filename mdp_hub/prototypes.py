@@ -20,10 +20,12 @@ from huggingface_hub.errors import EntryNotFoundError
 from .checkpoint_io import load_file, split_prefix
 from .errors import CheckpointError, PrototypesNotFoundError
 from .integrity import CONFIG_FILENAME, verify_checksum, verify_class_names
+from .label_space import dataset_class_ids
 
 PROTOTYPES_FILENAME = "mdp_prototypes.safetensors"
 PROTOTYPES_KEY = "memory.prototypes"
 COUNTS_KEY = "memory.counts"
+ANCHOR_SHARE_KEY = "memory.anchor_share"
 HEAD_PREFIX = "encoder.head."
 
 
@@ -53,6 +55,36 @@ def extract_prototypes(
     tensors = {"prototypes": prototypes}
     tensors.update({f"head.{name}": value for name, value in head.items()})
     return tensors
+
+
+def prototype_regime(
+    state_dict: Mapping[str, torch.Tensor], label_space: Mapping[str, Any] | None, most: int = 5
+) -> dict[str, Any] | None:
+    """How far the prototypes moved from their random starting anchors towards pure class means.
+
+    ``memory.anchor_share`` [C] is the weight left to each prototype's anchor (1 = untouched anchor, 0 = pure
+    class mean). Returns ``{"median_anchor_share": {dataset: share}, "max_anchor_share": {dataset: share},
+    "most_anchored": [[global class name, share], ...]}`` over the classes that received regions, largest
+    share first; None for a state dict without a class memory or label space.
+    """
+    if ANCHOR_SHARE_KEY not in state_dict or COUNTS_KEY not in state_dict or not isinstance(label_space, Mapping):
+        return None
+    share, seen = state_dict[ANCHOR_SHARE_KEY].float().cpu(), state_dict[COUNTS_KEY].cpu() > 0
+    names = class_names_of(label_space, source="label space")
+    median, maximum = {}, {}
+    for entry in label_space.get("datasets", []):
+        ids = torch.as_tensor(dataset_class_ids(label_space, entry["name"]), dtype=torch.long)
+        ids = ids[seen[ids]]
+        if ids.numel():
+            median[entry["name"]] = round(float(share[ids].median()), 4)
+            maximum[entry["name"]] = round(float(share[ids].max()), 4)
+    seen_ids = torch.nonzero(seen).flatten()
+    order = seen_ids[torch.argsort(share[seen_ids], descending=True, stable=True)][:most]
+    return {
+        "median_anchor_share": median,
+        "max_anchor_share": maximum,
+        "most_anchored": [[names[i], round(float(share[i]), 4)] for i in order.tolist()],
+    }
 
 
 def class_names_of(label_space: Mapping[str, Any] | None, *, source: str | os.PathLike) -> list[str]:

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -120,3 +121,19 @@ def test_batchnorm_context_restores_running_statistics_and_mode():
         norm(torch.randn(4, 3, 2, 2) + 5.0)
     assert not norm.training
     assert torch.equal(norm.running_mean, torch.zeros(3)) and int(norm.num_batches_tracked) == 0
+
+
+def test_prototype_regime_reports_anchor_shares_and_within_dataset_collapse():
+    anchors = torch.eye(4)
+    collapsed = torch.tensor([[1.0, 0.1, 0, 0], [1.0, -0.1, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
+    share = torch.tensor([0.01, 0.02, 0.9, 0.5])
+    seen = torch.tensor([True, True, True, False])
+    blocks = {"a": torch.tensor([0, 1]), "b": torch.tensor([2, 3])}
+    metrics = dynamics.prototype_regime(collapsed, anchors, share, seen, blocks)
+    assert metrics["anchor_share_median_a"] == pytest.approx(0.01)  # torch's median: the lower of two
+    assert metrics["anchor_share_max_a"] == pytest.approx(0.02)
+    assert metrics["anchor_share_median_b"] == pytest.approx(0.9)  # the unseen class 3 does not count
+    assert metrics["prototype_cos_within_a"] == pytest.approx(0.98, abs=0.01)
+    assert math.isnan(metrics["prototype_cos_within_b"])  # one seen class: nothing to compare
+    # Classes 0 and 1 have left their anchors (share < e^-3): the larger cosine to the own anchor is class 0's.
+    assert metrics["prototype_cos_to_anchor_max_faded"] == pytest.approx(1 / math.sqrt(1.01))

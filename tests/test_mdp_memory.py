@@ -1,5 +1,6 @@
 """Prototype memory (two-step average), region bank and key queue; two-process gloo equivalence."""
 
+import math
 import os
 
 import pytest
@@ -75,7 +76,7 @@ def test_ignored_pixels_and_absent_classes_leave_prototypes_untouched():
     assert memory.initialised.tolist() == [False, True, False]
     torch.testing.assert_close(memory.prototypes[1], embeddings[0, :, 0, 0])
     assert (memory.prototypes[[0, 2]] == 0).all()
-    assert set(memory.state_dict()) == {"prototypes", "counts"}
+    assert set(memory.state_dict()) == {"prototypes", "counts", "anchor_share"}
 
 
 def test_more_regions_than_the_window_replace_the_prototype_by_their_mean_without_extrapolating():
@@ -175,3 +176,27 @@ def test_two_process_gloo_memories_equal_one_process_on_concatenated_batch(tmp_p
         assert set(state) == set(expected)
         for name, tensor in expected.items():
             torch.testing.assert_close(state[name], tensor, msg=f"rank {rank}: {name}")
+
+
+def test_anchor_share_is_the_exact_weight_left_to_each_anchor():
+    window = 4
+    memory = ClassPrototypeMemory(num_classes=3, dim=8, window=window)
+    anchors = memory.anchor_vectors()
+    torch.testing.assert_close(anchors, memory.prototypes)
+    first, second = F.one_hot(torch.tensor(0), 8).float(), F.one_hot(torch.tensor(1), 8).float()
+    for region in (first, second):
+        memory.update(region.reshape(1, 8, 1, 1), torch.tensor([[[1]]]))
+    # Two regions at weight 1/window each: the anchor keeps (3/4)^2 of the prototype.
+    share = (1 - 1 / window) ** 2
+    torch.testing.assert_close(memory.anchor_share, torch.tensor([1.0, share, 1.0]))
+    expected = share * anchors[1] + (1 - 1 / window) / window * first + second / window
+    torch.testing.assert_close(memory.prototypes[1], expected)
+    assert ClassPrototypeMemory(num_classes=3, dim=8, anchors=False).anchor_share.eq(0).all()
+
+
+def test_checkpoints_without_anchor_share_load_with_the_share_their_counts_imply():
+    memory = ClassPrototypeMemory(num_classes=2, dim=4, window=100)
+    state = {k: v.clone() for k, v in memory.state_dict().items() if k != "anchor_share"}
+    state["counts"] = torch.tensor([0, 300])
+    memory.load_state_dict(state)
+    torch.testing.assert_close(memory.anchor_share, torch.tensor([1.0, math.exp(-3.0)]))

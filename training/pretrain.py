@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from mdp_hub.errors import command
 from mdp_hub.help_format import HelpFormatter
 from mdp_hub.integrity import CONFIG_FILENAME
+from mdp_hub.prototypes import ANCHOR_SHARE_KEY, COUNTS_KEY, prototype_regime
 from training import config as config_lib
 from training.config import ConfigError, PretrainConfig
 from training.data import (
@@ -295,7 +296,7 @@ def build_model(cfg: PretrainConfig, label_space: LabelSpace, info: distributed.
     return method, model
 
 
-def build_probe(cfg: PretrainConfig, method: nn.Module) -> LearningProbe | None:
+def build_probe(cfg: PretrainConfig, method: nn.Module, label_space: LabelSpace) -> LearningProbe | None:
     """The learning-dynamics probe: ``train.probe_images`` fixed crops spread over the pretraining datasets.
 
     Same geometry as training, no colour jitter, drawn with a fixed seed, so every run of the same data and
@@ -325,7 +326,8 @@ def build_probe(cfg: PretrainConfig, method: nn.Module) -> LearningProbe | None:
         items = [dataset[index] for index in indices]
     images = torch.stack([item["image"] for item in items])
     labels = torch.stack([item["mask"] for item in items])
-    return LearningProbe(method, images, labels, chunk=cfg.train.batch_size)
+    blocks = {name: torch.as_tensor(label_space.dataset_class_ids(name)) for name in label_space.dataset_names}
+    return LearningProbe(method, images, labels, chunk=cfg.train.batch_size, dataset_classes=blocks)
 
 
 def gradient_groups(method: nn.Module) -> dict[str, list[nn.Parameter]]:
@@ -354,6 +356,21 @@ def write_plots(run_dir: Path, method: nn.Module, label_space: LabelSpace, logge
             memory.prototypes.cpu(), memory.counts.cpu(), label_space.class_names, run_dir / "prototype_similarity.png"
         )
     logger.message(f"plots written to {run_dir}")
+
+
+def report_prototype_regime(method: nn.Module, label_space: LabelSpace, logger: RunLogger) -> None:
+    """One line on where the prototypes ended between their anchors and pure class means."""
+    memory = getattr(method, "memory", None)
+    if memory is None or not hasattr(memory, "anchor_share"):
+        return
+    regime = prototype_regime(
+        {ANCHOR_SHARE_KEY: memory.anchor_share, COUNTS_KEY: memory.counts}, label_space.to_dict(), most=3
+    )
+    medians = ", ".join(f"{name} {share:.2f}" for name, share in regime["median_anchor_share"].items())
+    most = ", ".join(f"{name} {share:.2f}" for name, share in regime["most_anchored"])
+    logger.message(
+        f"anchor share of the prototypes (1 = random anchor, 0 = class mean): median {medians}; most: {most}"
+    )
 
 
 def export_backbone(cfg: PretrainConfig, run_dir: Path) -> Path:
@@ -461,6 +478,7 @@ def build_trainer(
     schedule: Schedule,
     extras: dict,
     logger: RunLogger,
+    probe: LearningProbe | None,
 ) -> Trainer:
     optimizer = build_optimizer(
         method, cfg.optim.name, schedule.base_lr, cfg.optim.weight_decay, cfg.optim.momentum, tuple(cfg.optim.betas)
@@ -496,7 +514,7 @@ def build_trainer(
         checkpoint_extras=lambda: extras,
         after_step=functools.partial(update_momentum_encoder, method, cfg, total_steps),
         logger=logger,
-        probe=build_probe(cfg, method),
+        probe=probe,
         gradient_groups=gradient_groups(method),
     )
 
@@ -537,7 +555,8 @@ def record_start(
 
 
 def finish(cfg: PretrainConfig, run_dir: Path, method: nn.Module, label_space: LabelSpace, logger: RunLogger) -> None:
-    """Plots and the Hub-ready export of the finished run."""
+    """Plots, the prototypes' regime and the Hub-ready export of the finished run."""
+    report_prototype_regime(method, label_space, logger)
     if cfg.train.plots:
         write_plots(run_dir, method, label_space, logger)
     if cfg.export.enabled:
@@ -561,7 +580,8 @@ def train(cfg: PretrainConfig, run_dir: Path) -> int:
         schedule = build_schedule(cfg, stages, info)
         extras = checkpoint_extras(cfg, label_space)
         logger = RunLogger(run_dir, enabled=info.is_main, total_steps=schedule.total_steps)
-        trainer = build_trainer(cfg, run_dir, info, method, model, schedule, extras, logger)
+        probe = build_probe(cfg, method, label_space)
+        trainer = build_trainer(cfg, run_dir, info, method, model, schedule, extras, logger, probe)
         start = trainer.resume(expected={key: extras[key] for key in ("kind", "arch", "label_space")})
         record_start(cfg, run_dir, info, label_space, trainer, schedule, start)
         try:

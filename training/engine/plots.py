@@ -27,6 +27,9 @@ DYNAMICS_KEYS = (  # learning-dynamics columns drawn on the second panel when a 
 )
 
 
+REGIME_PREFIXES = ("anchor_share_median_", "prototype_cos_within_")  # per-dataset columns of the regime panel
+
+
 def _plot_columns(axis, records: list[dict], names: list[str]) -> None:
     for name in names:
         points = [(r["step"], float(r[name])) for r in records if name in r]
@@ -43,19 +46,24 @@ def _plot_columns(axis, records: list[dict], names: list[str]) -> None:
 
 def plot_loss_curves(metrics_path: Path, out_path: Path) -> Path:
     """Every ``loss*`` column of metrics.jsonl against the step, the learning-dynamics columns (accuracies,
-    probe scores, prototype cosine) when present, and the learning rate."""
+    probe scores, prototype cosine) and the prototype regime (per-dataset median anchor share and prototype
+    cosine) when present, and the learning rate."""
     records = read_metrics(metrics_path)
     if not records:
         raise ValueError(f"{metrics_path} holds no metrics to plot")
     losses = sorted({k for r in records for k in r if k.startswith("loss")})
+    panels = [(losses, "loss", 3)]
     dynamics = [k for k in DYNAMICS_KEYS if any(k in r for r in records)]
-    heights = (3, 2, 1) if dynamics else (3, 1)
-    fig, axes = plt.subplots(len(heights), 1, figsize=(7, 2.2 * len(heights) + 1), sharex=True, height_ratios=heights)
-    _plot_columns(axes[0], records, losses)
-    axes[0].set_ylabel("loss")
     if dynamics:
-        _plot_columns(axes[1], records, dynamics)
-        axes[1].set_ylabel("dynamics")
+        panels.append((dynamics, "dynamics", 2))
+    regime = sorted({k for r in records for k in r if k.startswith(REGIME_PREFIXES)})
+    if regime:
+        panels.append((regime, "prototype regime", 2))
+    heights = [height for _, _, height in panels] + [1]
+    fig, axes = plt.subplots(len(heights), 1, figsize=(7, 2.2 * len(heights) + 1), sharex=True, height_ratios=heights)
+    for axis, (names, label, _) in zip(axes, panels):
+        _plot_columns(axis, records, names)
+        axis.set_ylabel(label)
     lr = [(r["step"], r["lr"]) for r in records if "lr" in r]
     axes[-1].plot([p[0] for p in lr], [p[1] for p in lr], color="gray")
     axes[-1].set_ylabel("lr")

@@ -138,3 +138,38 @@ def ridge_probe_accuracy(
     weights = torch.linalg.solve(gram, fit.t() @ targets.double()).float()
     predicted = classes[(design(test_pixels) @ weights).argmax(1)]
     return float((predicted == test_labels).float().mean())
+
+
+def prototype_regime(
+    prototypes: torch.Tensor,
+    anchors: torch.Tensor,
+    anchor_share: torch.Tensor,
+    seen: torch.Tensor,
+    dataset_classes: dict[str, torch.Tensor],
+    faded_below: float = math.exp(-3.0),
+) -> dict[str, float]:
+    """Where a run's prototypes are between their random anchors and pure class means.
+
+    prototypes, anchors: [C, D]; anchor_share: [C] weight of the anchor in each prototype; seen: [C] bool;
+    dataset_classes: dataset name -> [K] global ids. Per dataset (seen classes only): the median anchor share,
+    its maximum, and the mean off-diagonal prototype cosine (classes of one dataset often share images, so this
+    is where class means collapse). Over every seen class whose anchor share fell below ``faded_below`` (three
+    windows of regions): the largest cosine of a prototype to its own anchor.
+    """
+    metrics = {}
+    unit = F.normalize(prototypes.float(), dim=1)
+    for name, class_ids in dataset_classes.items():
+        ids = class_ids[seen[class_ids]]
+        if ids.numel() == 0:
+            continue
+        shares = anchor_share[ids].float()
+        metrics[f"anchor_share_median_{name}"] = float(shares.median())
+        metrics[f"anchor_share_max_{name}"] = float(shares.max())
+        metrics[f"prototype_cos_within_{name}"] = off_diagonal_cosine(
+            unit[ids], torch.ones_like(ids, dtype=torch.bool)
+        )[0]
+    faded = seen & (anchor_share < faded_below)
+    if bool(faded.any()):
+        to_anchor = (unit[faded] * F.normalize(anchors[faded].float(), dim=1)).sum(1)
+        metrics["prototype_cos_to_anchor_max_faded"] = float(to_anchor.max())
+    return metrics

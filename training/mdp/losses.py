@@ -115,6 +115,34 @@ def pixel_to_prototype_nce(
     return _masked_mean(pixel_loss, (total_weight > 0).to(pixel_loss.dtype))
 
 
+def within_image_region_nce(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    regions: torch.Tensor,
+    present: torch.Tensor,
+    tau: float = 0.07,
+    ignore_index: int = -1,
+) -> torch.Tensor:
+    """Within-image contrast: each pixel against the region embeddings of the classes of its own image.
+
+    embeddings: [B, P, D] unit query embeddings; labels: [B, P] global ids (``ignore_index`` = skip);
+    regions: [B, C, D] unit region embeddings of the same images (``region_means`` of the momentum encoder),
+    present: [B, C] bool. For pixel i of image b:
+        l_i = -log( exp(q_i . r_{b,y_i} / tau) / sum_{c present in b} exp(q_i . r_{b,c} / tau) )
+    Pixels whose class has no region in their image, and images with fewer than two classes, are skipped.
+    Returns a scalar.
+    """
+    with torch.autocast(device_type=embeddings.device.type, enabled=False):
+        logits = torch.einsum("bpd,bcd->bpc", embeddings.float(), regions.float()) / tau
+    log_probs = F.log_softmax(logits.masked_fill(~present[:, None, :], float("-inf")), dim=2)
+    safe_labels = labels.clamp(min=0)
+    contrasted = present.sum(1, keepdim=True) >= 2
+    valid = (labels != ignore_index) & present.gather(1, safe_labels) & contrasted
+    picked = log_probs.gather(2, safe_labels[..., None]).squeeze(2)
+    picked = torch.where(valid, picked, torch.zeros_like(picked))
+    return _masked_mean(-picked.reshape(-1), valid.reshape(-1).to(picked.dtype))
+
+
 def sparse_coding_loss(
     log_probs: torch.Tensor,
     labels: torch.Tensor,

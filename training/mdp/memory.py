@@ -55,7 +55,10 @@ class ClassPrototypeMemory(nn.Module):
     classes (docs/TRAINING.md, "Why prototypes start from anchors"). Prototypes are stored un-normalised and
     normalised where used.
 
-    Buffers (persistent): prototypes [C, D] float32, counts [C] int64 (real regions seen; 0 = never seen).
+    Buffers (persistent): prototypes [C, D] float32, counts [C] int64 (real regions seen; 0 = never seen),
+    anchor_share [C] float32: the weight of the starting anchor in the (un-normalised) prototype, 1 at the start
+    and multiplied by (1 - w_c) at every update (0 throughout without anchors). It tells the regime of a run:
+    near 1 the loss contrasts against fixed random class vectors, near 0 against pure class means.
     """
 
     def __init__(self, num_classes: int, dim: int, window: int = 4096, anchors: bool = True, anchor_seed: int = 0):
@@ -67,12 +70,26 @@ class ClassPrototypeMemory(nn.Module):
         self.num_classes = num_classes
         self.window = window
         self.anchors = anchors
-        prototypes = torch.zeros(num_classes, dim)
-        if anchors:  # the same on every rank: a fixed generator, not the global RNG
-            generator = torch.Generator().manual_seed(anchor_seed)
-            prototypes = F.normalize(torch.randn(num_classes, dim, generator=generator), dim=1)
+        self.anchor_seed = anchor_seed
+        prototypes = self.anchor_vectors(dim) if anchors else torch.zeros(num_classes, dim)
         self.register_buffer("prototypes", prototypes)
         self.register_buffer("counts", torch.zeros(num_classes, dtype=torch.long))
+        self.register_buffer("anchor_share", torch.full((num_classes,), 1.0 if anchors else 0.0))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, *args) -> None:
+        # Checkpoints written before the share was tracked: exp(-regions / window) is its value for a class
+        # whose regions arrived one batch at a time, each batch holding far fewer than a window.
+        key, counts_key = prefix + "anchor_share", prefix + "counts"
+        if key not in state_dict and counts_key in state_dict:
+            counts = state_dict[counts_key].to(self.anchor_share.device, torch.float32)
+            state_dict[key] = torch.exp(-counts / self.window) if self.anchors else torch.zeros_like(counts)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, *args)
+
+    def anchor_vectors(self, dim: int | None = None) -> torch.Tensor:
+        """[C, D] the starting anchors: unit vectors of a fixed generator, so identical on every rank and run."""
+        dim = dim or self.prototypes.shape[1]
+        generator = torch.Generator().manual_seed(self.anchor_seed)
+        return F.normalize(torch.randn(self.num_classes, dim, generator=generator), dim=1)
 
     @property
     def seen(self) -> torch.Tensor:
@@ -94,7 +111,11 @@ class ClassPrototypeMemory(nn.Module):
 
         One all_reduce of [sums | counts] per call under torch.distributed.
         """
-        regions, present = region_means(embeddings, labels, self.num_classes, ignore_index)
+        self.update_from_regions(*region_means(embeddings, labels, self.num_classes, ignore_index))
+
+    @torch.no_grad()
+    def update_from_regions(self, regions: torch.Tensor, present: torch.Tensor) -> None:
+        """Step 2 alone, from step 1's output: regions [B, C, D] unit vectors, present [B, C] bool."""
         dim = regions.shape[2]
         region_sums = (regions * present[..., None]).sum(0)
         new_counts = present.sum(0).to(regions.dtype)
@@ -106,6 +127,7 @@ class ClassPrototypeMemory(nn.Module):
         weight = (new_counts / total.clamp(max=self.window).clamp(min=1.0)).clamp(max=1.0)
         batch_mean = region_sums / new_counts.clamp(min=1.0)[:, None]
         self.prototypes.lerp_(batch_mean, weight[:, None])
+        self.anchor_share.mul_(1.0 - weight.to(self.anchor_share.dtype))
         self.counts.add_(new_counts.round().long())
 
 

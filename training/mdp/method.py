@@ -33,8 +33,9 @@ from training.mdp.losses import (
     prototype_log_probs,
     prototype_logits,
     sparse_coding_loss,
+    within_image_region_nce,
 )
-from training.mdp.memory import ClassPrototypeMemory, KeyQueue, RegionMemoryBank
+from training.mdp.memory import ClassPrototypeMemory, KeyQueue, RegionMemoryBank, region_means
 from training.mdp.mixing import NO_MIX, MixedBatch, cross_dataset_mix, resize_labels, unmixed_batch
 from training.mdp.model import Encoder, build_encoder, create_momentum_copy, ema_update_
 from training.mdp.pseudo_label import pseudo_labels_from_embeddings
@@ -137,6 +138,7 @@ class MDP(PretrainMethod):
         sc_topk: int = 5,
         sc_temperature_ratio: float = 1.0,
         pseudo_label_threshold: float = 0.5,
+        within_image_weight: float = 0.0,
     ):
         super().__init__(label_space, encoder, with_momentum_encoder=True)
         if sparse_coding not in ("csc2", "csc1", None):
@@ -157,6 +159,9 @@ class MDP(PretrainMethod):
         self.sc_topk = sc_topk
         self.sc_temperature_ratio = sc_temperature_ratio
         self.pseudo_label_threshold = pseudo_label_threshold
+        if within_image_weight < 0:
+            raise ValueError(f"within_image_weight must be >= 0, got {within_image_weight!r}")
+        self.within_image_weight = within_image_weight
         embed_dim = encoder.head.out.out_channels
         self.memory = ClassPrototypeMemory(self.num_classes, embed_dim, window, anchors=prototype_anchors)
 
@@ -232,15 +237,39 @@ class MDP(PretrainMethod):
             loss = loss + self.sc_weight * loss_sc
             out["loss_sc"] = loss_sc
 
+        regions, present = region_means(keys, resize_labels(view.ground_truth, size), self.num_classes, IGNORE_INDEX)
+        if self.within_image_weight > 0:
+            loss_image = self.within_image_loss(query, labels_a, partner_weight, regions, present)
+            loss = loss + self.within_image_weight * loss_image
+            out["loss_image"] = loss_image
+
         with torch.no_grad():
             labelled = (hard_labels != IGNORE_INDEX) & class_mask[hard_labels.clamp(min=0)]
             correct = (log_probs.argmax(dim=1) == hard_labels) & labelled
             out["prototype_accuracy"] = correct.float().sum() / labelled.float().sum().clamp(min=1.0)
             out["prototypes_seen"] = seen.float().mean()
         # The memory changes only after the loss is built, from clean momentum embeddings.
-        self.memory.update(keys, resize_labels(view.ground_truth, size), IGNORE_INDEX)
+        self.memory.update_from_regions(regions, present)
         out["loss"] = loss
         return out
+
+    def within_image_loss(
+        self,
+        query: torch.Tensor,
+        labels_a: torch.Tensor,
+        partner_weight: torch.Tensor | None,
+        regions: torch.Tensor,
+        present: torch.Tensor,
+    ) -> torch.Tensor:
+        """Each own-image pixel of ``query`` [B, D, h, w] against its image's region embeddings [B, C, D].
+
+        labels_a, partner_weight: [B*h*w]; pixels that carry any share of a mixing partner are skipped, since
+        their image's regions do not describe them.
+        """
+        batch, dim = query.shape[:2]
+        own_labels = labels_a if partner_weight is None else labels_a.masked_fill(partner_weight > 0, IGNORE_INDEX)
+        pixels = query.flatten(2).transpose(1, 2)
+        return within_image_region_nce(pixels, own_labels.reshape(batch, -1), regions, present, self.tau, IGNORE_INDEX)
 
 
 class PixelToPixel(PretrainMethod):

@@ -49,7 +49,13 @@ class LearningProbe:
     """
 
     def __init__(
-        self, method: nn.Module, images: torch.Tensor, labels: torch.Tensor, chunk: int = 8, max_pixels: int = 4096
+        self,
+        method: nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        chunk: int = 8,
+        max_pixels: int = 4096,
+        dataset_classes: dict[str, torch.Tensor] | None = None,
     ):
         if images.shape[0] < 2:
             raise ValueError(f"the probe needs at least 2 images (half fit, half score), got {images.shape[0]}")
@@ -57,6 +63,7 @@ class LearningProbe:
         self.images, self.labels = images, labels
         self.chunk = max(1, chunk)
         self.max_pixels = max_pixels
+        self.dataset_classes = dataset_classes or {}  # dataset name -> [K] global ids, for the regime measures
         self._previous: tuple[int, torch.Tensor] | None = None
 
     @torch.no_grad()
@@ -122,7 +129,12 @@ class LearningProbe:
         scored = seen[labels]
         correct = (scores.argmax(1) == labels)[scored]
         accuracy = float(correct.float().mean()) if correct.numel() else float("nan")
-        return {"prototype_cos_mean": mean_cos, "prototype_cos_max": max_cos, "val_prototype_accuracy": accuracy}
+        metrics = {"prototype_cos_mean": mean_cos, "prototype_cos_max": max_cos, "val_prototype_accuracy": accuracy}
+        if hasattr(memory, "anchor_share") and self.dataset_classes:
+            blocks = {name: ids.to(seen.device) for name, ids in self.dataset_classes.items()}
+            anchors = memory.anchor_vectors().to(prototypes.device)
+            metrics.update(dynamics.prototype_regime(prototypes, anchors, memory.anchor_share, seen, blocks))
+        return metrics
 
     def drift(self, step: int) -> float:
         """Mean per-step (1 - cosine) of the seen prototypes since the previous call (NaN on the first)."""
