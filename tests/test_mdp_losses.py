@@ -16,6 +16,7 @@ from training.mdp.losses import (
     prototype_logits,
     sparse_coding_loss,
     topk_other_classes,
+    within_image_region_nce,
 )
 
 E = math.e
@@ -168,3 +169,21 @@ def test_csc1_exclusion_keeps_both_labels_of_a_mixed_pixel():
     assert excluded.tolist() == [[False, True, True, False]]
     excluded = csc1_exclusion(logits, torch.tensor([0]), mask, k=2, keep_labels=[torch.tensor([0]), torch.tensor([1])])
     assert excluded.tolist() == [[False, False, True, False]]
+
+
+def test_within_image_region_nce_contrasts_a_pixel_with_its_own_image_regions_only():
+    # Image 0 holds classes 0 and 2; image 1 only class 1 (nothing to contrast, skipped). Class 1's region
+    # in image 1 points along the first pixel's embedding, yet never enters image 0's denominator.
+    embeddings = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]], [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]])
+    labels = torch.tensor([[0, 2, 1], [1, 1, 1]])  # pixel (0, 2): class 1 has no region in image 0: skipped
+    regions = torch.zeros(2, 3, 2)
+    regions[0, 0] = torch.tensor([0.6, 0.8])
+    regions[0, 2] = torch.tensor([0.0, 1.0])
+    regions[1, 1] = torch.tensor([1.0, 0.0])
+    present = torch.tensor([[True, False, True], [False, True, False]])
+    loss = within_image_region_nce(embeddings, labels, regions, present, tau=1.0)
+    pixel0 = nll(0.6, [0.6, 0.0])
+    pixel1 = nll(1.0, [0.8, 1.0])
+    assert loss.item() == pytest.approx((pixel0 + pixel1) / 2, rel=1e-6)
+    ignored = within_image_region_nce(embeddings, torch.full_like(labels, -1), regions, present, tau=1.0)
+    assert ignored.item() == 0.0

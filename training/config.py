@@ -76,6 +76,7 @@ class MethodConfig:
     output_stride: int = 8
     embed_dim: int = 128
     head_hidden_dim: int = 0  # 0 = the method's default
+    head_output_norm: str = "none"  # dense head output over the batch's pixels: none | batchnorm | whiten
     momentum: float = 0.999  # EMA coefficient at step 0
     momentum_final: float = 0.999  # EMA coefficient at the last step (cosine in between)
     options: dict[str, Any] = field(default_factory=dict)

@@ -82,8 +82,9 @@ class Method:
 
 
 # The demo recipe runs the full method (mixing + CSC2); every row states all of its options explicitly.
-_MDP = ("method.name=mdp",)
-_P2PROTO = "method.options={tau: 0.07, window: 4096, mixing: false, sparse_coding: null}"
+_MDP = ("method.name=mdp", "method.head_output_norm=whiten")
+_SHIPPED = "tau: 0.07, window: {window}, prototype_anchors: false, within_image_weight: 1.0"
+_P2PROTO = "method.options={" + _SHIPPED + ", mixing: false, sparse_coding: null}"
 METHODS: tuple[Method, ...] = (
     Method(
         "scratch",
@@ -136,16 +137,28 @@ METHODS: tuple[Method, ...] = (
     Method(
         "mdp",
         "MDP prototypes + mixing",
-        (*_MDP, "method.options={tau: 0.07, window: 4096, mixing: true, sparse_coding: null}"),
+        (*_MDP, "method.options={" + _SHIPPED + ", mixing: true, sparse_coding: null}"),
         {},
         "no number without CSC",
     ),
     Method(
         "mdp_csc",
         "MDP prototypes + mixing + CSC2 (full)",
-        (*_MDP, "method.options={tau: 0.07, window: 4096, mixing: true, sparse_coding: csc2}"),
+        (*_MDP, "method.options={" + _SHIPPED + ", mixing: true, sparse_coding: csc2}"),
         {"voc_aug": 73.32, "cityscapes": 77.75},
         "VOC+ADE20K 100 ep (R2)",
+    ),
+    Method(
+        "mdp_csc_previous",
+        "full MDP, previous head (plain, anchored prototypes)",
+        (
+            "method.name=mdp",
+            "method.head_output_norm=none",
+            "method.options={tau: 0.07, window: {window}, prototype_anchors: true, within_image_weight: 0.0, "
+            "mixing: true, sparse_coding: csc2}",
+        ),
+        {},
+        "the head before whitening and the within-image term (docs/LEARNING.md)",
     ),
 )
 METHOD_KEYS = tuple(method.key for method in METHODS)
@@ -179,6 +192,7 @@ class Budget:
     arch: str = "resnet18"
     base_size: int = 0  # short side before the random rescale and at evaluation; 0 = the recipes' defaults
     pretrain_max_steps: int = 0  # >0 caps each pretraining (smoke runs)
+    window: int = 4096  # the MDP rows' prototype window (the paper's 4096)
 
 
 FULL = Budget()
@@ -190,6 +204,7 @@ BUDGET_OPTIONS = (
     ("--pretrain-epochs", "pretrain_epochs"),
     ("--pretrain-steps", "pretrain_max_steps"),
     ("--finetune-iterations", "finetune_iterations"),
+    ("--window", "window"),
 )
 DEFAULT_SEEDS = [0, 1, 2]
 QUICK = Budget(
@@ -334,7 +349,10 @@ def pretrain_job(method: Method, seed: int, output: Path, budget: Budget, data: 
         "train.checkpoint_every=50",
         "train.plots=false",
         "export.enabled=false",
-        *(text.replace("{unify_map}", str(unify_path)) for text in method.pretrain),
+        *(
+            text.replace("{unify_map}", str(unify_path)).replace("{window}", str(budget.window))
+            for text in method.pretrain
+        ),
         *pretrain_data_overrides(data, budget),
     ]
     command = [sys.executable, "-m", "training.pretrain", "--recipe", "demo", "--output", str(run_dir)]
@@ -937,6 +955,7 @@ def _add_override_arguments(tables: argparse.ArgumentParser) -> None:
     tables.add_argument("--pretrain-epochs", type=int, default=None, help="override the pretraining epochs")
     tables.add_argument("--pretrain-steps", type=int, default=None, help="cap on each pretraining's steps")
     tables.add_argument("--finetune-iterations", type=int, default=None, help="override the fine-tuning iterations")
+    tables.add_argument("--window", type=int, default=None, help="the MDP rows' prototype window (default 4096)")
     tables.add_argument("--synthetic-root", default="", help="synthetic benchmark folder (default: the cache)")
     tables.add_argument(
         "--quick",
@@ -991,7 +1010,8 @@ def study_setup(budget: Budget, data: StudyData) -> str:
     jitter = "" if data.synthetic else ", MoCo-v2 colour jitter"
     return (
         f"{budget.arch}, {budget.crop} px crops{scale}, batch {budget.pretrain_batch}, {budget.pretrain_epochs} "
-        f"pretraining epochs{steps} over {' + '.join(data.names)} (demo recipe: OS16, SGD, cosine{jitter}); "
+        f"pretraining epochs{steps} over {' + '.join(data.names)} (demo recipe: OS16, SGD, cosine{jitter}; MDP "
+        f"prototype window {budget.window} regions); "
         f"then DeepLabV3 at OS16, {budget.finetune_iterations} iterations at batch {budget.finetune_batch} "
         f"(MMSeg schedule: SGD 0.02, poly), whole-image evaluation{scale}"
     )

@@ -267,6 +267,7 @@ def build_model(cfg: PretrainConfig, label_space: LabelSpace, info: distributed.
             output_stride=cfg.method.output_stride,
             embed_dim=cfg.method.embed_dim,
             head_hidden_dim=cfg.method.head_hidden_dim or None,
+            head_output_norm=cfg.method.head_output_norm,
             **checked_method_options(cfg),
         )
     except ValueError as error:  # an option that does not fit this run's data, e.g. sc_topk >= classes
@@ -324,8 +325,11 @@ def build_probe(cfg: PretrainConfig, method: nn.Module, label_space: LabelSpace)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(PROBE_SEED)
         items = [dataset[index] for index in indices]
-    images = torch.stack([item["image"] for item in items])
-    labels = torch.stack([item["mask"] for item in items])
+    # Shuffled once (fixed seed), so that each chunk mixes datasets as a training batch does: batch norm on a
+    # one-dataset chunk would remove the dataset's own mean and understate how well the datasets separate.
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(PROBE_SEED)).tolist()
+    images = torch.stack([items[i]["image"] for i in order])
+    labels = torch.stack([items[i]["mask"] for i in order])
     blocks = {name: torch.as_tensor(label_space.dataset_class_ids(name)) for name in label_space.dataset_names}
     return LearningProbe(method, images, labels, chunk=cfg.train.batch_size, dataset_classes=blocks)
 

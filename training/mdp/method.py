@@ -451,13 +451,15 @@ def build_method(
     output_stride: int = 8,
     embed_dim: int = 128,
     head_hidden_dim: int | None = None,
+    head_output_norm: str = "none",
     pretrained: bool = False,
     **options,
 ) -> PretrainMethod:
     """Build pretraining method ``name`` (one of ``METHODS``) on a timm ``arch`` backbone.
 
     head_hidden_dim: hidden width of the projection head (default 512 for the dense head, the backbone width
-    for MoCo's MLP). ``options`` are the method's own keywords (``method_options(name)``); unknown ones raise.
+    for MoCo's MLP). head_output_norm: none | batchnorm | whiten, the dense head's ``output_norm``.
+    ``options`` are the method's own keywords (``method_options(name)``); unknown ones raise.
     """
     known = method_options(name)
     unknown = sorted(set(options) - set(known))
@@ -471,5 +473,6 @@ def build_method(
         head=method_class.head_type,
         head_hidden_dim=head_hidden_dim or method_class.default_head_hidden_dim,
         pretrained=pretrained,
+        head_output_norm=head_output_norm,
     )
     return method_class(label_space, encoder, **options)

@@ -70,6 +70,7 @@ def build_encoder(
     head: str | None = "dense",
     head_hidden_dim: int | None = None,
     pretrained: bool = False,
+    head_output_norm: str = "none",
 ) -> Encoder:
     """``head``: "dense" (pixel embeddings), "pooled" (MoCo-v2 image embedding) or None (backbone only).
 
@@ -78,7 +79,7 @@ def build_encoder(
     backbone = create_backbone(arch, output_stride, pretrained)
     head_hidden_dim = head_hidden_dim or backbone.num_features
     if head == "dense":
-        projection = DenseProjectionHead(backbone.num_features, head_hidden_dim, embed_dim)
+        projection = DenseProjectionHead(backbone.num_features, head_hidden_dim, embed_dim, head_output_norm)
     elif head == "pooled":
         projection = PooledProjectionHead(backbone.num_features, head_hidden_dim, embed_dim)
     elif head is None:

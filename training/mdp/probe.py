@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mdp_hub.heads import BatchWhitening2d
 from training.mdp import dynamics
 from training.mdp.mixing import resize_labels
 
@@ -29,8 +30,8 @@ PROBE_SEED = 20210608  # the crops of the probe batch depend only on this, the d
 
 @contextlib.contextmanager
 def batchnorm_stats_preserved(module: nn.Module) -> Iterator[None]:
-    """Run ``module`` in train mode inside the block; its BN running statistics are put back afterwards."""
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    """Run ``module`` in train mode inside the block; its BN (and whitening) running statistics are put back."""
+    norms = [m for m in module.modules() if isinstance(m, (nn.modules.batchnorm._BatchNorm, BatchWhitening2d))]
     saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
     was_training = module.training
     module.train(True)

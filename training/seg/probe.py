@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mdp_hub.catalog import IMAGENET_MEAN, IMAGENET_STD
-from mdp_hub.heads import DenseProjectionHead
+from mdp_hub.heads import load_dense_projection_head
 from training.data.datasets import build_segmentation_dataset
 from training.data.label_space import LabelSpace
 from training.engine.checkpoint import load_checkpoint
@@ -128,12 +128,9 @@ def prototype_probe_from_checkpoint(path: str | Path, dataset_name: str) -> Near
             f"{path}: dataset {dataset_name!r} is not in the pretraining label space "
             f"{list(label_space.dataset_names)}; use the linear probe or fine-tuning for new datasets"
         )
-    output_stride = checkpoint["config"]["method"]["output_stride"]
-    hidden, in_channels = model["encoder.head.proj.weight"].shape[:2]
-    embed_dim = model["encoder.head.out.weight"].shape[0]
-    encoder = Encoder(
-        create_backbone(checkpoint["arch"], output_stride), DenseProjectionHead(in_channels, hidden, embed_dim)
-    )
+    backbone = create_backbone(checkpoint["arch"], checkpoint["config"]["method"]["output_stride"])
+    head_state = {k[len("encoder.head.") :]: v for k, v in model.items() if k.startswith("encoder.head.")}
+    encoder = Encoder(backbone, load_dense_projection_head(head_state, backbone.num_features, source=str(path)))
     encoder_state = {k[len("encoder.") :]: v for k, v in model.items() if k.startswith("encoder.")}
     encoder.load_state_dict(encoder_state, strict=True)
     class_ids = label_space.dataset_class_ids(dataset_name)
