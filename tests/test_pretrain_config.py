@@ -108,3 +108,17 @@ def test_resolved_config_file_reloads_identically(tmp_path):
 def test_cli_reports_config_errors_without_a_traceback(capsys):
     assert main(["--set", "train.batch_size=big"]) == 2
     assert "train.batch_size: expected an int" in capsys.readouterr().err
+
+
+def test_numbers_are_read_as_people_write_them():
+    config = load_config("demo", ["optim.lr=1e-4", "method.options.tau=7E-2", "train.epochs=3"])
+    assert config.optim.lr == 1e-4 and config.method.options["tau"] == 0.07 and config.train.epochs == 3
+    checked_method_options(config)  # a float option, not a string "7E-2"
+
+
+def test_an_unknown_dataset_format_is_one_clear_line(tmp_path, capsys):
+    from training.pretrain import main
+
+    assert main(["--output", str(tmp_path / "run"), "--set", f"data.datasets=[vocc:{tmp_path}]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown dataset 'vocc'; known: voc_aug" in err[0]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -165,6 +166,22 @@ class PretrainConfig:
 # ---------------------------------------------------------------- type checking
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """YAML as people write numbers: ``1e-4`` and ``5E3`` are floats (YAML 1.1 reads them as strings)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with exponent-only floats (``1e-4``) read as floats."""
+    return yaml.load(text, Loader=_YamlLoader)
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -304,7 +321,7 @@ def load_recipe_dict(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         chain = " -> ".join(str(p) for p in (*seen, path))
         raise ConfigError(f"recipe inheritance cycle: {chain}")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from error
     if not isinstance(values, dict):
@@ -330,7 +347,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set optim.lr=0.01")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as error:
         raise ConfigError(f"--set {text!r}: value is not valid YAML: {error}") from error
     return key.strip().split("."), value
@@ -363,7 +380,7 @@ def load_config(recipe: str = "demo", overrides: list[str] | None = None) -> Pre
     """Load a recipe (name or file) with its ``base`` chain, apply ``--set`` overrides, type-check the result."""
     path = resolve_recipe_path(recipe, finetune=False)
     values = load_recipe_dict(path)
-    leaf = yaml.safe_load(path.read_text()) or {}
+    leaf = load_yaml(path.read_text()) or {}
     if "name" not in leaf:  # an inherited name would mislabel the child recipe's runs and exports
         values["name"] = path.stem
     try:

@@ -367,6 +367,9 @@ def report_prototype_regime(method: nn.Module, label_space: LabelSpace, logger: 
     memory = getattr(method, "memory", None)
     if memory is None or not hasattr(memory, "anchor_share"):
         return
+    if not memory.anchors:
+        logger.message("prototypes: class means of the momentum embeddings from the first step (no anchors)")
+        return
     regime = prototype_regime(
         {ANCHOR_SHARE_KEY: memory.anchor_share, COUNTS_KEY: memory.counts}, label_space.to_dict(), most=3
     )

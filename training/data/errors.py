@@ -7,6 +7,10 @@ import os
 from mdp_hub.errors import UserError
 
 
+class DatasetSpecError(UserError, ValueError):
+    """A dataset spec string (``NAME:PATH[:split]``) that names no known format or is malformed."""
+
+
 class DatasetLayoutError(UserError, ValueError):
     """The dataset folder is missing, has the wrong layout, or the split is empty (known at start-up)."""
 

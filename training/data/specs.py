@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from training.data.errors import DatasetSpecError
+
 KNOWN_FORMATS = (
     "voc_aug",
     "voc",
@@ -41,9 +43,11 @@ def parse_spec(spec: "str | DatasetSpec") -> DatasetSpec:
         return spec
     name, sep, rest = str(spec).partition(":")
     if not sep or not rest:
-        raise ValueError(f"dataset spec {spec!r}: expected NAME:PATH[:split], e.g. voc_aug:/data/VOCdevkit/VOC2012")
+        raise DatasetSpecError(
+            f"dataset spec {spec!r}: expected NAME:PATH[:split], e.g. voc_aug:/data/VOCdevkit/VOC2012"
+        )
     if name not in KNOWN_FORMATS:
-        raise ValueError(f"dataset spec {spec!r}: unknown dataset {name!r}; known: {', '.join(KNOWN_FORMATS)}")
+        raise DatasetSpecError(f"dataset spec {spec!r}: unknown dataset {name!r}; known: {', '.join(KNOWN_FORMATS)}")
     path, split = rest, None
     head, sep, tail = rest.rpartition(":")
     if sep and head and tail and "/" not in tail and "\\" not in tail:
