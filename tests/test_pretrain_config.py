@@ -122,3 +122,4 @@ def test_an_unknown_dataset_format_is_one_clear_line(tmp_path, capsys):
     assert main(["--output", str(tmp_path / "run"), "--set", f"data.datasets=[vocc:{tmp_path}]"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown dataset 'vocc'; known: voc_aug" in err[0]
+    assert not (tmp_path / "run").exists(), "a refused run leaves no empty run folder"

@@ -32,6 +32,7 @@ class RunLock:
         self.path = Path(run_dir) / LOCK_NAME
         self.enabled = enabled
         self._fd: int | None = None
+        self._created_folder = False  # the run folder did not exist before this lock
         self.previous_owner: dict | None = None  # the dead run whose lock file was taken over, if any
 
     def __enter__(self) -> "RunLock":
@@ -44,6 +45,7 @@ class RunLock:
     def acquire(self) -> None:
         if not self.enabled:
             return
+        self._created_folder = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while self._fd is None:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -81,6 +83,11 @@ class RunLock:
         self.path.unlink(missing_ok=True)  # while still locked, so no later run can lock the removed file
         os.close(self._fd)
         self._fd = None
+        if self._created_folder:  # a run refused before writing anything leaves no empty folder behind
+            try:
+                self.path.parent.rmdir()
+            except OSError:  # not empty: the run wrote something
+                pass
 
 
 def _read_owner(fd: int) -> dict:
