@@ -121,7 +121,19 @@ def describe(error: BaseException) -> str:
         text = str(error.args[0])
     else:
         text = str(error) or type(error).__name__
-    return " ".join(text.split())
+    return shortened(" ".join(text.split()))
+
+
+MAX_ERROR_CHARS = 600  # an error line a person reads; the full text is one --debug away
+
+
+def shortened(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` if it fits ``limit`` characters, else its start and end around a note of what was left out."""
+    if len(text) <= limit:
+        return text
+    head, tail = text[: limit * 2 // 3], text[-(limit // 4) :]
+    left_out = len(text) - len(head) - len(tail)
+    return f"{head} [... {left_out} characters left out; --debug shows the whole message ...] {tail}"
 
 
 def exit_code(error: BaseException) -> int:

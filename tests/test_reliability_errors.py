@@ -437,3 +437,21 @@ def _child_main(cases_path: str, outcomes_path: str) -> None:
 
 if __name__ == "__main__":
     _child_main(*sys.argv[1:])
+
+
+def test_an_error_line_is_length_limited_and_says_where_the_rest_is(capsys):
+    from mdp_hub.errors import MAX_ERROR_CHARS, UserError, command
+
+    label_space = ", ".join(f"ade20k/class_{i}" for i in range(1000))
+
+    @command("python -m tool")
+    def main(argv):
+        raise UserError(f"runs/x: resumed with another label space: the checkpoint has [{label_space}] | end")
+
+    assert main([]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line and len(line) < MAX_ERROR_CHARS + 120
+    assert line.startswith("python -m tool: error: runs/x: resumed with another label space")
+    assert line.endswith("| end") and "characters left out; --debug shows the whole message" in line
+    with pytest.raises(UserError, match="class_999"):
+        main(["--debug"])
