@@ -30,6 +30,11 @@ def _create(model_name, pretrained, weights, kwargs):
     if weights is None:
         return _timm.create_model(model_name, pretrained=bool(pretrained), **kwargs)
     location = _Path(weights).expanduser()
+    looks_like_a_path = any(mark in str(weights) for mark in ("/", "\\")) or str(weights).startswith(("~", "."))
+    if looks_like_a_path and not location.exists():  # a tag never holds a path separator
+        raise FileNotFoundError(
+            2, "no such export folder or weights file (weights= takes a tag, an export folder or a file)", str(location)
+        )
     if location.is_dir():
         location = location / "model.safetensors"
     if location.suffix in (".safetensors", ".pth", ".pt", ".bin") or location.exists():

@@ -280,3 +280,10 @@ def test_unpublished_tags_fail_at_once_without_the_network(monkeypatch, tmp_path
     ):
         with pytest.raises(WeightsNotAvailableError, match="no weights are published for mdp_resnet.* yet"):
             load()
+
+
+def test_torch_hub_names_a_missing_weights_path(tmp_path):
+    missing = tmp_path / "no_such_export"
+    with pytest.raises(FileNotFoundError, match="no such export folder or weights file") as caught:
+        torch.hub.load(str(REPO_DIR), "mdp_resnet18", source="local", weights=str(missing))
+    assert caught.value.filename == str(missing)
