@@ -7,7 +7,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from mdp_hub.errors import CheckpointError
+from mdp_hub.errors import CheckpointError, UserError
 from training.seg.models import SegModelConfig, build_segmentation_model, create_segmentation_model
 
 ARCH = "resnet18"
@@ -128,7 +128,8 @@ def test_wrong_architecture_is_a_clear_error(tmp_path):
         create_segmentation_model(small_config(), num_classes=4, init=str(path))
     folder = tmp_path / "r34"
     timm.models.save_for_hf(other, str(folder), safe_serialization=True)
-    with pytest.raises(ValueError, match="disagrees"):
+    # a user error (one line from the fine-tuning command), not a bug's traceback
+    with pytest.raises(UserError, match="disagrees .* drop --set model.arch or set it to"):
         create_segmentation_model(small_config(), num_classes=4, init=str(folder))
 
 

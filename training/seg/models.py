@@ -28,6 +28,7 @@ from torch import nn
 import mdp_hub  # noqa: F401  (registers the mdp_* architectures with timm so exports naming them resolve)
 from mdp_hub import checkpoint_io
 from mdp_hub.integrity import CONFIG_FILENAME, verify_checksum
+from training.config import ConfigError
 
 HEADS = ("deeplabv3", "fcn")
 
@@ -232,7 +233,7 @@ def resolve_init(init: str, arch: str | None) -> tuple[str, dict[str, torch.Tens
     """
     if init == "scratch":
         if not arch:
-            raise ValueError("init='scratch' needs model.arch (a timm architecture name)")
+            raise ConfigError("init='scratch' needs model.arch (a timm architecture name)")
         return arch, None
     path = Path(init).expanduser()
     if path.is_dir():
@@ -241,13 +242,16 @@ def resolve_init(init: str, arch: str | None) -> tuple[str, dict[str, torch.Tens
         source_arch, state_dict = _file_weights(path)
         source_arch = source_arch or arch
         if not source_arch:
-            raise ValueError(f"init={init!r} is a plain state dict without an architecture: set model.arch")
+            raise ConfigError(f"init={init!r} is a plain state dict without an architecture: set model.arch")
     elif os.sep in init and not init.startswith(("hf-hub:", "local-dir:")) or init.endswith((".pth", ".safetensors")):
         raise FileNotFoundError(f"init={init!r}: no such file or directory")
     else:
         source_arch, state_dict = _timm_source_weights(init)
     if arch and arch != source_arch:
-        raise ValueError(f"model.arch={arch!r} disagrees with init={init!r}, whose architecture is {source_arch!r}")
+        raise ConfigError(
+            f"model.arch={arch!r} disagrees with init={init!r}, whose architecture is {source_arch!r}: "
+            f"drop --set model.arch or set it to {source_arch!r}"
+        )
     prefixes = _classifier_prefixes(source_arch)
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith(prefixes)}
     return source_arch, state_dict
