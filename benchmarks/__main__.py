@@ -524,7 +524,10 @@ def memory_scaling_section(embed_dim: int, plot_path: Path, report_dir: Path) ->
     figure, axes = plt.subplots(figsize=(6, 4))
     classes = [row["classes"] for row in rows]
     axes.plot(
-        classes, [row["prototypes"] / 1e6 for row in rows], "o-", label=f"MDP prototypes [C, {embed_dim}] + counts"
+        classes,
+        [row["prototypes"] / 1e6 for row in rows],
+        "o-",
+        label=f"MDP prototypes [C, {embed_dim}] + counts + shares",
     )
     for per_class in PIXELS_PER_CLASS:
         axes.plot(

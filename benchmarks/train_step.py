@@ -258,7 +258,7 @@ def memory_report(variants: dict[str, nn.Module], embed_dim: int, num_classes: i
     rows = [
         "| memory | size | grows with |",
         "|---|---|---|",
-        f"| MDP class prototypes [{num_classes}, {embed_dim}] fp32 + counts | {proto_bytes / 1e6:.3f} MB "
+        f"| MDP class prototypes [{num_classes}, {embed_dim}] fp32 + counts + shares | {proto_bytes / 1e6:.3f} MB "
         "| classes only |",
         f"| region bank (4096 regions, fp32) | {region_bytes / 1e6:.2f} MB | bank size |",
         f"| MoCo v2 key queue (65536 x {embed_dim}, fp32) | {moco_bytes / 1e6:.1f} MB | queue size |",

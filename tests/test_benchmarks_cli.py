@@ -80,8 +80,8 @@ def test_memory_scaling_counts_the_real_buffers():
     dim = 16
     for row in memory_scaling_rows(dim):
         classes = row["classes"]
-        # prototypes [C, D] fp32 + counts [C] int64
-        assert row["prototypes"] == classes * (dim * 4 + 8)
+        # prototypes [C, D] fp32 + counts [C] int64 + anchor_share [C] fp32
+        assert row["prototypes"] == classes * (dim * 4 + 8 + 4)
         for per_class in PIXELS_PER_CLASS:
             # embeddings [N + 1, D] fp32 + labels [N + 1] int64 + pointer [1] int64, N = C x pixels per class
             entries = classes * per_class + 1
