@@ -34,21 +34,32 @@ class Probe:
     overrides: tuple[str, ...] = ()
 
 
+# The head and prototypes before the whitened head (docs/LEARNING.md), for the rows that vary them.
+_PREVIOUS = (
+    "method.head_output_norm=none",
+    "method.options.within_image_weight=0.0",
+    "method.options.prototype_anchors=true",
+)
 PROBES: tuple[Probe, ...] = (
-    Probe("demo", "demo as shipped (anchored prototypes, the paper's window 4096)"),
+    Probe("demo", "demo as shipped (whitened head, within-image term, class means from the first step)"),
+    Probe("previous", "previous head: plain output, anchored prototypes, window 4096", _PREVIOUS),
     Probe(
         "before",
-        "the previous demo: window 16, prototypes from first regions",
-        ("method.options.window=16", "method.options.prototype_anchors=false"),
+        "the first demo: plain head, window 16, prototypes from first regions",
+        (*_PREVIOUS, "method.options.window=16", "method.options.prototype_anchors=false"),
     ),
-    Probe("no_anchors", "prototypes from first regions", ("method.options.prototype_anchors=false",)),
+    Probe(
+        "no_anchors",
+        "plain head, prototypes from first regions",
+        (*_PREVIOUS, "method.options.prototype_anchors=false"),
+    ),
     Probe(
         "no_anchors_m0999",
         "... and a slow key encoder (momentum 0.999)",
-        ("method.options.prototype_anchors=false", "method.momentum=0.999", "method.momentum_final=0.999"),
+        (*_PREVIOUS, "method.options.prototype_anchors=false", "method.momentum=0.999", "method.momentum_final=0.999"),
     ),
-    Probe("window_16", "anchors, window 16", ("method.options.window=16",)),
-    Probe("window_256", "anchors, window 256", ("method.options.window=256",)),
+    Probe("window_16", "plain head, anchors, window 16", (*_PREVIOUS, "method.options.window=16")),
+    Probe("window_256", "plain head, anchors, window 256", (*_PREVIOUS, "method.options.window=256")),
     Probe("tau_0.2", "tau 0.2", ("method.options.tau=0.2",)),
     Probe("lr_0.1x", "learning rate x0.1", ("optim.lr=0.1",)),
     Probe("no_extras", "no mixing, no CSC", (_NO_EXTRAS,)),

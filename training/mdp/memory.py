@@ -52,7 +52,7 @@ class ClassPrototypeMemory(nn.Module):
     regions replace the anchor gradually. Random anchors in D dimensions are nearly orthogonal: the loss has
     well-separated targets while the encoder is still random, where class means of its own embeddings are
     nearly parallel and the pixel-to-prototype gradient, proportional to their differences, cannot separate
-    classes (docs/TRAINING.md, "Why prototypes start from anchors"). Prototypes are stored un-normalised and
+    classes (docs/LEARNING.md, "The first fix"). Prototypes are stored un-normalised and
     normalised where used.
 
     Buffers (persistent): prototypes [C, D] float32, counts [C] int64 (real regions seen; 0 = never seen),

@@ -113,7 +113,8 @@ class MDP(PretrainMethod):
 
     Options: tau (0.07); window N of the prototype running mean (4096); prototype_anchors (True: prototypes
     start at fixed random unit vectors worth one window of regions, see ClassPrototypeMemory; False: at the
-    first regions of each class); mixing (True), p_mix (0.5),
+    first regions of each class); within_image_weight (0.0; the recipes ship 1.0: each pixel against its own
+    image's region embeddings, see within_image_region_nce); mixing (True), p_mix (0.5),
     region_fraction (share of region vs pixel mixing, 0.5), pixel_mix ("mixup" | "classmix");
     sparse_coding ("csc2" | "csc1" | None), sc_weight (0.1), sc_topk (5), sc_temperature_ratio (code
     temperature / tau, 1.0); pseudo_label_threshold (0.5) for unlabeled images.
