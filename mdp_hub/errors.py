@@ -121,7 +121,19 @@ def describe(error: BaseException) -> str:
         text = str(error.args[0])
     else:
         text = str(error) or type(error).__name__
-    return shortened(" ".join(text.split()))
+    return shortened(" ".join(unwrapped_worker_message(text).split()))
+
+
+def unwrapped_worker_message(text: str) -> str:
+    """The original message of an error re-raised from a DataLoader worker, whose text torch replaces with
+    "Caught X in DataLoader worker process N" and the worker's traceback; other texts are returned unchanged."""
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return text
+    lines = text.rstrip().splitlines()
+    last = max(i for i, line in enumerate(lines) if line and not line[0].isspace())
+    name, _, message = "\n".join(lines[last:]).partition(": ")
+    worker = lines[0].partition(" in ")[2].rstrip(".")
+    return f"{message or name} (in {worker})" if worker else message or name
 
 
 MAX_ERROR_CHARS = 600  # an error line a person reads; the full text is one --debug away

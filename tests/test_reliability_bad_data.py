@@ -117,3 +117,28 @@ def test_bad_file_raises_naming_it_or_is_counted_at_startup(
         else:
             reader.drop(reader.missing_files())
             assert len(reader) == before - 1
+
+
+def test_a_bad_sample_met_in_a_dataloader_worker_is_one_line(capsys):
+    from torch.utils.data import DataLoader, Dataset
+
+    from mdp_hub.errors import command
+    from training.data.errors import BadSampleError
+
+    class OneBadSample(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            raise BadSampleError("/data/masks/0001.png", "mask 10x10 differs from its image 12x12")
+
+    @command("python -m training.pretrain")
+    def main(argv):
+        next(iter(DataLoader(OneBadSample(), num_workers=1)))
+
+    assert main([]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line == (
+        "python -m training.pretrain: error: /data/masks/0001.png: mask 10x10 differs from its image 12x12 "
+        "(in DataLoader worker process 0)"
+    )

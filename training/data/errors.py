@@ -18,7 +18,8 @@ class DatasetLayoutError(UserError, ValueError):
 class BadSampleError(UserError, ValueError):
     """One sample cannot be used: missing or corrupt file, size mismatch, label values out of range."""
 
-    def __init__(self, path: str | os.PathLike, problem: str):
+    def __init__(self, path: str | os.PathLike, problem: str | None = None):
+        # One argument: the whole message, as torch rebuilds an error raised in a DataLoader worker.
         self.path = str(path)
         self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+        super().__init__(self.path if problem is None else f"{self.path}: {problem}")
