@@ -18,7 +18,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,10 @@ from .checkpoint_io import (
 from .errors import CheckpointError, write_error
 from .integrity import (
     CARD_FILENAME,
-    CLASS_NAMES_KEY,
+    CONFIG_DIGEST_KEY,
     FILES_KEY,
     WEIGHTS_FILENAME,
-    class_names_sha256,
+    config_sha256,
     sha256_file,
 )
 from .model_card import CardInfo, parse_metrics, render_card
@@ -95,8 +96,11 @@ def export(
         raise write_error(out_dir, err, f"{out_dir} is unchanged") from err
     publishing = False
     try:
-        checksums = _write_weights(plan, staging)
+        checksums = {WEIGHTS_FILENAME: _write_weights(plan, staging)}
         _write_config(plan, staging, checksums)
+        if plan.prototypes is not None:
+            checksums[PROTOTYPES_FILENAME] = _write_prototypes(plan, staging)
+            _record_checksums(staging, checksums)
         _write_card(plan, staging, org or catalog.hub_org(), checksums[WEIGHTS_FILENAME])
         verify_export(staging, plan.tensors, plan.prototypes)
         publishing = True
@@ -188,21 +192,31 @@ def _plan_export(src: Path, tag: str | None, results: list, arch: str | None) ->
     )
 
 
-def _write_weights(plan: _ExportPlan, staging: Path) -> dict[str, str]:
-    """Write the weights (and prototypes) files; returns their sha256 by file name."""
+def _write_weights(plan: _ExportPlan, staging: Path) -> str:
+    """Write ``model.safetensors``; returns its sha256."""
     weights_path = staging / WEIGHTS_FILENAME
     _write_tensors(weights_path, plan.tensors, {"format": "pt"})
-    checksums = {WEIGHTS_FILENAME: sha256_file(weights_path)}
-    if plan.prototypes is not None:
-        names = class_names_sha256(class_names_of(plan.label_space, source=plan.source))
-        # one metadata entry only: safetensors writes several in a random order, and exports are byte-stable
-        _write_tensors(
-            staging / PROTOTYPES_FILENAME,
-            {k: _as_stored(v) for k, v in plan.prototypes.items()},
-            {CLASS_NAMES_KEY: names},
-        )
-        checksums[PROTOTYPES_FILENAME] = sha256_file(staging / PROTOTYPES_FILENAME)
-    return checksums
+    return sha256_file(weights_path)
+
+
+def _write_prototypes(plan: _ExportPlan, staging: Path) -> str:
+    """Write ``mdp_prototypes.safetensors``, vouching for the ``config.json`` already in ``staging``; returns its
+    sha256."""
+    config = json.loads((staging / CONFIG_FILENAME).read_text(encoding="utf-8"))
+    path = staging / PROTOTYPES_FILENAME
+    # one metadata entry only: safetensors writes several in a random order, and exports are byte-stable
+    _write_tensors(
+        path, {k: _as_stored(v) for k, v in plan.prototypes.items()}, {CONFIG_DIGEST_KEY: config_sha256(config)}
+    )
+    return sha256_file(path)
+
+
+def _record_checksums(staging: Path, checksums: dict[str, str]) -> None:
+    """Record ``checksums`` in ``config.json``'s ``mdp.files`` (outside what the prototypes' digest covers)."""
+    path = staging / CONFIG_FILENAME
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["mdp"][FILES_KEY] = dict(checksums)
+    _write_text(path, json.dumps(config, indent=2))
 
 
 def _write_config(plan: _ExportPlan, staging: Path, checksums: dict[str, str]) -> None:
@@ -258,13 +272,30 @@ def _write_card(plan: _ExportPlan, staging: Path, org: str, sha256: str) -> None
         results=plan.results,
         num_prototype_classes=None if plan.prototypes is None else int(plan.prototypes["prototypes"].shape[0]),
     )
-    (staging / CARD_FILENAME).write_text(render_card(card), encoding="utf-8")
+    _write_text(staging / CARD_FILENAME, render_card(card))
 
 
 def _write_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """A safetensors file written by Python, so it gets the umask's permissions like every other file (the
     safetensors writer makes them 0600) and a full disk raises the OSError itself."""
-    path.write_bytes(safetensors_bytes(dict(tensors), metadata=metadata))
+    with _naming_failures(path):
+        path.write_bytes(safetensors_bytes(dict(tensors), metadata=metadata))
+
+
+def _write_text(path: Path, text: str) -> None:
+    with _naming_failures(path):
+        path.write_text(text, encoding="utf-8")
+
+
+@contextmanager
+def _naming_failures(path: Path) -> Iterator[None]:
+    """A failed write (a full disk reports ENOSPC without a file name) names the file it was writing."""
+    try:
+        yield
+    except OSError as err:
+        if not err.filename:
+            err.filename = str(path)
+        raise
 
 
 def verify_export(
@@ -291,10 +322,11 @@ def _save_hf_config(model: torch.nn.Module, path: Path, mdp_section: dict, data_
     ``**model_args`` to ``timm.create_model`` together and fails on the duplicate, so ``model_args`` keeps only
     the other arguments (timm reads ``num_classes`` from the root, as in timm's own Hub repositories).
     """
-    save_config_for_hf(model, str(path), model_config={"mdp": mdp_section}, data_config=data_config)
+    with _naming_failures(path):
+        save_config_for_hf(model, str(path), model_config={"mdp": mdp_section}, data_config=data_config)
     config = json.loads(path.read_text(encoding="utf-8"))
     config.get("model_args", {}).pop("num_classes", None)
-    path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    _write_text(path, json.dumps(config, indent=2))
 
 
 def _resolve_arch(arch: str | None, backbone: Mapping[str, torch.Tensor], *, source: Path) -> str:

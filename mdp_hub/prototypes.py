@@ -19,7 +19,7 @@ from huggingface_hub.errors import EntryNotFoundError
 
 from .checkpoint_io import load_file, split_prefix
 from .errors import CheckpointError, PrototypesNotFoundError
-from .integrity import CONFIG_FILENAME, verify_checksum, verify_class_names
+from .integrity import CONFIG_FILENAME, verify_checksum, verify_config
 from .label_space import dataset_class_ids
 
 PROTOTYPES_FILENAME = "mdp_prototypes.safetensors"
@@ -126,7 +126,7 @@ def load_prototypes(
     label_space = mdp.get("label_space")
     class_names = class_names_of(label_space, source=config_path)
     verify_checksum(weights_path)  # against config.json's record (same folder or Hub snapshot)
-    verify_class_names(weights_path, class_names)  # and config.json's names against the file's record
+    verify_config(weights_path, config_path)  # and what config.json says against the file's record
     tensors = load_file(weights_path)
     if "prototypes" not in tensors:
         raise CheckpointError(f"{weights_path}: no 'prototypes' tensor")

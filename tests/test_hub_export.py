@@ -298,7 +298,7 @@ def test_every_shipped_file_has_a_recorded_checksum_and_mdp_hub_verify_checks_th
     assert printed == [
         "mdp_prototypes.safetensors: sha256 ok",
         "model.safetensors: sha256 ok",
-        "class names in config.json: the ones mdp_prototypes.safetensors was exported with",
+        "config.json: what it says is what mdp_prototypes.safetensors was exported with",
         "README.md: not checksummed",
         f"{out}: intact",
     ]

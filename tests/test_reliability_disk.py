@@ -193,13 +193,17 @@ def _arm_rename(patch):
     patch.setattr(export_module.os, "replace", _fail_on_call(2, os.replace, refuse))
 
 
-EXPORT_FAULTS = {
-    "disk full writing model.safetensors": (_arm_tensor_file("model.safetensors"), errno.ENOSPC),
-    "disk full writing mdp_prototypes.safetensors": (_arm_tensor_file("mdp_prototypes.safetensors"), errno.ENOSPC),
-    "disk full writing config.json": (_arm_config, errno.ENOSPC),
-    "disk full writing README.md": (_arm_card, errno.ENOSPC),
-    "read-only output folder": (_arm_read_only_folder, errno.EROFS),
-    "I/O error between the renames into place": (_arm_rename, errno.EIO),
+EXPORT_FAULTS = {  # fault: (arm, errno, the file the one line names, under the output folder)
+    "disk full writing model.safetensors": (_arm_tensor_file("model.safetensors"), errno.ENOSPC, "model.safetensors"),
+    "disk full writing mdp_prototypes.safetensors": (
+        _arm_tensor_file("mdp_prototypes.safetensors"),
+        errno.ENOSPC,
+        "mdp_prototypes.safetensors",
+    ),
+    "disk full writing config.json": (_arm_config, errno.ENOSPC, "config.json"),
+    "disk full writing README.md": (_arm_card, errno.ENOSPC, "README.md"),
+    "read-only output folder": (_arm_read_only_folder, errno.EROFS, ""),
+    "I/O error between the renames into place": (_arm_rename, errno.EIO, None),
 }
 
 
@@ -216,7 +220,7 @@ def checkpoints(tmp_path_factory):
 @pytest.mark.parametrize("over_previous", [False, True], ids=["fresh folder", "over a previous export"])
 @pytest.mark.parametrize("fault", sorted(EXPORT_FAULTS))
 def test_failed_export_leaves_nothing_that_loads_as_good(fault, over_previous, checkpoints, tmp_path, monkeypatch):
-    arm, code = EXPORT_FAULTS[fault]
+    arm, code, named = EXPORT_FAULTS[fault]
     out = tmp_path / "export"
     if over_previous:
         export(checkpoints[0], out, tag=TAG)
@@ -226,7 +230,10 @@ def test_failed_export_leaves_nothing_that_loads_as_good(fault, over_previous, c
         with pytest.raises(OSError) as caught:
             export(checkpoints[1], out, tag=TAG)
     assert caught.value.errno == code
-    assert describe(caught.value).startswith(f"could not write {out}")  # one line naming the folder's file
+    message = describe(caught.value)
+    assert message.startswith(f"could not write {out}")  # one line naming the folder (and the file)
+    if named is not None:
+        assert message.startswith(f"could not write {out / named if named else out}:"), message
     assert " free on its disk" in describe(caught.value)
     after = _folder_bytes(out) if out.exists() else {}
     assert not [name for name in after if name.startswith(export_module.STAGING_PREFIX)], "staging left behind"

@@ -17,7 +17,7 @@ from mdp_hub import CheckpointError, PrototypeSegmenter, install_export
 from mdp_hub.checkpoint_io import load_file as load_weights_file
 from mdp_hub.convert import convert
 from mdp_hub.export import export
-from mdp_hub.integrity import verify_export_files
+from mdp_hub.integrity import class_names_sha256, sha256_file, verify_export_files
 from mdp_hub.publish import plan_upload
 from training.engine.checkpoint import CheckpointError as TrainCheckpointError
 from training.engine.checkpoint import load_checkpoint
@@ -74,6 +74,20 @@ def _swap_two_class_names(folder: Path) -> None:  # "bus" printed where the mode
     (folder / "config.json").write_text(json.dumps(config))
 
 
+def _rotate_one_datasets_class_names(folder: Path) -> None:  # "aeroplane 91%" reported as "bicycle 91%"
+    config = json.loads((folder / "config.json").read_text())
+    names = config["mdp"]["label_space"]["datasets"][0]["class_names"]
+    names.append(names.pop(0))
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def _change_the_normalisation(folder: Path) -> None:  # every prediction made on differently scaled pixels
+    config = json.loads((folder / "config.json").read_text())
+    config["pretrained_cfg"]["mean"][0] += 0.1
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+
+
+_CONFIG_REFUSAL = r"config\.json: what it says is not what mdp_prototypes\.safetensors was exported with"
 # what is changed -> (the change, the refusal); each is a valid file of its kind
 TAMPERS = {
     "one weight": (
@@ -86,11 +100,9 @@ TAMPERS = {
         r"mdp_prototypes\.safetensors: sha256 [0-9a-f]{64} "
         r"differs from [0-9a-f]{64} recorded in .*config\.json",
     ),
-    "two class names swapped": (
-        _swap_two_class_names,
-        r"class names .* not the ones mdp_prototypes\.safetensors "
-        r"was exported with",
-    ),
+    "two class names swapped": (_swap_two_class_names, _CONFIG_REFUSAL),
+    "one dataset's class names rotated": (_rotate_one_datasets_class_names, _CONFIG_REFUSAL),
+    "the normalisation mean changed": (_change_the_normalisation, _CONFIG_REFUSAL),
 }
 
 
@@ -212,3 +224,23 @@ def test_exports_contain_no_pickles(export_source, tmp_path):
         assert not head.startswith(PICKLE_MAGIC), f"{path.name} starts like a pickle"
         if path.suffix == ".safetensors":
             load_file(str(path))  # parses as safetensors: an 8-byte header length then JSON, no code
+
+
+def test_an_export_older_than_the_config_digest_is_still_checked_for_its_class_names(export_source, tmp_path):
+    folder = export(export_source, tmp_path / "export", tag="tiny_run")
+    # as exports were written before the whole config.json was covered: the class names' sha256 only
+    prototypes, config_path = folder / "mdp_prototypes.safetensors", folder / "config.json"
+    config = json.loads(config_path.read_text())
+    save_file(
+        load_file(str(prototypes)),
+        str(prototypes),
+        metadata={"class_names_sha256": class_names_sha256(config["mdp"]["label_space"]["class_names"])},
+    )
+    config["mdp"]["files"]["mdp_prototypes.safetensors"] = sha256_file(prototypes)
+    config_path.write_text(json.dumps(config, indent=2))
+    PrototypeSegmenter.from_pretrained(folder)
+    _change_the_normalisation(folder)  # not covered by the older record
+    PrototypeSegmenter.from_pretrained(folder)
+    _swap_two_class_names(folder)
+    with pytest.raises(CheckpointError, match=r"config\.json: what it says \(its class names\) is not what"):
+        PrototypeSegmenter.from_pretrained(folder)
