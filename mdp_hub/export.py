@@ -49,7 +49,7 @@ from .integrity import (
     sha256_file,
 )
 from .model_card import CardInfo, parse_metrics, render_card
-from .prototypes import CONFIG_FILENAME, PROTOTYPES_FILENAME, class_names_of, extract_prototypes, prototype_regime
+from .prototypes import CONFIG_FILENAME, PROTOTYPES_FILENAME, extract_prototypes, prototype_regime
 from .provenance import PARTIAL_SUFFIX, RunRecord, resolve_tag
 
 EXPORT_FILES = (WEIGHTS_FILENAME, CONFIG_FILENAME, CARD_FILENAME, PROTOTYPES_FILENAME)
