@@ -15,9 +15,9 @@ from .export import export
 from .help_format import HelpFormatter
 from .integrity import CONFIG_FILENAME, verify_export_files
 from .listing import format_table, list_weights
-from .overlays import segment_files
+from .overlays import present_classes, segment_files
 from .publish import plan_upload, push
-from .segmenter import PrototypeSegmenter
+from .segmenter import PrototypeSegmentation, PrototypeSegmenter
 
 DESCRIPTION = """\
 MDP backbones for timm and the Hugging Face Hub: export a training checkpoint,
@@ -162,12 +162,23 @@ def run(args: argparse.Namespace) -> None:
         print(prefetch(args.name, cache_dir=args.cache_dir, revision=args.revision))
     elif args.command == "segment":
         segmenter = PrototypeSegmenter.from_pretrained(args.model)
-        for path, classes in segment_files(segmenter, args.images, args.out, restrict_to=args.dataset):
-            print(f"wrote {path}: " + ", ".join(f"{name} {100 * share:.1f}%" for _, name, share in classes[:5]))
+        for path, result in segment_files(segmenter, args.images, args.out, restrict_to=args.dataset):
+            classes = ", ".join(f"{name} {100 * share:.1f}%" for _, name, share in present_classes(result)[:5])
+            print(f"wrote {path}: {classes}{_downscale_note(result)}")
     elif args.command == "verify":
         print("\n".join(verify_export_files(args.folder)) + f"\n{args.folder}: intact")
     elif args.command == "install-cache":
         print(install_export(args.folder, args.repo_id, cache_dir=args.cache_dir))
+
+
+def _downscale_note(result: PrototypeSegmentation) -> str:
+    if not result.downscaled:
+        return ""
+    (height, width), (net_height, net_width) = result.labels.shape[-2:], result.network_size
+    return (
+        f" (a {width}x{height} image: the network saw it downscaled to {net_width}x{net_height}, "
+        "the overlay is at full size)"
+    )
 
 
 @command("mdp-hub", expected=(ValueError, KeyError))

@@ -70,8 +70,8 @@ def segment_files(
     images: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     restrict_to: str | None = None,
-) -> list[tuple[Path, list[tuple[int, str, float]]]]:
-    """Write ``<out_dir>/<image stem>.png`` overlays; returns each written path with its present classes.
+) -> list[tuple[Path, PrototypeSegmentation]]:
+    """Write ``<out_dir>/<image stem>.png`` overlays; returns each written path with its segmentation.
 
     Every file is checked to be an image before any overlay is written, so a bad file fails the whole call
     (a file whose header is fine but whose data is truncated still fails when its turn comes).
@@ -96,5 +96,5 @@ def segment_files(
         result = segmenter.segment(image, restrict_to=dataset)
         target = out_dir / f"{path.stem}.png"
         render_overlay(image, result).save(target, format="PNG")
-        written.append((target, present_classes(result)))
+        written.append((target, result))
     return written

@@ -50,6 +50,11 @@ from .prototypes import CONFIG_FILENAME, HEAD_PREFIX, PROTOTYPES_KEY, extract_pr
 # The method's defaults (training/mdp): used only when the source does not record its own values.
 DEFAULT_TAU = 0.07
 DEFAULT_OUTPUT_STRIDE = 8
+# Bounds of predict(): larger inputs are downscaled to this many pixels for the network (its activations grow with
+# the input), and the upsampled logits are held this many values at a time (all K x H x W of 342 classes on a
+# 6000 x 4000 photo would be 32 GB).
+MAX_NETWORK_PIXELS = 2048 * 2048
+LOGITS_BUDGET = 1 << 26
 _DEFAULT = object()  # predict()/segment(): restrict to the segmenter's own default
 
 
@@ -66,12 +71,20 @@ class PrototypeSegmentation:
     scores: float32, same shape: softmax probability of the chosen class over the candidate classes at the
         training temperature (the confidence the pseudo-labeller thresholds).
     class_names: name of every id in ``labels`` (``"<dataset>/<class>"`` globally, the bare class locally).
+
+    network_size: the ``(H, W)`` the network saw: the input size, or smaller when a large input was downscaled
+        to ``max_network_pixels`` (labels and scores are still at the input size).
     """
 
     labels: torch.Tensor
     scores: torch.Tensor
     class_names: list[str]
     dataset: str | None
+    network_size: tuple[int, int] | None = None
+
+    @property
+    def downscaled(self) -> bool:
+        return self.network_size is not None and tuple(self.network_size) != tuple(self.labels.shape[-2:])
 
     @property
     def id_space(self) -> str:
@@ -113,6 +126,8 @@ class PrototypeSegmenter(nn.Module):
         mean, std: per-channel normalisation of ``[0, 1]`` RGB the weights were trained with.
         tau: temperature of the scores (the pretraining temperature).
         restrict_to: default dataset to restrict predictions to (None = all classes).
+        max_network_pixels: ``predict`` downscales larger inputs to this many pixels before the network (and
+            says so in ``network_size``), so memory stays bounded on any photo (default ``MAX_NETWORK_PIXELS``).
     """
 
     def __init__(
@@ -126,8 +141,13 @@ class PrototypeSegmenter(nn.Module):
         std: Sequence[float],
         tau: float = DEFAULT_TAU,
         restrict_to: str | None = None,
+        max_network_pixels: int | None = None,
     ):
         super().__init__()
+        max_network_pixels = MAX_NETWORK_PIXELS if max_network_pixels is None else max_network_pixels
+        if max_network_pixels < 1:
+            raise ValueError(f"max_network_pixels must be positive, got {max_network_pixels!r}")
+        self.max_network_pixels = int(max_network_pixels)
         self.class_names = list(label_space["class_names"])
         if prototypes.ndim != 2 or prototypes.shape[0] != len(self.class_names):
             raise ValueError(f"prototypes must be [C={len(self.class_names)}, D], got {list(prototypes.shape)}")
@@ -296,13 +316,26 @@ class PrototypeSegmenter(nn.Module):
         """Labels and scores ``[B, H, W]`` for normalised ``images [B, 3, H, W]``.
 
         ``restrict_to``: a dataset of the label space (local ids), None (global ids), or the segmenter's default.
+        Memory is bounded for any input size: inputs over ``max_network_pixels`` are downscaled for the network
+        (``network_size`` says to what), and the logits are upsampled a few classes at a time.
         """
         restrict_to = self.restrict_to if restrict_to is _DEFAULT else restrict_to
-        _, names, dataset = self.candidates(restrict_to)
-        probabilities = torch.nan_to_num(self(images, restrict_to=dataset).softmax(dim=1))
-        scores, labels = probabilities.max(dim=1)
-        labels = torch.where(scores > 0, labels, -1)
-        return PrototypeSegmentation(labels, scores, names, dataset)
+        ids, names, dataset = self.candidates(restrict_to)
+        ids = ids.to(self.prototypes.device)
+        network_input = self._fit_to_budget(images)
+        similarity = torch.einsum("bdhw,kd->bkhw", self.embed(network_input), self.prototypes[ids]) / self.tau
+        labels, scores = _best_class(similarity, self.available[ids], tuple(images.shape[-2:]))
+        return PrototypeSegmentation(labels, scores, names, dataset, tuple(network_input.shape[-2:]))
+
+    def _fit_to_budget(self, images: torch.Tensor) -> torch.Tensor:
+        """``images [B, 3, H, W]``, bilinearly downscaled (antialiased, aspect kept) to at most
+        ``max_network_pixels`` pixels."""
+        height, width = images.shape[-2:]
+        if height * width <= self.max_network_pixels:
+            return images
+        scale = (self.max_network_pixels / (height * width)) ** 0.5
+        size = (max(1, int(height * scale)), max(1, int(width * scale)))
+        return F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
 
     def preprocess(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
         """PIL RGB image or uint8 ``[3, H, W]`` -> normalised float ``[3, H, W]``."""
@@ -316,7 +349,35 @@ class PrototypeSegmenter(nn.Module):
             image = open_image(image)
         batch = self.preprocess(image)[None].to(self.prototypes.device)
         result = self.predict(batch, restrict_to=restrict_to)
-        return PrototypeSegmentation(result.labels[0], result.scores[0], result.class_names, result.dataset)
+        return PrototypeSegmentation(
+            result.labels[0], result.scores[0], result.class_names, result.dataset, result.network_size
+        )
+
+
+def _best_class(
+    similarity: torch.Tensor, available: torch.Tensor, size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels and softmax scores ``[B, H, W]`` of logits ``similarity [B, K, h, w]`` bilinearly upsampled to
+    ``size``; classes where ``available [K]`` is False are never chosen, and -1 marks pixels with no class.
+
+    The same as a softmax over the full ``[B, K, H, W]`` logits, computed ``LOGITS_BUDGET`` values at a time: a
+    running maximum, its class and a running log-sum-exp over chunks of classes.
+    """
+    batch, classes = similarity.shape[:2]
+    chunk = max(1, LOGITS_BUDGET // (batch * size[0] * size[1]))
+    best = similarity.new_full((batch, *size), float("-inf"))
+    labels = torch.zeros((batch, *size), dtype=torch.long, device=similarity.device)
+    log_total = best.clone()
+    for start in range(0, classes, chunk):
+        logits = F.interpolate(similarity[:, start : start + chunk], size=size, mode="bilinear", align_corners=False)
+        logits = logits.masked_fill(~available[start : start + chunk][None, :, None, None], float("-inf"))
+        chunk_best, chunk_labels = logits.max(dim=1)
+        better = chunk_best > best  # strict: ties keep the lower id, as a single argmax does
+        labels = torch.where(better, chunk_labels + start, labels)
+        best = torch.maximum(best, chunk_best)
+        log_total = torch.logaddexp(log_total, torch.logsumexp(logits, dim=1))
+    scores = torch.nan_to_num(torch.exp(best - log_total))
+    return torch.where(scores > 0, labels, -1), scores
 
 
 def _stride_of(method: Mapping[str, Any]) -> int:

@@ -12,6 +12,7 @@ from PIL import Image
 from prototype_checkpoints import LABEL_SPACE, MEAN, STD, UNSEEN_CLASS, make_export, write_image
 
 from mdp_hub import PrototypeSegmenter, PrototypesNotFoundError, install_export
+from mdp_hub import segmenter as segmenter_module
 from mdp_hub.cli import main
 from mdp_hub.export import export
 from mdp_hub.label_space import dataset_class_ids
@@ -99,6 +100,30 @@ def test_restriction_gives_local_ids_of_one_dataset(tiny):
         segmenter.predict(batch, restrict_to="cityscapes")
 
 
+def test_logits_upsampled_a_class_at_a_time_give_the_same_labels_and_scores(tiny, monkeypatch):
+    method, batch, _, _, segmenter = tiny
+    monkeypatch.setattr(segmenter_module, "LOGITS_BUDGET", 48 * 64)  # one class of [1, 48, 64] logits at a time
+    result = segmenter.predict(batch)
+    logits = reference_logits(method, batch)
+    assert_nearest_prototype(result.labels, logits)
+    assert torch.allclose(result.scores, logits.softmax(dim=1).amax(dim=1), atol=1e-5)
+    assert result.network_size == (48, 64) and not result.downscaled
+
+
+def test_a_large_input_is_downscaled_for_the_network_and_labelled_at_full_size(tiny, monkeypatch):
+    method, batch, _, _, segmenter = tiny
+    monkeypatch.setattr(segmenter, "max_network_pixels", 48 * 64)
+    large = F.interpolate(batch, size=(192, 256), mode="bilinear", align_corners=False)
+    result = segmenter.predict(large)
+    assert result.downscaled and result.network_size == (48, 64)
+    assert result.labels.shape == result.scores.shape == (1, 192, 256)
+    seen = F.interpolate(large, size=(48, 64), mode="bilinear", antialias=True, align_corners=False)
+    with torch.no_grad():
+        similarity = torch.einsum("bdhw,cd->bchw", method.encoder(seen), method.memory.normalised()) / 0.1
+    logits = F.interpolate(similarity, size=(192, 256), mode="bilinear", align_corners=False)
+    assert_nearest_prototype(result.labels, logits.masked_fill(~method.memory.seen[None, :, None, None], -torch.inf))
+
+
 @pytest.mark.parametrize(
     "unify_map",
     [
@@ -141,6 +166,18 @@ def test_segment_cli_writes_overlays_with_a_legend_as_valid_pngs(tiny, tmp_path,
         for index in result.labels.unique().tolist():
             assert result.class_names[index] in printed
         assert not (panel[:, 2 * width :] == 255).all()  # the legend is drawn
+
+
+def test_segment_cli_says_when_it_downscaled_and_draws_the_overlay_at_full_size(tiny, tmp_path, monkeypatch, capsys):
+    folder = tiny[3]
+    monkeypatch.setattr(segmenter_module, "MAX_NETWORK_PIXELS", 48 * 64)
+    image = write_image(tmp_path / "large.png", height=192, width=256)
+    assert main(["segment", str(image), "--model", str(folder), "--out", str(tmp_path / "o")]) == 0
+    assert "(a 256x192 image: the network saw it downscaled to 64x48, the overlay is at full size)" in (
+        capsys.readouterr().out
+    )
+    with Image.open(tmp_path / "o" / "large.png") as png:
+        assert png.height >= 192 and png.width > 2 * 256
 
 
 def test_bad_image_and_export_without_prototypes_get_clear_errors(tiny, tmp_path, capsys):
