@@ -11,6 +11,8 @@ from torch.utils.data import DataLoader
 from training.data import BadSampleError, DatasetLayoutError, build_pretrain_dataset, build_segmentation_dataset
 from training.data.__main__ import main
 from training.data.doctor import check_spec
+from training.engine.logger import read_metrics
+from training.pretrain import main as pretrain_main
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -111,3 +113,55 @@ def test_eval_dataset_returns_whole_image_and_name(tmp_path):
     train = build_segmentation_dataset(f"ade20k:{ade}:validation", train=True, crop_size=8, mean=MEAN, std=STD)
     assert train[0]["mask"].shape == (8, 8) and set(train[0]["mask"].unique().tolist()) <= {-1, 0, 1, 149}
     assert np.asarray(dataset.palette).shape == (150, 3)
+
+
+def _ade_with_bad_samples(root):
+    good = grid([1, 2, 3, 4] * 16, 64)
+    ade = make_ade(root, {"ADE_train_good1": good, "ADE_train_good2": good})
+    images, labels = ade / "images" / "training", ade / "annotations" / "training"
+    write_image(images / "ADE_train_nomask.jpg", 64, 64)  # dropped at start-up
+    write_image(images / "ADE_train_range.jpg", 64, 64)  # skipped when loaded
+    write_mask(labels / "ADE_train_range.png", grid([1, 200, 3, 4] * 16, 64))
+    return ade
+
+
+def _tiny_pretraining(ade, **extra) -> list[str]:
+    sets = {
+        "data.datasets": f"[ade20k:{ade}]",
+        "data.skip_bad_samples": "true",
+        "data.crop_size": 32,
+        "data.base_size": 40,
+        "data.num_workers": 1,
+        "train.batch_size": 3,
+        "train.epochs": 2,
+        "train.log_every": 1,
+        "train.plots": "false",
+        "train.probe_every": 0,
+        "export.enabled": "false",
+        **extra,
+    }
+    return [f"--set={key}={value}" for key, value in sets.items()]
+
+
+def test_a_pretraining_run_counts_the_skipped_samples_in_its_metrics_and_last_lines(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert pretrain_main(["--output", str(run), *_tiny_pretraining(_ade_with_bad_samples(tmp_path))]) == 0
+    counts = [row["skipped_samples"] for row in read_metrics(run / "metrics.jsonl") if "skipped_samples" in row]
+    assert counts[0] >= 1 and counts[-1] == 2  # the missing mask, and the out-of-range one once met
+    assert "skipped 2 bad samples over the run" in capsys.readouterr().out
+
+
+def test_a_run_that_fails_on_its_first_batch_leaves_no_run_folder(tmp_path, capsys):
+    ade = _ade_with_bad_samples(tmp_path)
+    (ade / "annotations" / "training" / "ADE_train_nomask.png").unlink(missing_ok=True)
+    (ade / "images" / "training" / "ADE_train_nomask.jpg").unlink()
+    overrides = _tiny_pretraining(ade, **{"data.skip_bad_samples": "false", "data.num_workers": 0})
+    run = tmp_path / "runs" / "first"
+    for _ in range(2):  # and a second try over the same --output is a fresh run, not a confusing half-run
+        assert pretrain_main(["--output", str(run), "--set=train.seed=3", *overrides]) == 2
+        assert "ADE_train_range.png: label values [200]" in capsys.readouterr().err
+        assert not run.exists()
+    existing = tmp_path / "runs" / "mine"  # a folder the user made is left as it was, with what the run wrote
+    existing.mkdir()
+    assert pretrain_main(["--output", str(existing), *overrides]) == 2
+    assert existing.is_dir()

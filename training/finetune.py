@@ -163,7 +163,7 @@ def finetune(config: FinetuneConfig, run_dir: Path) -> SegmentationMetrics:
         return _finetune(config, run_dir, dist_info)
     finally:
         distributed.cleanup()
-        lock.release()
+        lock.release(failed=sys.exc_info()[0] is not None)
 
 
 def _finetune(config: FinetuneConfig, run_dir: Path, dist_info: distributed.DistInfo) -> SegmentationMetrics:
@@ -357,6 +357,7 @@ def _build_trainer(
         checkpoint_extras=checkpoint_extras,
         after_checkpoint=validation.after_checkpoint,
         logger=logger,
+        counters=train_set.skip_counters(dist_info.is_main) if config.data.skip_bad_samples else None,
     )
 
 

@@ -30,6 +30,7 @@ from training.config import ConfigError, PretrainConfig
 from training.data import (
     LabelSpace,
     MultiDatasetSampler,
+    SegmentationSamples,
     build_pretrain_dataset,
     build_unlabeled_dataset,
     ensure_synthetic,
@@ -128,6 +129,7 @@ class DatasetSubset(Dataset):
 @dataclass
 class Stage:
     dataset: Dataset
+    labeled: SegmentationSamples  # the labelled samples behind ``dataset`` (its bad-sample counts)
     sampler: MultiDatasetSampler
     steps_per_epoch: int
     epochs: int
@@ -170,12 +172,13 @@ def build_stages(cfg: PretrainConfig, info: distributed.DistInfo) -> tuple[Label
         photometric=data.photometric,
         photometric_on=data.photometric_on,
     )
-    dataset, label_space = build_pretrain_dataset(
+    labeled, label_space = build_pretrain_dataset(
         resolve_dataset_specs(cfg),
         skip_bad_samples=data.skip_bad_samples,
         unify_map=resolve_unify_map(data.unify_map),
         **common,
     )
+    dataset = labeled
     if data.unlabeled:
         if cfg.method.name != "mdp":
             raise ConfigError(f"data.unlabeled needs method.name 'mdp' (pseudo-labels), got {cfg.method.name!r}")
@@ -183,7 +186,7 @@ def build_stages(cfg: PretrainConfig, info: distributed.DistInfo) -> tuple[Label
         unlabeled = [
             UnlabeledAsPretrain(build_unlabeled_dataset(folder, **common), source) for folder in data.unlabeled
         ]
-        dataset = ConcatWithIndex([LabeledWithFlag(dataset), *unlabeled])
+        dataset = ConcatWithIndex([LabeledWithFlag(labeled), *unlabeled])
     stage_configs = cfg.train.stages or [config_lib.StageConfig(list(label_space.dataset_names), cfg.train.epochs)]
     stages = []
     for number, stage in enumerate(stage_configs):
@@ -202,7 +205,7 @@ def build_stages(cfg: PretrainConfig, info: distributed.DistInfo) -> tuple[Label
         sampler = MultiDatasetSampler(
             part, mode=data.sampling, num_replicas=info.world_size, rank=info.rank, seed=cfg.train.seed
         )
-        stages.append(Stage(part, sampler, steps_per_epoch(sampler, cfg.train.batch_size), stage.epochs))
+        stages.append(Stage(part, labeled, sampler, steps_per_epoch(sampler, cfg.train.batch_size), stage.epochs))
     return label_space, stages
 
 
@@ -523,6 +526,7 @@ def build_trainer(
         logger=logger,
         probe=probe,
         gradient_groups=gradient_groups(method),
+        counters=schedule.epoch_stage[0][0].labeled.skip_counters(info.is_main) if cfg.data.skip_bad_samples else None,
     )
 
 
@@ -600,7 +604,7 @@ def train(cfg: PretrainConfig, run_dir: Path) -> int:
         return 0
     finally:
         distributed.cleanup()
-        lock.release()
+        lock.release(failed=sys.exc_info()[0] is not None)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

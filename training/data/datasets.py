@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -200,6 +200,16 @@ class SegmentationSamples(Dataset):
             item["image_k"] = views[1]
         item["mask"] = lookup(table, self.transform.pad_mask(mask_t))
         return item
+
+    def samples_skipped_while_loading(self) -> int:
+        """Bad samples met while loading so far by this process and its DataLoader workers (shared memory)."""
+        return int(self._skipped.sum())
+
+    def skip_counters(self, is_main: bool) -> Callable[[], dict[str, float]]:
+        """The trainer's ``counters``: ``skipped_samples`` so far. Files dropped at start-up are the same on every
+        rank, so only the main process counts them; the trainer sums the counts over ranks."""
+        at_startup = len(self.dropped_at_startup) if is_main else 0
+        return lambda: {"skipped_samples": float(at_startup + self.samples_skipped_while_loading())}
 
     def skip_report(self) -> dict:
         """Samples skipped so far (start-up + loading, all DataLoader workers): counts per dataset and files."""

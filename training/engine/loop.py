@@ -97,6 +97,7 @@ class Trainer:
     module, or a DDP/compiled wrapper of it). ``iterate_epoch(epoch, skip)`` returns the batches of ``epoch``
     without its first ``skip`` batches, deterministically, so a resumed run sees the same data as an uninterrupted
     one. ``checkpoint_extras()`` returns the run-specific entries of the checkpoint (kind, arch, config, ...).
+    ``counters()`` gives this process's running counts (``skipped_samples``), logged summed over ranks.
     ``after_step(step)`` runs after each optimizer step (EMA); ``after_checkpoint(step)`` after the step's checkpoint
     (if one is due) is written, so work such as validation never runs ahead of the last saved state.
     """
@@ -119,6 +120,7 @@ class Trainer:
         logger: RunLogger | None = None,
         probe: Callable[[int], dict] | None = None,
         gradient_groups: dict[str, list[nn.Parameter]] | None = None,
+        counters: Callable[[], dict[str, float]] | None = None,
     ):
         self.module = module
         self.model = model
@@ -147,6 +149,7 @@ class Trainer:
         self.probe = probe
         self.gradient_groups = gradient_groups or {}
         self._gradient_norms: dict[str, float] = {}
+        self.counters = counters
 
     # ------------------------------------------------------------ checkpoints
 
@@ -264,6 +267,7 @@ class Trainer:
         metrics["img_per_s"] *= self.dist.world_size
         metrics.update(self._gradient_norms)
         self._gradient_norms = {}
+        metrics.update(self._counted())
         metrics.update(extra or {})
         if self.logger is not None:
             self.logger.log(self.step, metrics)
@@ -271,6 +275,14 @@ class Trainer:
                 self.step,
                 {"loss": metrics["loss"], "img/s": metrics["img_per_s"], "data": metrics["data_fraction"]},
             )
+
+    def _counted(self) -> dict[str, float]:
+        """``counters()`` summed over ranks (one small all_reduce, at log time only)."""
+        if self.counters is None:
+            return {}
+        counts = self.counters()
+        totals = distributed.all_reduce_sum_(torch.tensor(list(counts.values()), dtype=torch.float64))
+        return dict(zip(counts, totals.tolist()))
 
     def _checkpoint_due(self, step: int) -> tuple[bool, bool]:
         cfg = self.config
@@ -310,6 +322,12 @@ class Trainer:
                             f"epoch {epoch} ended after {self.step - epoch_start} batches but the schedule expects "
                             f"{expected}; the data iterator and epoch_lengths disagree"
                         )
+        skipped = self._counted().get("skipped_samples", 0)
+        if skipped and self.logger is not None:
+            self.logger.message(
+                f"skipped {int(skipped)} bad samples over the run (data.skip_bad_samples): each is named in the "
+                "warnings above, and metrics.jsonl counts them at every log step (skipped_samples)"
+            )
         return self.step
 
     def _train_step(self, batch: dict, parameters: list[torch.nn.Parameter], timer: StepTimer) -> None:

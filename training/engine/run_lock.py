@@ -11,6 +11,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -77,17 +78,24 @@ class RunLock:
                 self.previous_owner.get("host", "?"),
             )
 
-    def release(self) -> None:
+    def release(self, *, failed: bool = False) -> None:
+        """Unlock. A folder this lock created goes away again when the run left nothing in it, or when it
+        ``failed`` before its first checkpoint (its config and logs would describe weights that do not exist)."""
         if self._fd is None:
             return
         self.path.unlink(missing_ok=True)  # while still locked, so no later run can lock the removed file
         os.close(self._fd)
         self._fd = None
-        if self._created_folder:  # a run refused before writing anything leaves no empty folder behind
-            try:
-                self.path.parent.rmdir()
-            except OSError:  # not empty: the run wrote something
-                pass
+        if not self._created_folder:
+            return
+        folder = self.path.parent
+        if failed and not any(folder.glob("*.pth")):
+            shutil.rmtree(folder, ignore_errors=True)
+            return
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: the run wrote something
+            pass
 
 
 def _read_owner(fd: int) -> dict:
