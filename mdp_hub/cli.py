@@ -1,5 +1,5 @@
 """The ``mdp-hub`` command (also ``python -m mdp_hub``): export, push, list, convert, prefetch, segment, install-cache,
-verify."""
+verify, demo."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from pathlib import Path
 from . import catalog
 from .cache import install_export, prefetch
 from .convert import FORMATS, convert
+from .demo import launch, open_segmenter
 from .errors import command
 from .export import export
 from .help_format import HelpFormatter
 from .integrity import CONFIG_FILENAME, verify_export_files
 from .listing import format_table, list_weights
-from .overlays import present_classes, segment_files
+from .overlays import REPORT_NAME, downscale_note, present_classes, segment_files
 from .publish import plan_upload, push
-from .segmenter import PrototypeSegmentation, PrototypeSegmenter
 
 DESCRIPTION = """\
 MDP backbones for timm and the Hugging Face Hub: export a training checkpoint,
@@ -33,6 +33,7 @@ COMMANDS = {
     "convert": "write the backbone for torchvision, MMSegmentation or detectron2",
     "prefetch": "download weights into the Hugging Face cache for offline use",
     "segment": "colour overlays of the prototype segmenter (no fine-tuning), with a legend",
+    "demo": "a local web page showing what an export or a fine-tuned model does to an image",
     "install-cache": "copy an export folder into the Hugging Face cache (air-gapped machines)",
     "verify": "check every file of an export folder against the sha256 its config.json records",
 }
@@ -87,10 +88,27 @@ def _prefetch_arguments(p: argparse.ArgumentParser) -> None:
 def _segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files to segment")
     p.add_argument(
-        "--model", required=True, help="export folder with prototypes, MDP pretraining checkpoint, or Hub repo ORG/NAME"
+        "--model",
+        required=True,
+        help="export folder with prototypes, MDP pretraining checkpoint, Hub repo ORG/NAME, or fine-tuned checkpoint",
     )
     p.add_argument("--out", required=True, type=Path, help="folder for the overlays (<image stem>.png)")
     p.add_argument("--dataset", help="restrict predictions to one pretraining dataset's classes, e.g. voc")
+    p.add_argument(
+        "--html",
+        action="store_true",
+        help=f"also write {REPORT_NAME}: one self-contained page with every overlay, confidence map and legend",
+    )
+
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        required=True,
+        help="export folder, hf-hub:ORG/NAME, MDP pretraining checkpoint or fine-tuned checkpoint (last.pth)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
+    p.add_argument("--port", type=int, help="port (default: the first free one from 7860)")
 
 
 def _install_cache_arguments(p: argparse.ArgumentParser) -> None:
@@ -114,6 +132,7 @@ ARGUMENTS = {  # command -> what adds its arguments
     "convert": _convert_arguments,
     "prefetch": _prefetch_arguments,
     "segment": _segment_arguments,
+    "demo": _demo_arguments,
     "install-cache": _install_cache_arguments,
     "verify": _verify_arguments,
 }
@@ -161,24 +180,20 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "prefetch":
         print(prefetch(args.name, cache_dir=args.cache_dir, revision=args.revision))
     elif args.command == "segment":
-        segmenter = PrototypeSegmenter.from_pretrained(args.model)
-        for path, result in segment_files(segmenter, args.images, args.out, restrict_to=args.dataset):
+        segmenter = open_segmenter(args.model)
+        written = segment_files(segmenter, args.images, args.out, restrict_to=args.dataset, html_report=args.html)
+        for path, result in written:
             classes = ", ".join(f"{name} {100 * share:.1f}%" for _, name, share in present_classes(result)[:5])
-            print(f"wrote {path}: {classes}{_downscale_note(result)}")
+            note = downscale_note(result)
+            print(f"wrote {path}: {classes}" + (f" ({note})" if note else ""))
+        if args.html:
+            print(f"wrote {args.out / REPORT_NAME}")
+    elif args.command == "demo":
+        launch(args.model, host=args.host, port=args.port)
     elif args.command == "verify":
         print("\n".join(verify_export_files(args.folder)) + f"\n{args.folder}: intact")
     elif args.command == "install-cache":
         print(install_export(args.folder, args.repo_id, cache_dir=args.cache_dir))
-
-
-def _downscale_note(result: PrototypeSegmentation) -> str:
-    if not result.downscaled:
-        return ""
-    (height, width), (net_height, net_width) = result.labels.shape[-2:], result.network_size
-    return (
-        f" (a {width}x{height} image: the network saw it downscaled to {net_width}x{net_height}, "
-        "the overlay is at full size)"
-    )
 
 
 @command("mdp-hub", expected=(ValueError, KeyError))

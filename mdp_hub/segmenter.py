@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
@@ -110,9 +111,20 @@ def open_image(path: str | os.PathLike, *, decode: bool = True) -> Image.Image |
             if not decode:
                 image.verify()
                 return None
-            return image.convert("RGB")  # decodes fully, so truncated files fail here
+            return _to_rgb(image)  # decodes fully, so truncated files fail here
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise NotAnImageError(f"{path}: not a readable image ({err})") from None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB of any PIL mode; 16- and 32-bit integer greyscale is scaled by its bit depth, not clipped (PIL's
+    own conversion would turn most of a 16-bit photo white)."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        grey = (values.clip(0, top) * (255.0 / top)).round().astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    return image.convert("RGB")
 
 
 class PrototypeSegmenter(nn.Module):
@@ -324,18 +336,11 @@ class PrototypeSegmenter(nn.Module):
         ids = ids.to(self.prototypes.device)
         network_input = self._fit_to_budget(images)
         similarity = torch.einsum("bdhw,kd->bkhw", self.embed(network_input), self.prototypes[ids]) / self.tau
-        labels, scores = _best_class(similarity, self.available[ids], tuple(images.shape[-2:]))
+        labels, scores = upsampled_best_class(similarity, self.available[ids], tuple(images.shape[-2:]))
         return PrototypeSegmentation(labels, scores, names, dataset, tuple(network_input.shape[-2:]))
 
     def _fit_to_budget(self, images: torch.Tensor) -> torch.Tensor:
-        """``images [B, 3, H, W]``, bilinearly downscaled (antialiased, aspect kept) to at most
-        ``max_network_pixels`` pixels."""
-        height, width = images.shape[-2:]
-        if height * width <= self.max_network_pixels:
-            return images
-        scale = (self.max_network_pixels / (height * width)) ** 0.5
-        size = (max(1, int(height * scale)), max(1, int(width * scale)))
-        return F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
+        return fit_to_pixels(images, self.max_network_pixels)
 
     def preprocess(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
         """PIL RGB image or uint8 ``[3, H, W]`` -> normalised float ``[3, H, W]``."""
@@ -354,7 +359,17 @@ class PrototypeSegmenter(nn.Module):
         )
 
 
-def _best_class(
+def fit_to_pixels(images: torch.Tensor, max_pixels: int) -> torch.Tensor:
+    """``images [B, 3, H, W]``, bilinearly downscaled (antialiased, aspect kept) to at most ``max_pixels``."""
+    height, width = images.shape[-2:]
+    if height * width <= max_pixels:
+        return images
+    scale = (max_pixels / (height * width)) ** 0.5
+    size = (max(1, int(height * scale)), max(1, int(width * scale)))
+    return F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
+def upsampled_best_class(
     similarity: torch.Tensor, available: torch.Tensor, size: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Labels and softmax scores ``[B, H, W]`` of logits ``similarity [B, K, h, w]`` bilinearly upsampled to

@@ -173,7 +173,7 @@ def test_segment_cli_says_when_it_downscaled_and_draws_the_overlay_at_full_size(
     monkeypatch.setattr(segmenter_module, "MAX_NETWORK_PIXELS", 48 * 64)
     image = write_image(tmp_path / "large.png", height=192, width=256)
     assert main(["segment", str(image), "--model", str(folder), "--out", str(tmp_path / "o")]) == 0
-    assert "(a 256x192 image: the network saw it downscaled to 64x48, the overlay is at full size)" in (
+    assert "(a 256x192 image: the network saw it downscaled to 64x48, labels are at full size)" in (
         capsys.readouterr().out
     )
     with Image.open(tmp_path / "o" / "large.png") as png:
