@@ -298,6 +298,20 @@ class _SegmentationStep:
         return segmentation_losses(self.model(batch["image"]), batch["mask"], self.config)
 
 
+def _loss_step(config: FinetuneConfig, wrapped: torch.nn.Module, train_set) -> torch.nn.Module:
+    """batch -> losses; with on-device views, workers send uint8 crops and local ids and jitter and ids are made
+    here."""
+    compute_losses = _SegmentationStep(wrapped, config)
+    if config.data.photometric_on != "device":
+        return compute_losses
+    return DeviceViews(
+        compute_losses,
+        BatchPhotometric(MMSEG_PHOTOMETRIC, config.data.mean, config.data.std),
+        label_tables=train_set.label_tables,
+        views=1,
+    )
+
+
 def _build_trainer(
     config: FinetuneConfig,
     model: torch.nn.Module,
@@ -322,17 +336,9 @@ def _build_trainer(
         seed=train_cfg.seed,
         pin_memory=device.type == "cuda",
     )
-    compute_losses = _SegmentationStep(wrapped, config)
-    if config.data.photometric_on == "device":  # workers send uint8 crops and local ids; jitter and ids made here
-        compute_losses = DeviceViews(
-            compute_losses,
-            BatchPhotometric(MMSEG_PHOTOMETRIC, config.data.mean, config.data.std),
-            label_tables=train_set.label_tables,
-            views=1,
-        )
     return Trainer(
         module=model,
-        model=compute_losses,
+        model=_loss_step(config, wrapped, train_set),
         optimizer=optimizer,
         scaler=make_grad_scaler(train_cfg.amp, device),
         lr_at=functools.partial(
