@@ -341,6 +341,15 @@ def load_recipe_dict(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     return merge_recipes(inherited, values)
 
 
+def _plain_list(raw: str) -> list[str] | None:
+    """``[a, b?k=v, c]`` as the strings a person means, where YAML refuses an item (``?`` inside a flow list, as
+    in dataset specs with options); None when ``raw`` is not such a flat list."""
+    inner = raw.strip()
+    if not (inner.startswith("[") and inner.endswith("]")) or any(c in inner[1:-1] for c in "[]{}\"'"):
+        return None
+    return [item.strip() for item in inner[1:-1].split(",") if item.strip()]
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"optim.lr=0.1"`` -> (["optim", "lr"], 0.1). The value is parsed as YAML (so lists and bools work)."""
     key, sep, raw = text.partition("=")
@@ -349,7 +358,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as error:
-        raise ConfigError(f"--set {text!r}: value is not valid YAML: {error}") from error
+        value = _plain_list(raw)
+        if value is None:
+            raise ConfigError(f"--set {text!r}: value is not valid YAML: {error}") from error
     return key.strip().split("."), value
 
 

@@ -12,6 +12,7 @@ with the stored pixels.
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -71,7 +72,11 @@ def load_image(path: str | Path) -> torch.Tensor:
     resize kernels want that layout (training.data.transforms.crop_image).
     """
     path = Path(path)
-    data = read_bytes(path, "image")
+    return decode_image_bytes(read_bytes(path, "image"), path)
+
+
+def decode_image_bytes(data: bytes, where: str | Path) -> torch.Tensor:
+    """:func:`load_image` of an encoded image held in memory (e.g. a Parquet cell); errors name ``where``."""
     if fast_decoding():
         header = png_header(data)
         try:
@@ -80,12 +85,12 @@ def load_image(path: str | Path) -> torch.Tensor:
             if header is not None and header[0] == 8:
                 return decode_png(as_tensor(data), mode="RGB")
         except RuntimeError as error:  # TorchCodec reports truncation and corruption as RuntimeError
-            raise BadSampleError(path, f"image is truncated or corrupt ({decoder_message(error)})") from error
+            raise BadSampleError(where, f"image is truncated or corrupt ({decoder_message(error)})") from error
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             pixels = np.array(image.convert("RGB"))  # convert() decodes fully: truncation raises here
     except (OSError, ValueError, SyntaxError) as error:
-        raise BadSampleError(path, f"image is truncated or corrupt ({error})") from error
+        raise BadSampleError(where, f"image is truncated or corrupt ({error})") from error
     return torch.from_numpy(pixels).permute(2, 0, 1)
 
 
@@ -95,20 +100,24 @@ def read_label_png(path: str | Path) -> np.ndarray:
     Colour-coded (RGB) masks are refused: their colours cannot be turned into class ids safely.
     """
     path = Path(path)
-    data = read_bytes(path, "mask")
+    return decode_label_bytes(read_bytes(path, "mask"), path)
+
+
+def decode_label_bytes(data: bytes, where: str | Path) -> np.ndarray:
+    """:func:`read_label_png` of an encoded label image held in memory; errors name ``where``."""
     if fast_decoding() and png_header(data) == (8, PNG_GRAY):
         try:
             return decode_png(as_tensor(data), mode="UNCHANGED")[0].numpy()
         except RuntimeError as error:
-            raise BadSampleError(path, f"mask is truncated or corrupt ({decoder_message(error)})") from error
+            raise BadSampleError(where, f"mask is truncated or corrupt ({decoder_message(error)})") from error
     try:
-        with Image.open(path) as label:
+        with Image.open(io.BytesIO(data)) as label:
             if label.mode not in LABEL_MODES:
                 raise BadSampleError(
-                    path,
+                    where,
                     f"label image has mode {label.mode!r}; expected a single-channel palette ('P') or "
                     "grayscale ('L') PNG of class indices (colour-coded masks cannot be decoded safely)",
                 )
             return np.asarray(label)
-    except OSError as error:
-        raise BadSampleError(path, f"mask is truncated or corrupt ({error})") from error
+    except (OSError, ValueError, SyntaxError) as error:
+        raise BadSampleError(where, f"mask is truncated or corrupt ({error})") from error

@@ -691,4 +691,8 @@ READERS: dict[str, type[SegmentationReader]] = {
 def open_reader(spec: str | DatasetSpec, *, train: bool = True) -> SegmentationReader:
     """Reader for a spec string; the split defaults to the format's training or evaluation split."""
     spec = parse_spec(spec)
+    if spec.name == "hf":  # its own module: it needs the datasets library, and it takes options
+        from training.data.hub_datasets import HubDatasetReader
+
+        return HubDatasetReader(spec.path, spec.split, train=train, options=spec.options)
     return READERS[spec.name](spec.path, spec.split, train=train)

@@ -1,4 +1,7 @@
-"""Dataset spec strings ``NAME:PATH[:split]``, the one way datasets are named on every command line."""
+"""Dataset spec strings ``NAME:PATH[:split][?key=value&...]``, the one way datasets are named on every command line.
+
+Options (after ``?``) are read by the formats that take them (``hf``: column names, label convention, class names);
+any other format refuses them."""
 
 from __future__ import annotations
 
@@ -18,7 +21,9 @@ KNOWN_FORMATS = (
     "ccp",
     "msrc",
     "folder",
+    "hf",
 )
+FORMATS_WITH_OPTIONS = ("hf",)
 
 
 @dataclass(frozen=True)
@@ -26,12 +31,14 @@ class DatasetSpec:
     name: str
     path: str
     split: str | None = None
+    options: tuple[tuple[str, str], ...] = ()
 
     def __str__(self) -> str:
-        return f"{self.name}:{self.path}" + (f":{self.split}" if self.split else "")
+        query = "&".join(f"{key}={value}" for key, value in self.options)
+        return f"{self.name}:{self.path}" + (f":{self.split}" if self.split else "") + (f"?{query}" if query else "")
 
     def with_split(self, split: str) -> "DatasetSpec":
-        return DatasetSpec(self.name, self.path, split)
+        return DatasetSpec(self.name, self.path, split, self.options)
 
 
 def parse_spec(spec: "str | DatasetSpec") -> DatasetSpec:
@@ -48,8 +55,24 @@ def parse_spec(spec: "str | DatasetSpec") -> DatasetSpec:
         )
     if name not in KNOWN_FORMATS:
         raise DatasetSpecError(f"dataset spec {spec!r}: unknown dataset {name!r}; known: {', '.join(KNOWN_FORMATS)}")
+    rest, _, query = rest.partition("?")
+    options = _parse_options(spec, query)
+    if options and name not in FORMATS_WITH_OPTIONS:
+        raise DatasetSpecError(
+            f"dataset spec {spec!r}: {name} takes no options (only {', '.join(FORMATS_WITH_OPTIONS)})"
+        )
     path, split = rest, None
     head, sep, tail = rest.rpartition(":")
     if sep and head and tail and "/" not in tail and "\\" not in tail:
         path, split = head, tail
-    return DatasetSpec(name, path, split)
+    return DatasetSpec(name, path, split, options)
+
+
+def _parse_options(spec: str, query: str) -> tuple[tuple[str, str], ...]:
+    options = []
+    for item in filter(None, query.split("&")):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise DatasetSpecError(f"dataset spec {spec!r}: option {item!r} is not KEY=VALUE")
+        options.append((key, value))
+    return tuple(options)
