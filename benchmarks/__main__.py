@@ -694,7 +694,13 @@ def data_pipeline_section(settings: Settings, h100_images_per_s: dict[float, flo
         "few elementwise kernels and one roi_align per batch). On a CPU the default is "
         "`worker` (the *_worker_jitter rows): the views are made with PIL in the worker, and the item costs "
         f"{ms['pretrain_worker_jitter']:.1f} ms (pretraining) or {ms['finetune_worker_jitter']:.1f} ms "
-        "(fine-tuning).",
+        "(fine-tuning)."
+        + (
+            f" The hf_pretrain row reads the same images as a Hub dataset (one Parquet shard, `hf:` spec with "
+            f"ADE20K's reduce_labels), map-style through the datasets library: {ms['hf_pretrain']:.1f} ms per item."
+            if "hf_pretrain" in ms
+            else " (The hf_pretrain row needs the datasets library, not installed here.)"
+        ),
         "",
         "bare = PIL decode of image + mask, a random crop, to tensors. Ours = TorchCodec decode (PIL for other "
         "formats), label check of every mask value, 0.5-2 rescale of the crop region only when it shrinks "

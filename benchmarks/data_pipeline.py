@@ -11,6 +11,8 @@ worker (one thread, like a DataLoader worker) at 512x512 crops for:
   pretrain_worker_jitter  photometric_on=worker (the default on a CPU): + two PIL MoCo-v2 views (colour p=0.8,
             grayscale 0.2, blur 0.5), normalised, int64 global ids
   finetune_worker_jitter  photometric_on=worker: + MMSeg colour jitter, normalised, int64 local ids
+  hf_pretrain  ``pretrain`` reading the same images from a Hub-layout Parquet repo (``hf:`` spec, ADE20K's
+            reduce_labels convention), map-style through the datasets library (when it is installed)
 and, separately, the device-side cost per image of the views (BatchPhotometric on this CPU, one thread, batches of
 --device-batch, half of them 384x384 source regions to enlarge, alternately flipped), the bytes each item sends
 to the training process, and how many workers feed one GPU at a given training step rate. The pipelines are
@@ -38,6 +40,7 @@ from mdp_hub.catalog import IMAGENET_STD as STD
 from training.data import build_pretrain_dataset, build_segmentation_dataset
 from training.data.decode import fast_decoding
 from training.data.device_augment import BatchPhotometric
+from training.data.classes import ADE20K_CLASSES
 from training.data.synthetic import DATASETS, render
 from training.data.transforms import PhotometricConfig
 from training.finetune import MMSEG_PHOTOMETRIC
@@ -121,9 +124,33 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def build_pipelines(spec: str) -> dict:
+def write_parquet_repo(ade: Path, root: Path) -> Path | None:
+    """The ADE20K files as a Hub dataset repo: one Parquet shard of encoded image and mask bytes + id2label.json."""
+    try:
+        import datasets
+    except ImportError:
+        return None
+    datasets.config.HF_DATASETS_CACHE = root / "cache"
+    images = sorted((ade / "images" / "training").glob("*.jpg"))
+    masks = [ade / "annotations" / "training" / f"{path.stem}.png" for path in images]
+    cells = lambda paths: [{"bytes": path.read_bytes(), "path": None} for path in paths]  # noqa: E731
+    features = datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()})
+    table = datasets.Dataset.from_dict({"image": cells(images), "annotation": cells(masks)}, features=features)
+    repo = root / "hf_ade"
+    (repo / "data").mkdir(parents=True)
+    table.to_parquet(str(repo / "data" / "train-00000-of-00001.parquet"))
+    (repo / "id2label.json").write_text(json.dumps({str(i): name for i, name in enumerate(ADE20K_CLASSES)}))
+    return repo
+
+
+def build_pipelines(spec: str, hf_repo: Path | None = None) -> dict:
     """The datasets whose item cost is measured: device-side views (GPU default) and worker-side jitter."""
     common = dict(crop_size=CROP, mean=MEAN, std=STD, base_size=512)
+    hub = {}
+    if hf_repo is not None:
+        hub["hf_pretrain"] = build_pretrain_dataset(
+            [f"hf:{hf_repo}:train?reduce_labels=true"], photometric_on="device", **common
+        )[0]
     return {
         "pretrain": build_pretrain_dataset([spec], photometric_on="device", **common)[0],
         "finetune": build_segmentation_dataset(
@@ -133,6 +160,7 @@ def build_pipelines(spec: str) -> dict:
         "finetune_worker_jitter": build_segmentation_dataset(
             spec, train=True, photometric=MMSEG_PHOTOMETRIC, photometric_on="worker", **common
         ),
+        **hub,
     }
 
 
@@ -141,7 +169,7 @@ def measure_pipelines(images: int, repeats: int) -> tuple[int, dict[str, list[fl
     whose region is left for the device to resize."""
     with tempfile.TemporaryDirectory() as tmp:
         ade = write_files(Path(tmp), images)
-        pipelines = build_pipelines(f"ade20k:{ade}:training")
+        pipelines = build_pipelines(f"ade20k:{ade}:training", write_parquet_repo(ade, Path(tmp)))
         samples = pipelines["finetune"].reader.samples
         rng = np.random.default_rng(0)
         steps = {"bare": lambda i: bare_item(samples[i].image, samples[i].mask, rng)}

@@ -73,6 +73,7 @@ class HubDatasetReader(SegmentationReader):
         self.image_column, self.mask_column = _columns(dataset, self.options, self.where)
         self.class_names = tuple(_class_names(dataset, self.mask_column, self.root, self.source, self.options))
         self.dataset = _raw_bytes(dataset.select_columns([self.image_column, self.mask_column]))
+        self._last_row: tuple[int, dict] | None = None
         self.samples = RowSamples(self.where, np.arange(len(self.dataset), dtype=np.int64))
         if not len(self.samples):
             raise DatasetLayoutError(f"{self.where}: the split is empty")
@@ -92,17 +93,20 @@ class HubDatasetReader(SegmentationReader):
     def drop(self, problems: list[BadSampleError]) -> None:
         pass
 
-    def _row(self, index: int) -> tuple[dict, str]:
-        row = int(self.samples.rows[index])
-        return self.dataset[row], f"{self.where} row {row}"
+    def _record(self, row: int) -> dict:
+        """The row's cells, read once for its image and its mask (a loader asks for both, one after the other)."""
+        if self._last_row is None or self._last_row[0] != row:
+            self._last_row = (row, self.dataset[row])
+        return self._last_row[1]
 
     def load_image(self, index: int) -> torch.Tensor:
-        record, where = self._row(index)
-        return decode_image_bytes(_cell_bytes(record[self.image_column], where, "image"), where)
+        row = int(self.samples.rows[index])
+        where = f"{self.where} row {row}"
+        return decode_image_bytes(_cell_bytes(self._record(row)[self.image_column], where, "image"), where)
 
     def _raw_mask(self, sample: SampleFiles) -> np.ndarray:
         row = int(sample.name[3:])
-        return self._mask_of(self.dataset[row][self.mask_column], f"{self.where} row {row}")
+        return self._mask_of(self._record(row)[self.mask_column], f"{self.where} row {row}")
 
     def _mask_of(self, cell, where: str) -> np.ndarray:
         if isinstance(cell, dict):  # an Image cell: encoded bytes
