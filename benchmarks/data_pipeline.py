@@ -38,9 +38,9 @@ from PIL import Image
 from mdp_hub.catalog import IMAGENET_MEAN as MEAN
 from mdp_hub.catalog import IMAGENET_STD as STD
 from training.data import build_pretrain_dataset, build_segmentation_dataset
+from training.data.classes import ADE20K_CLASSES
 from training.data.decode import fast_decoding
 from training.data.device_augment import BatchPhotometric
-from training.data.classes import ADE20K_CLASSES
 from training.data.synthetic import DATASETS, render
 from training.data.transforms import PhotometricConfig
 from training.finetune import MMSEG_PHOTOMETRIC
