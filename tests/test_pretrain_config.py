@@ -123,3 +123,23 @@ def test_an_unknown_dataset_format_is_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown dataset 'vocc'; known: voc_aug" in err[0]
     assert not (tmp_path / "run").exists(), "a refused run leaves no empty run folder"
+
+
+@pytest.mark.parametrize("batch, world_size, window", [(8, 8, 4096), (8, 1, 512), (2, 2, 256), (16, 8, 8192)])
+def test_the_paper_window_is_kept_in_steps_at_any_global_batch(batch, world_size, window):
+    from training.engine.distributed import DistInfo
+    from training.pretrain import scale_memory_window
+
+    cfg = load_config("voc_ade20k_100ep", [f"train.batch_size={batch}"])
+    assert (cfg.method.window_reference_batch, cfg.method.options["window"]) == (64, 4096)
+    scale_memory_window(cfg, DistInfo(rank=0, world_size=world_size, local_rank=0, device=None))
+    assert (cfg.method.options["window"], cfg.method.window_reference_batch) == (window, 0)  # the config that ran
+    ablation = load_config("ablate_memory_class_1024_voc_200ep", ["train.batch_size=8"])
+    scale_memory_window(ablation, DistInfo(rank=0, world_size=1, local_rank=0, device=None))
+    assert ablation.method.options["window"] == 128
+    assert load_config("baseline_moco_v2_voc_ade20k_100ep", []).method.window_reference_batch == 0  # no window
+    with pytest.raises(ConfigError, match="method 'moco_v2' has no prototype window"):
+        scale_memory_window(
+            load_config("baseline_moco_v2_voc_ade20k_100ep", ["method.window_reference_batch=64"]),
+            DistInfo(rank=0, world_size=1, local_rank=0, device=None),
+        )

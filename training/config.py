@@ -80,6 +80,9 @@ class MethodConfig:
     head_output_norm: str = "none"  # dense head output over the batch's pixels: none | batchnorm | whiten
     momentum: float = 0.999  # EMA coefficient at step 0
     momentum_final: float = 0.999  # EMA coefficient at the last step (cosine in between)
+    # >0: options.window is for this global batch and is scaled with the real one, so the prototypes average over
+    # the same number of steps (a window counts regions, and a smaller batch brings fewer per step)
+    window_reference_batch: int = 0
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -337,7 +340,8 @@ def load_recipe_dict(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     parent_method = inherited.get("method") or {}
     if "name" in child_method and child_method["name"] != parent_method.get("name"):
         # Options belong to one method; a recipe that switches methods starts from that method's defaults.
-        inherited["method"] = {k: v for k, v in parent_method.items() if k != "options"}
+        # The window reference belongs to the parent's prototype window, so it goes with the options.
+        inherited["method"] = {k: v for k, v in parent_method.items() if k not in ("options", "window_reference_batch")}
     return merge_recipes(inherited, values)
 
 

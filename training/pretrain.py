@@ -540,6 +540,23 @@ def prepare_process(cfg: PretrainConfig, info: distributed.DistInfo) -> None:
     distributed.seed_everything(cfg.train.seed, info.rank)
     if cfg.data.photometric_on == "auto":  # resolved before the config is saved, so the run records what ran
         cfg.data.photometric_on = "device" if info.device.type == "cuda" else "worker"
+    scale_memory_window(cfg, info)
+
+
+def scale_memory_window(cfg: PretrainConfig, info: distributed.DistInfo) -> None:
+    """``method.options.window`` at this run's global batch when it was given for ``window_reference_batch``.
+
+    Resolved before the config is saved (the window that ran, reference 0), so a saved config reruns as it ran.
+    """
+    reference = cfg.method.window_reference_batch
+    if reference <= 0:
+        return
+    if "window" not in method_options(cfg.method.name):
+        raise ConfigError(f"method.window_reference_batch: method {cfg.method.name!r} has no prototype window")
+    window = cfg.method.options.get("window", method_options(cfg.method.name)["window"])
+    global_batch = cfg.train.batch_size * info.world_size
+    cfg.method.options["window"] = max(1, round(window * global_batch / reference))
+    cfg.method.window_reference_batch = 0
 
 
 def record_start(
@@ -559,7 +576,9 @@ def record_start(
     trainer.logger.message(
         f"{cfg.name}: {cfg.method.name} on {', '.join(label_space.dataset_names)} ({label_space.num_classes} "
         f"classes), {cfg.method.arch} OS{cfg.method.output_stride}, {info.world_size} process(es) x batch "
-        f"{cfg.train.batch_size}, lr {schedule.base_lr:.4g}, steps {start}->{schedule.total_steps}"
+        f"{cfg.train.batch_size}, lr {schedule.base_lr:.4g}"
+        + (f", prototype window {cfg.method.options['window']}" if "window" in cfg.method.options else "")
+        + f", steps {start}->{schedule.total_steps}"
         + (f" (resumed from {trainer.checkpoints.last_path})" if start else "")
         + f"; run folder {run_dir}"
     )
