@@ -1,10 +1,11 @@
-"""SIGTERM / SIGUSR1 / SIGINT (Ctrl-C) -> checkpoint, then exit.
+"""SIGTERM / SIGUSR1 / SIGUSR2 / SIGINT (Ctrl-C) -> checkpoint, then exit.
 
 Cluster schedulers (SLURM pre-emption, Kubernetes, torchrun's own shutdown) send SIGTERM or SIGUSR1 before they
-kill a job; a user presses Ctrl-C. The handler only sets a flag; the step loop sees it at the next step boundary,
-writes ``last.pth`` and leaves with :class:`StopRequested`, so a restart resumes from exactly that step. A second
-Ctrl-C does not wait for the boundary: it raises ``KeyboardInterrupt`` at once (a checkpoint being written then
-is abandoned and the previous one stays, see ``checkpoint.save_atomic``).
+kill a job (SIGUSR2 under submitit, which then requeues it: training.submit); a user presses Ctrl-C. The handler
+only sets a flag; the step loop sees it at the next step boundary, writes ``last.pth`` and leaves with
+:class:`StopRequested`, so a restart resumes from exactly that step. A second Ctrl-C does not wait for the
+boundary: it raises ``KeyboardInterrupt`` at once (a checkpoint being written then is abandoned and the previous
+one stays, see ``checkpoint.save_atomic``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from mdp_hub.errors import UserError
 from training.engine.distributed import all_reduce_max_, is_initialized
 
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 
 
 class StopRequested(UserError):
