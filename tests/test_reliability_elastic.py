@@ -85,6 +85,40 @@ def test_worker_killed_under_torchrun_is_restarted_and_resumes_from_the_last_che
         torch.testing.assert_close(state["model"][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_on_one_machine_restart_together_after_a_worker_dies(tmp_path):
+    """Two torchrun agents (``--nnodes 2 --nproc_per_node 1``, c10d rendezvous on localhost) with the documented
+    environment: node 1's worker is SIGKILLed in a step, both nodes restart and the run finishes from last.pth."""
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}", OMP_NUM_THREADS="1")
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"  # docs/TRAINING.md: each attempt gets a fresh store
+    endpoint = f"127.0.0.1:{_free_port()}"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+        "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", "mdp-two-nodes",
+        "--max-restarts", "3", "--monitor-interval", "0.2",
+        __file__, "--run-dir", str(tmp_path / "ddp"),
+    ]  # fmt: skip
+    nodes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+    nodes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [node.communicate(timeout=240) for node in nodes]
+    for node, (_, err) in zip(nodes, outputs):
+        assert node.returncode == 0, err[-4000:]
+    report = json.loads(next(out for out, _ in outputs if out.strip()).strip().splitlines()[-1])
+    assert report["final_step"] == STEPS and report["resumed_from"] in range(CHECKPOINT_EVERY, STEPS, CHECKPOINT_EVERY)
+    state = load_checkpoint(tmp_path / "ddp" / "last.pth")
+    assert state["step"] == STEPS and len(state["rng_per_rank"]) == 2
+
+
 ELASTIC_ENV = (
     "TORCHELASTIC_USE_AGENT_STORE",
     "TORCHELASTIC_RESTART_COUNT",
