@@ -98,7 +98,9 @@ class PretrainMethod(nn.Module):
         expected = (image.shape[0], *image.shape[2:])
         if mask.dtype != torch.long or tuple(mask.shape) != expected:
             raise ValueError(f"batch['mask'] must be int64 {expected}, got {mask.dtype} {tuple(mask.shape)}")
-        if mask.device.type == "cpu" or not self._labels_checked:
+        # The id range needs the values on the host: checked eagerly (under torch.compile, by training.pretrain
+        # before the compiled step), on the CPU every batch, on a GPU the first batch only (no sync per step).
+        if not torch.compiler.is_compiling() and (mask.device.type == "cpu" or not self._labels_checked):
             low, high = (int(v) for v in torch.aminmax(mask))
             if low < IGNORE_INDEX or high >= self.num_classes:
                 raise ValueError(
