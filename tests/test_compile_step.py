@@ -61,3 +61,22 @@ def _fresh_dynamo():
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
+
+
+def test_a_compiled_step_still_refuses_label_ids_out_of_range(synthetic_root):  # noqa: F811
+    cfg = load_config(
+        "demo",
+        [
+            f"data.synthetic_root={synthetic_root}",
+            f"data.synthetic_sizes={json.dumps(TINY_SIZES)}",
+            "train.compile=true",
+        ],
+    )
+    info = distributed.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    label_space, _ = pretrain.build_stages(cfg, info)
+    _, model = pretrain.build_model(cfg, label_space, info)
+    image = torch.zeros(2, 3, 32, 32)
+    batch = {"image": image, "image_k": image, "mask": torch.full((2, 32, 32), label_space.num_classes)}
+    batch["dataset_id"] = torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"holds ids in \[342, 342\], but the label space has 342 classes"):
+        model(batch)  # checked eagerly: the compiled graph has no host-side check

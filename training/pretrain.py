@@ -296,8 +296,20 @@ def build_model(cfg: PretrainConfig, label_space: LabelSpace, info: distributed.
             method, device_ids=[info.local_rank] if info.device.type == "cuda" else None, broadcast_buffers=False
         )
     if cfg.train.compile:
-        model = torch.compile(model)
+        model = CheckedBeforeCompiled(torch.compile(model), method.check_batch)
     return method, model
+
+
+class CheckedBeforeCompiled(nn.Module):
+    """A compiled step with the batch checks that need host values (label ids in range) run eagerly first."""
+
+    def __init__(self, compiled: nn.Module, check_batch):
+        super().__init__()
+        self.compiled, self.check_batch = compiled, check_batch
+
+    def forward(self, batch: dict) -> dict:
+        self.check_batch(batch)
+        return self.compiled(batch)
 
 
 def build_probe(cfg: PretrainConfig, method: nn.Module, label_space: LabelSpace) -> LearningProbe | None:
