@@ -70,6 +70,7 @@ def test_a_compiled_step_still_refuses_label_ids_out_of_range(synthetic_root):  
             f"data.synthetic_root={synthetic_root}",
             f"data.synthetic_sizes={json.dumps(TINY_SIZES)}",
             "train.compile=true",
+            "data.photometric_on=worker",
         ],
     )
     info = distributed.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
