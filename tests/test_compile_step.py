@@ -15,12 +15,19 @@ from training.config import load_config
 from training.engine import distributed
 
 STEPS = 3
+CPU = distributed.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
+def _demo_config(synthetic_root, *overrides: str):
+    """The demo recipe on the tiny synthetic benchmark, with the worker-side photometric the trainer resolves."""
+    sizes = json.dumps(TINY_SIZES)
+    base = [f"data.synthetic_root={synthetic_root}", f"data.synthetic_sizes={sizes}", "data.photometric_on=worker"]
+    return load_config("demo", [*base, *overrides])
 
 
 def _losses(cfg, label_space, batches, compiled: bool) -> list[torch.Tensor]:
-    info = distributed.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     torch.manual_seed(0)
-    method, model = pretrain.build_model(cfg, label_space, info)
+    method, model = pretrain.build_model(cfg, label_space, CPU)
     if compiled:
         model = torch.compile(model, backend="aot_eager", fullgraph=True)  # fullgraph: a graph break raises
     optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.05)
@@ -36,18 +43,8 @@ def _losses(cfg, label_space, batches, compiled: bool) -> list[torch.Tensor]:
 
 
 def test_the_mdp_step_compiles_as_one_graph_and_matches_eager(synthetic_root):  # noqa: F811
-    cfg = load_config(
-        "demo",
-        [
-            f"data.synthetic_root={synthetic_root}",
-            f"data.synthetic_sizes={json.dumps(TINY_SIZES)}",
-            "data.crop_size=48",
-            "data.base_size=64",
-            "data.photometric_on=worker",
-        ],
-    )
-    info = distributed.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-    label_space, stages = pretrain.build_stages(cfg, info)
+    cfg = _demo_config(synthetic_root, "data.crop_size=48", "data.base_size=64")
+    label_space, stages = pretrain.build_stages(cfg, CPU)
     torch.manual_seed(2)
     batches = [batch for _, batch in zip(range(STEPS), DataLoader(stages[0].dataset, batch_size=4))]
     eager = _losses(cfg, label_space, batches, compiled=False)
@@ -64,18 +61,9 @@ def _fresh_dynamo():
 
 
 def test_a_compiled_step_still_refuses_label_ids_out_of_range(synthetic_root):  # noqa: F811
-    cfg = load_config(
-        "demo",
-        [
-            f"data.synthetic_root={synthetic_root}",
-            f"data.synthetic_sizes={json.dumps(TINY_SIZES)}",
-            "train.compile=true",
-            "data.photometric_on=worker",
-        ],
-    )
-    info = distributed.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-    label_space, _ = pretrain.build_stages(cfg, info)
-    _, model = pretrain.build_model(cfg, label_space, info)
+    cfg = _demo_config(synthetic_root, "train.compile=true")
+    label_space, _ = pretrain.build_stages(cfg, CPU)
+    _, model = pretrain.build_model(cfg, label_space, CPU)
     image = torch.zeros(2, 3, 32, 32)
     batch = {"image": image, "image_k": image, "mask": torch.full((2, 32, 32), label_space.num_classes)}
     batch["dataset_id"] = torch.zeros(2, dtype=torch.long)

@@ -563,12 +563,12 @@ def scale_memory_window(cfg: PretrainConfig, info: distributed.DistInfo) -> None
     reference = cfg.method.window_reference_batch
     if reference <= 0:
         return
+    cfg.method.window_reference_batch = 0
     if "window" not in method_options(cfg.method.name):
-        raise ConfigError(f"method.window_reference_batch: method {cfg.method.name!r} has no prototype window")
+        return  # a recipe's reference for a method without a prototype window (e.g. a baseline set with --set)
     window = cfg.method.options.get("window", method_options(cfg.method.name)["window"])
     global_batch = cfg.train.batch_size * info.world_size
     cfg.method.options["window"] = max(1, round(window * global_batch / reference))
-    cfg.method.window_reference_batch = 0
 
 
 def record_start(
