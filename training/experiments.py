@@ -349,6 +349,7 @@ def pretrain_job(method: Method, seed: int, output: Path, budget: Budget, data: 
         "train.checkpoint_every=50",
         "train.plots=false",
         "export.enabled=false",
+        "method.window_reference_batch=0",  # the study's window is stated in regions, as run
         *(
             text.replace("{unify_map}", str(unify_path)).replace("{window}", str(budget.window))
             for text in method.pretrain

@@ -34,11 +34,13 @@ class Probe:
     overrides: tuple[str, ...] = ()
 
 
-# The head and prototypes before the whitened head (docs/LEARNING.md), for the rows that vary them.
+# The head and prototypes before the whitened head (docs/LEARNING.md), for the rows that vary them; their
+# windows are literal (not scaled with the batch), as these rows were defined.
 _PREVIOUS = (
     "method.head_output_norm=none",
     "method.options.within_image_weight=0.0",
     "method.options.prototype_anchors=true",
+    "method.window_reference_batch=0",
 )
 PROBES: tuple[Probe, ...] = (
     Probe("demo", "demo as shipped (whitened head, within-image term, class means from the first step)"),
