@@ -34,7 +34,7 @@ import timm
 import torch
 import torchvision
 
-from benchmarks import hub_load
+from benchmarks import hub_load, paper_memory
 from benchmarks.instruments import instrument_costs, instruments_lines
 from benchmarks.train_step import (
     H100_BF16_DENSE_TFLOPS,
@@ -87,6 +87,8 @@ class Settings:
     variants: tuple[str, ...] | None = None  # None = every variant of benchmarks/train_step.py
     projection_arch: str = "resnet50"
     projection_crops: tuple[int, int] = (64, 128)
+    paper_memory_crop: int = 512  # the recipes' crop; the memory table of every paper recipe's step
+    paper_memory_rows: int | None = None  # None = every (arch, method, OS) of the paper recipes
 
 
 PRESETS = {
@@ -126,6 +128,8 @@ PRESETS = {
         variants=("lower bound", "MDP full (mixup + CSC2)", "MoCo v2 (queue 65536)", "region bank"),
         projection_arch="resnet18",
         projection_crops=(16, 32),
+        paper_memory_crop=32,
+        paper_memory_rows=1,
     ),
 }
 
@@ -712,6 +716,48 @@ def data_pipeline_section(settings: Settings, h100_images_per_s: dict[float, flo
     ]
 
 
+def paper_memory_section(settings: Settings) -> list[str]:
+    """Memory of one step of every paper recipe at its crop (benchmarks/paper_memory.py), projected to GPUs."""
+    load_before, started = load_average(), time.perf_counter()
+    rows = paper_memory.run(settings.paper_memory_crop, batch=1, limit=settings.paper_memory_rows)
+    timing = f"{time.perf_counter() - started:.0f} s; load average {load_before:.2f} before, {load_average():.2f} after"
+    gigabytes = lambda value: f"{value / 1e9:.2f}"  # noqa: E731
+    lines = [
+        f"### One training step of every paper recipe at {settings.paper_memory_crop} px",
+        "",
+        f"Each distinct (arch, method, output stride) of the paper recipes in a fresh process, as the recipe builds "
+        f"it (342 classes), one SGD step on 1 synthetic {settings.paper_memory_crop}x{settings.paper_memory_crop} "
+        f"image in fp32 on this CPU; {timing}. Measured = the process's peak resident memory during the step minus "
+        "its resident memory before it. Counted = the bytes of every tensor autograd saves for the backward pass "
+        "(each storage once), in fp32 and under bf16 autocast (CPU autocast casts as CUDA autocast does). The "
+        "projection per GPU image is the bf16 count scaled by measured / counted fp32 (the temporaries the count "
+        f"does not see); fixed = weights with the momentum encoder, gradients and SGD momentum (fp32) + "
+        f"{paper_memory.CUDA_CONTEXT_GB} GB of CUDA context and workspace; the largest batch keeps "
+        f"{paper_memory.GPU_FREE_SHARE:.0%} of the GPU free.",
+        "",
+        "| arch, method, OS | recipes | measured step, fp32 (GB) | counted fp32 / bf16 (GB) | measured / counted | "
+        "bf16 per image (GB) | fixed (GB) | largest batch per GPU: "
+        + " / ".join(f"{gb} GB" for gb in paper_memory.GPU_GB)
+        + " |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        recipes = ", ".join(row["recipes"][:2]) + (f" (+{len(row['recipes']) - 2})" if len(row["recipes"]) > 2 else "")
+        fits = " / ".join(str(row["largest_batch"][gb]) for gb in paper_memory.GPU_GB)
+        lines.append(
+            f"| {row['arch']}, {row['method']}, OS{row['output_stride']} | {recipes} | "
+            f"{gigabytes(row['measured_step_bytes'])} | {gigabytes(row['counted_fp32_bytes'])} / "
+            f"{gigabytes(row['counted_bf16_bytes'])} | {row['temporaries_factor']:.2f} | "
+            f"{gigabytes(row['bf16_per_image_bytes'])} | {gigabytes(row['fixed_bytes'])} | {fits} |"
+        )
+    lines += [
+        "",
+        "The recipes train 8 images per GPU; the check of the projection is the measured / counted column: the "
+        "saved-tensor count explains the measured fp32 peak up to that factor. Not measured on a GPU.",
+    ]
+    return lines
+
+
 def hub_section(settings: Settings) -> list[str]:
     load_before, started = load_average(), time.perf_counter()
     times = hub_load.run(settings.hub_repeats)
@@ -783,6 +829,7 @@ def main(argv: list[str] | None = None) -> None:
     print("[1/5] training step", file=sys.stderr)
     train_lines, train = train_step_section(settings, device)
     memory_lines = memory_scaling_section(settings.embed_dim, plot_path, out.parent)
+    memory_lines += ["", *paper_memory_section(settings)]
     print("[2/5] FLOPs and projection", file=sys.stderr)
     paper_lines, paper = paper_section(settings, train["args"], train["label_space"], train["flops_per_image"])
     print("[3/5] data pipeline", file=sys.stderr)
