@@ -18,6 +18,7 @@ from test_pretrain_run import synthetic_root  # noqa: F401  (fixture)
 
 from training.data.errors import BadSampleError, DatasetLayoutError
 from training.data.readers import open_reader, read_label_png
+from training.data.sample_index import SampleIndex
 from training.data.synthetic import synthetic_specs
 
 READER_SPECS = {
@@ -103,7 +104,8 @@ def test_bad_file_raises_naming_it_or_is_counted_at_startup(
     assert reader.format_name == reader_name
     reader.load_pair(0)  # the intact sample loads
     break_sample, expected = FAULTS[fault]
-    reader.samples[0], broken_path = break_sample(reader.samples[0], tmp_path)
+    broken, broken_path = break_sample(reader.samples[0], tmp_path)
+    reader.samples = SampleIndex.pack(reader.root, [broken, *reader.samples[1:]])
     with pytest.raises(BadSampleError, match=expected) as caught:
         reader.load_pair(0)
     assert caught.value.path == str(broken_path)

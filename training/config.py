@@ -58,6 +58,9 @@ class DataConfig:
     unify_map: str = ""  # JSON class-name unification map (ablation); empty = plain concatenation (the paper)
     sampling: str = "proportional"  # proportional (the paper) | balanced
     skip_bad_samples: bool = False
+    # where each split's checked file listing is cached (rank 0 reads it; restarts skip the listing); empty = the
+    # default folder ~/.cache/mdp-hub/dataset-index, off = list the folders at every start-up
+    index_cache: str = ""
     num_workers: int = 8
 
     def __post_init__(self):

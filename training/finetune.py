@@ -113,9 +113,12 @@ def build_datasets(config: FinetuneConfig):
         photometric=MMSEG_PHOTOMETRIC,
         photometric_on=data.photometric_on,
         skip_bad_samples=data.skip_bad_samples,
+        index_cache=data.index_cache,
     )
     val_spec = resolve_data_spec(data.val, train=False)
-    val_set = build_segmentation_dataset(val_spec, train=False, mean=data.mean, std=data.std)
+    val_set = build_segmentation_dataset(
+        val_spec, train=False, mean=data.mean, std=data.std, index_cache=data.index_cache
+    )
     if list(train_set.class_names) != list(val_set.class_names):
         raise ConfigError(
             f"data.train={data.train!r} and data.val={data.val!r} have different classes "

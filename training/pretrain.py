@@ -176,6 +176,7 @@ def build_stages(cfg: PretrainConfig, info: distributed.DistInfo) -> tuple[Label
         resolve_dataset_specs(cfg),
         skip_bad_samples=data.skip_bad_samples,
         unify_map=resolve_unify_map(data.unify_map),
+        index_cache=data.index_cache,
         **common,
     )
     dataset = labeled
@@ -334,6 +335,7 @@ def build_probe(cfg: PretrainConfig, method: nn.Module, label_space: LabelSpace)
         two_views=False,
         skip_bad_samples=data.skip_bad_samples,
         unify_map=resolve_unify_map(data.unify_map),
+        index_cache=data.index_cache,
     )
     count = min(cfg.train.probe_images, len(dataset))
     indices = torch.linspace(0, len(dataset) - 1, count).round().long().tolist()

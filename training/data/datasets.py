@@ -24,7 +24,8 @@ from torch.utils.data import Dataset
 
 from training.data.errors import BadSampleError, DatasetLayoutError
 from training.data.label_space import IGNORE_INDEX, LabelSpace, load_unify_map
-from training.data.readers import IDENTITY, IMAGE_SUFFIXES, LabelMap, SegmentationReader, load_image, open_reader
+from training.data.readers import IDENTITY, IMAGE_SUFFIXES, LabelMap, SegmentationReader, load_image
+from training.data.shared_listing import open_checked, resolve_cache_dir
 from training.data.specs import DatasetSpec
 from training.data.transforms import EvalTransform, JointTrainTransform, PhotometricConfig
 
@@ -40,16 +41,18 @@ def check_photometric_on(value: str) -> str:
 
 
 def open_readers(
-    specs: Sequence[str | DatasetSpec], *, train: bool, skip_bad_samples: bool
+    specs: Sequence[str | DatasetSpec], *, train: bool, skip_bad_samples: bool, index_cache: str | Path | None = None
 ) -> tuple[list[SegmentationReader], list[BadSampleError]]:
-    """Open every spec and check at start-up that each listed file exists.
+    """Open every spec and check at start-up that each listed file exists (once for all ranks, and from the
+    listing cache while the folders are unchanged: training.data.shared_listing; ``index_cache`` as
+    ``data.index_cache``: empty = the default folder, ``off`` = none).
 
     Missing files raise (naming the first one) unless ``skip_bad_samples``, which drops and returns them.
     """
     readers, dropped = [], []
+    cache_dir = resolve_cache_dir(index_cache)
     for spec in specs:
-        reader = open_reader(spec, train=train)
-        missing = reader.missing_files()
+        reader, missing = open_checked(spec, train=train, cache_dir=cache_dir)
         if missing and not skip_bad_samples:
             more = f" (and {len(missing) - 1} more in this split)" if len(missing) > 1 else ""
             raise BadSampleError(
@@ -242,6 +245,7 @@ def build_pretrain_dataset(
     base_size: int | None = None,
     photometric: PhotometricConfig | None = None,
     photometric_on: str = "worker",
+    index_cache: str | Path | None = None,
 ) -> tuple[SegmentationSamples, LabelSpace]:
     """Concatenate several datasets into one label space (in ``specs`` order) for pretraining.
 
@@ -251,7 +255,7 @@ def build_pretrain_dataset(
     """
     if not specs:
         raise ValueError("build_pretrain_dataset needs at least one dataset spec")
-    readers, dropped = open_readers(specs, train=True, skip_bad_samples=skip_bad_samples)
+    readers, dropped = open_readers(specs, train=True, skip_bad_samples=skip_bad_samples, index_cache=index_cache)
     warn_if_crop_dwarfs_images(readers, crop_size, base_size=base_size, scale_range=scale_range)
     if isinstance(unify_map, (str, Path)):
         unify_map = load_unify_map(unify_map)
@@ -319,13 +323,14 @@ def build_segmentation_dataset(
     photometric: PhotometricConfig | None = None,
     skip_bad_samples=False,
     photometric_on: str = "worker",
+    index_cache: str | Path | None = None,
 ) -> SingleDatasetSegmentation:
     """Fine-tuning (``train=True``: rescale/crop/flip/jitter to ``crop_size``) or evaluation (``train=False``:
     whole image, no crop, items carry ``"name"``; use batch size 1) dataset in local ids.
 
     ``photometric_on="device"`` (training only): items carry a uint8 crop and uint8 mask; the trainer's
     DeviceViews (``views=1``, ``label_tables``) jitters, normalises and makes int64 ids on its device."""
-    readers, dropped = open_readers([spec], train=train, skip_bad_samples=skip_bad_samples)
+    readers, dropped = open_readers([spec], train=train, skip_bad_samples=skip_bad_samples, index_cache=index_cache)
     if train:
         if crop_size is None:
             raise ValueError("build_segmentation_dataset(train=True) needs crop_size")

@@ -61,6 +61,7 @@ class HubDatasetReader(SegmentationReader):
     """A Hugging Face dataset split: image and mask columns, class names and a checked label convention."""
 
     format_name = "hf"
+    indexed = False  # rows of the dataset's own files: nothing to list or cache
     train_split = "train"
     eval_split = "validation"
 

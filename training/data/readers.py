@@ -22,6 +22,7 @@ from training.data.counting import value_counts
 from training.data.decode import load_image, read_label_png
 from training.data.errors import BadSampleError, DatasetLayoutError
 from training.data.label_space import LOCAL_IGNORE
+from training.data.sample_index import SampleIndex
 from training.data.specs import DatasetSpec, parse_spec
 
 INVALID = -1  # marks raw values that are not part of a dataset's encoding in a lookup table
@@ -138,15 +139,20 @@ class SegmentationReader:
     split_aliases: dict[str, str] = {}
     splits: tuple[str, ...] = ()  # the split names a format knows (checked by _require_known_split)
     valid_hint = ""
+    indexed = True  # samples are files listed into a SampleIndex (cacheable, shared between ranks)
 
-    def __init__(self, root: str | Path, split: str | None = None, *, train: bool = True):
+    def __init__(
+        self, root: str | Path, split: str | None = None, *, train: bool = True, samples: SampleIndex | None = None
+    ):
+        """``samples``: the split's listing made earlier (cached, or by another rank); None lists the folder."""
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise DatasetLayoutError(f"{self.root}: dataset folder not found (for {self.format_name})")
         split = split or (self.train_split if train else self.eval_split)
         self.split = self.split_aliases.get(split, split)
-        self.samples: list[SampleFiles] = self._list_samples()
-        if not self.samples:
+        self.listing_inputs: list[Path] = []  # the list files the listing read (their changes invalidate it)
+        self.samples = samples if samples is not None else SampleIndex.pack(self.root, self._list_samples())
+        if not len(self.samples):
             raise DatasetLayoutError(f"{self.root}: split {self.split!r} of {self.format_name} is empty")
         self.tables: dict[str, np.ndarray] = self._tables()
         self.label_maps = {name: LabelMap(table) for name, table in self.tables.items() if table.size == 256}
@@ -191,8 +197,9 @@ class SegmentationReader:
 
     def drop(self, problems: list[BadSampleError]) -> None:
         bad_paths = {problem.path for problem in problems}
-        self.samples = [s for s in self.samples if str(s.image) not in bad_paths and str(s.mask) not in bad_paths]
-        if not self.samples:
+        keep = np.array([str(s.image) not in bad_paths and str(s.mask) not in bad_paths for s in self.samples])
+        self.samples = self.samples.select(keep)
+        if not len(self.samples):
             raise DatasetLayoutError(f"{self.root}: no usable sample left in split {self.split!r}")
 
     def load_image(self, index: int) -> torch.Tensor:
@@ -241,6 +248,7 @@ class SegmentationReader:
             )
 
     def _read_list(self, path: Path) -> list[str]:
+        self.listing_inputs.append(path)
         if not path.is_file():
             raise DatasetLayoutError(f"{path}: split list not found for split {self.split!r} of {self.format_name}")
         return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
@@ -474,7 +482,9 @@ class FolderReader(SegmentationReader):
     format_name = "folder"
     valid_hint = "0..K-1 from classes.txt and 255"
 
-    def __init__(self, root: str | Path, split: str | None = None, *, train: bool = True):
+    def __init__(
+        self, root: str | Path, split: str | None = None, *, train: bool = True, samples: SampleIndex | None = None
+    ):
         root = Path(root).expanduser()
         names_file = root / "classes.txt"
         if root.is_dir() and not names_file.is_file():
@@ -486,7 +496,7 @@ class FolderReader(SegmentationReader):
             self.class_names = tuple(names)
             self.valid_hint = f"0..{len(names) - 1} and 255"
         self._explicit_split = split is not None
-        super().__init__(root, split, train=train)
+        super().__init__(root, split, train=train, samples=samples)
 
     @property
     def dataset_name(self) -> str:
@@ -608,6 +618,7 @@ class CCPReader(NumberedSplitReader):
     def _check_label_list(self) -> None:
         """The release's class list, if present, must be the one the ids are decoded with."""
         path = self.root / "label_list.mat"
+        self.listing_inputs.append(path)
         if not path.is_file():
             return
         from scipy.io import loadmat
@@ -688,11 +699,16 @@ READERS: dict[str, type[SegmentationReader]] = {
 }
 
 
-def open_reader(spec: str | DatasetSpec, *, train: bool = True) -> SegmentationReader:
-    """Reader for a spec string; the split defaults to the format's training or evaluation split."""
+def open_reader(
+    spec: str | DatasetSpec, *, train: bool = True, samples: SampleIndex | None = None
+) -> SegmentationReader:
+    """Reader for a spec string; the split defaults to the format's training or evaluation split.
+
+    ``samples``: the split's listing made before (training.data.shared_index), so the folder is not listed again.
+    """
     spec = parse_spec(spec)
     if spec.name == "hf":  # its own module: it needs the datasets library, and it takes options
         from training.data.hub_datasets import HubDatasetReader
 
         return HubDatasetReader(spec.path, spec.split, train=train, options=spec.options)
-    return READERS[spec.name](spec.path, spec.split, train=train)
+    return READERS[spec.name](spec.path, spec.split, train=train, samples=samples)

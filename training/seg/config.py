@@ -34,6 +34,7 @@ class FinetuneDataConfig:
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     num_workers: int = 4
     skip_bad_samples: bool = False  # data.train only: drop missing files, replace undecodable samples (docs/DATA.md)
+    index_cache: str = ""  # cached file listings: empty = ~/.cache/mdp-hub/dataset-index, off = none (docs/DATA.md)
     # Where MMSeg's colour jitter runs: "device" = batched on the training device, workers send uint8 crops and
     # uint8 masks (training.data.device_augment); "worker" = PIL in the data workers; "auto" = device on CUDA.
     photometric_on: str = "auto"
