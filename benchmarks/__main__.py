@@ -34,7 +34,7 @@ import timm
 import torch
 import torchvision
 
-from benchmarks import hub_load, paper_memory
+from benchmarks import compile_step, data_index, hub_load, paper_memory
 from benchmarks.instruments import instrument_costs, instruments_lines
 from benchmarks.train_step import (
     H100_BF16_DENSE_TFLOPS,
@@ -89,6 +89,13 @@ class Settings:
     projection_crops: tuple[int, int] = (64, 128)
     paper_memory_crop: int = 512  # the recipes' crop; the memory table of every paper recipe's step
     paper_memory_rows: int | None = None  # None = every (arch, method, OS) of the paper recipes
+    index_scale: float = 1.0  # fraction of the paper's 149,079 samples in the data-index section
+    index_ranks: int = 8
+    index_workers: int = 8
+    compile_crop: int = 96
+    compile_batch: int = 8
+    compile_steps: int = 8
+    compile_backend: str = "inductor"
 
 
 PRESETS = {
@@ -130,6 +137,13 @@ PRESETS = {
         projection_crops=(16, 32),
         paper_memory_crop=32,
         paper_memory_rows=1,
+        index_scale=0.002,
+        index_ranks=1,
+        index_workers=2,
+        compile_crop=32,
+        compile_batch=2,
+        compile_steps=1,
+        compile_backend="aot_eager",  # capture and autograd without Inductor's minutes of code generation
     ),
 }
 
@@ -264,6 +278,49 @@ def instruments_section(settings: Settings, device: torch.device) -> list[str]:
         f"{load_average():.2f}."
     )
     return [INSTRUMENTS_BEGIN, *instruments_lines(costs, settings_line), INSTRUMENTS_END]
+
+
+def data_index_section(settings: Settings) -> list[str]:
+    """The data layer at the paper's 149k samples (benchmarks/data_index.py), between markers (``--only``)."""
+    load, clock = load_average(), time.perf_counter()
+    report = data_index.run(settings.index_scale, settings.index_ranks, settings.index_workers)
+    lines = data_index.section_lines(report, settings.index_ranks, settings.index_workers, time.perf_counter() - clock)
+    return [
+        "<!-- data_index:begin -->",
+        "## 6. The data layer at the paper's size",
+        "",
+        f"Machine: {machine_line(torch.device('cpu'))}; `python -m benchmarks --only data_index` refreshes this "
+        f"section alone (load average {load:.2f} at its start).",
+        "",
+        *lines,
+        "<!-- data_index:end -->",
+    ]
+
+
+def compile_section(settings: Settings) -> list[str]:
+    """torch.compile of the MDP step against eager (benchmarks/compile_step.py), between markers (``--only``)."""
+    load, clock = load_average(), time.perf_counter()
+    report = compile_step.run(
+        settings.compile_crop, settings.compile_batch, settings.compile_steps, settings.compile_backend
+    )
+    lines = compile_step.section_lines(report, time.perf_counter() - clock, (load, load_average()))
+    return [
+        "<!-- compile:begin -->",
+        "## 7. torch.compile of the MDP step",
+        "",
+        f"Machine: {machine_line(torch.device('cpu'))}; `python -m benchmarks --only compile` refreshes this "
+        "section alone.",
+        "",
+        *lines,
+        "<!-- compile:end -->",
+    ]
+
+
+ONLY_SECTIONS = {
+    "instruments": lambda settings, device: instruments_section(settings, device),
+    "data_index": lambda settings, device: data_index_section(settings),
+    "compile": lambda settings, device: compile_section(settings),
+}
 
 
 def replace_block(page: Path, block: list[str]) -> None:
@@ -805,7 +862,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md",
         help="Markdown report to write (default docs/BENCHMARKS.md)",
     )
-    parser.add_argument("--only", choices=("instruments",), help="refresh only this section of an existing report")
+    parser.add_argument("--only", choices=sorted(ONLY_SECTIONS), help="refresh only this section of an existing report")
     return parser.parse_args(argv)
 
 
@@ -818,9 +875,9 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     if not os.access(out.parent, os.W_OK):  # now, not after the whole run
         raise PermissionError(errno.EACCES, "folder not writable", str(out.parent))
-    if args.only == "instruments":
-        replace_block(out, instruments_section(settings, device))
-        print(f"refreshed the instruments section of {out}", file=sys.stderr)
+    if args.only:
+        replace_block(out, ONLY_SECTIONS[args.only](settings, device))
+        print(f"refreshed the {args.only} section of {out}", file=sys.stderr)
         return
     plot_path = out.with_name(out.stem + "_memory.png")
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -836,6 +893,8 @@ def main(argv: list[str] | None = None) -> None:
     data_lines = data_pipeline_section(settings, paper["h100_images_per_s"])
     print("[4/5] hub loading", file=sys.stderr)
     hub_lines = hub_section(settings)
+    index_lines = data_index_section(settings)
+    compile_lines = compile_section(settings)
     instrument_lines = instruments_section(settings, device)
 
     lines = [
@@ -855,6 +914,10 @@ def main(argv: list[str] | None = None) -> None:
         *hub_lines,
         "",
         *paper_lines,
+        "",
+        *index_lines,
+        "",
+        *compile_lines,
         "",
         *instrument_lines,
         "",

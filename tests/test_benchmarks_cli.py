@@ -22,6 +22,8 @@ SECTIONS = (
     "## 3. Data pipeline",
     "## 4. Hub loading",
     "## 5. On paper: FLOPs per training image and GPU hours of the paper's recipe",
+    "## 6. The data layer at the paper's size",
+    "## 7. torch.compile of the MDP step",
     "## Learning-dynamics instruments",
 )
 
@@ -47,7 +49,8 @@ def test_smoke_run_writes_every_section(tmp_path):
         assert f"| {pipeline} |" in report
     assert "| mdp_resnet50 |" in report and "| 8x H100 SXM" in report
     assert re.search(r"\): \d+ ms against \d+ ms measured as a whole step", report)  # MoCo v2 from isolated work
-    assert report.count("Machine:") == 5 and report.count("load average") >= 5
+    assert report.count("Machine:") == 7 and report.count("load average") >= 7
+    assert re.search(r"\| arrays \| \d+ \|", report) and "| 1 compiled" not in report
     for instrument in ("gradient norms", "probe", "prototype statistics"):
         assert f"| {instrument} |" in report
     assert not re.search(r"\b(nan|inf)\b", report), "non-finite number in the report"
