@@ -292,13 +292,14 @@ def section_lines(report: dict, ranks: int, workers: int, seconds: float) -> lis
             f"{row['restart_opened']:.2f} | "
             + (f"{calls[0]:,}" if calls else "(strace not installed)")
             + " | "
-            + (f"{min(others):,}-{max(others):,}" if others else "-")
+            + (f"{min(others):,}" + (f"-{max(others):,}" if max(others) > min(others) else "") if others else "-")
             + " |"
         )
     lines += [
         "",
-        "Launch to first batch includes starting Python and importing torch (about 2 s a process here; 8 processes "
-        "share 2 cores); the listing column is the data layer's own part (the slowest rank). Dataset calls = the "
+        "Launch to first batch includes starting Python and importing torch (about 2 s a process here; with 8 "
+        "processes on 2 cores that is most of the 8-rank times); the listing column is the data layer's own part "
+        "(the slowest rank). Dataset calls = the "
         "stat, open and other file calls naming a path under the datasets' folders (strace, first start; the "
         "first batch's own reads included). Rank 0 lists the splits and checks every file once; the other ranks "
         "receive its listing over the process group and open only the files of their first batch. The listing is "
@@ -322,7 +323,7 @@ def section_lines(report: dict, ranks: int, workers: int, seconds: float) -> lis
         "order), memory read from /proc/<pid>/smaps_rollup after each worker's first batch and at the pass's last "
         "batch. Private memory is what a worker holds alone (pages it wrote, copy-on-write included). `arrays` is "
         "how the readers keep their samples (paths packed in a few numpy arrays); `objects` stores the same "
-        "samples as a list of Python objects, as the readers did before: each worker's reference-count and "
+        "samples as a plain list of Python objects, one per sample: each worker's reference-count and "
         "garbage-collector writes copy the pages of that list.",
     ]
     return lines
