@@ -92,6 +92,7 @@ class Settings:
     index_scale: float = 1.0  # fraction of the paper's 149,079 samples in the data-index section
     index_ranks: int = 8
     index_workers: int = 8
+    index_trace: bool = True  # count each rank's dataset calls under strace
     compile_crop: int = 96
     compile_batch: int = 8
     compile_steps: int = 8
@@ -140,6 +141,7 @@ PRESETS = {
         index_scale=0.002,
         index_ranks=1,
         index_workers=2,
+        index_trace=False,
         compile_crop=32,
         compile_batch=2,
         compile_steps=1,
@@ -283,7 +285,7 @@ def instruments_section(settings: Settings, device: torch.device) -> list[str]:
 def data_index_section(settings: Settings) -> list[str]:
     """The data layer at the paper's 149k samples (benchmarks/data_index.py), between markers (``--only``)."""
     load, clock = load_average(), time.perf_counter()
-    report = data_index.run(settings.index_scale, settings.index_ranks, settings.index_workers)
+    report = data_index.run(settings.index_scale, settings.index_ranks, settings.index_workers, settings.index_trace)
     lines = data_index.section_lines(report, settings.index_ranks, settings.index_workers, time.perf_counter() - clock)
     return [
         "<!-- data_index:begin -->",

@@ -175,7 +175,7 @@ def dataset_calls(trace: Path, pids: list[int], roots: list[str]) -> dict[int, C
     return counts
 
 
-def startup(specs: list[str], work: Path, ranks: int) -> dict:
+def startup(specs: list[str], work: Path, ranks: int, trace: bool = True) -> dict:
     """First start and restart, on 1 and ``ranks`` processes, and the dataset calls per rank of a first start."""
     roots = [spec.split(":", 1)[1] for spec in specs]
     report = {}
@@ -184,11 +184,10 @@ def startup(specs: list[str], work: Path, ranks: int) -> dict:
         first = launch(specs, str(cache), count)
         restart = launch(specs, str(cache), count)
         shutil.rmtree(cache)
-        calls_by_rank = None  # without strace, not counted
-        if shutil.which("strace"):
-            trace = work / f"trace{count}"
-            traced = launch(specs, str(cache), count, trace=trace)
-            calls = dataset_calls(trace, [row["pid"] for row in traced], roots)
+        calls_by_rank = None  # not counted
+        if trace and shutil.which("strace"):
+            traced = launch(specs, str(cache), count, trace=work / f"trace{count}")
+            calls = dataset_calls(work / f"trace{count}", [row["pid"] for row in traced], roots)
             calls_by_rank = {row["rank"]: dict(calls[row["pid"]]) for row in traced}
             for path in work.glob(f"trace{count}.*"):
                 path.unlink()
@@ -251,15 +250,16 @@ def worker_memory(specs: list[str], cache: str, workers: int, storage: str) -> d
     }
 
 
-def run(scale: float, ranks: int, workers: int, root: Path | None = None) -> dict:
-    """Every measurement of this module on a freshly written index (removed afterwards)."""
+def run(scale: float, ranks: int, workers: int, trace: bool = True, root: Path | None = None) -> dict:
+    """Every measurement of this module on a freshly written index (removed afterwards); ``trace``: count each
+    rank's dataset calls in one more start-up under strace (if installed)."""
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         work = Path(tmp)
         started = time.perf_counter()
         specs = write_layouts(work / "data", scale)
         report = {"written_seconds": time.perf_counter() - started, "specs": [s.split(":")[0] for s in specs]}
         report["load_before"] = os.getloadavg()[0]
-        report["startup"] = startup(specs, work, ranks)
+        report["startup"] = startup(specs, work, ranks, trace)
         cache = str(work / "memory-cache")
         report["memory"] = [worker_memory(specs, cache, workers, storage) for storage in ("arrays", "objects")]
         report["load_after"] = os.getloadavg()[0]
@@ -275,7 +275,9 @@ def section_lines(report: dict, ranks: int, workers: int, seconds: float) -> lis
     """Markdown of ``run``'s report: start-up and calls per rank, then worker memory."""
     samples = report["startup"]["1"]["samples"] if "1" in report["startup"] else report["startup"][1]["samples"]
     lines = [
-        f"The three paper datasets in their real layouts at their real sizes ({samples:,} samples: "
+        "The three paper datasets in their real layouts "
+        + ("at their real sizes" if samples == sum(PAPER_COUNTS.values()) else "scaled down from their real sizes")
+        + f" ({samples:,} samples; real: "
         + ", ".join(f"{name} {count:,}" for name, count in PAPER_COUNTS.items())
         + "), every file a hard link to one tiny JPEG or label PNG of its format, on the local disk; "
         f"{seconds:.0f} s; load average {report['load_before']:.2f} before, {report['load_after']:.2f} after.",
@@ -290,7 +292,7 @@ def section_lines(report: dict, ranks: int, workers: int, seconds: float) -> lis
         lines.append(
             f"| {count} | {row['first_start']:.1f} | {row['first_start_opened']:.2f} | {row['restart']:.1f} | "
             f"{row['restart_opened']:.2f} | "
-            + (f"{calls[0]:,}" if calls else "(strace not installed)")
+            + (f"{calls[0]:,}" if calls else "(not counted)")
             + " | "
             + (f"{min(others):,}" + (f"-{max(others):,}" if max(others) > min(others) else "") if others else "-")
             + " |"
