@@ -692,7 +692,7 @@ def open_reader(spec: str | DatasetSpec, *, train: bool = True) -> SegmentationR
     """Reader for a spec string; the split defaults to the format's training or evaluation split."""
     spec = parse_spec(spec)
     if spec.name == "hf":  # its own module: it needs the datasets library, and it takes options
-        from training.data.hub_datasets import HubDatasetReader
+        from training.data.hub_streaming import open_hub_reader
 
-        return HubDatasetReader(spec.path, spec.split, train=train, options=spec.options)
+        return open_hub_reader(spec, train=train)
     return READERS[spec.name](spec.path, spec.split, train=train)
