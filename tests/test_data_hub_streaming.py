@@ -128,3 +128,12 @@ def test_pretraining_on_a_stream_with_two_gloo_ranks_of_two_workers(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     assert [row["step"] for row in read_metrics(run / "metrics.jsonl") if "loss" in row] == list(range(1, 9))
     assert json.loads((run / "label_space.json").read_text())["datasets"][0]["name"] == "shapes"
+
+
+def test_fine_tuning_refuses_a_stream(tmp_path, capsys):
+    from training import finetune
+
+    repo = write_parquet_repo(tmp_path / "shapes", train_shards=(3, 3))
+    args = ["--init", "scratch", "--output", str(tmp_path / "ft"), "--set", f"data.train=hf:{repo}?stream=true"]
+    assert finetune.main(args) != 0
+    assert "fine-tuning reads hf: datasets map-style" in capsys.readouterr().err

@@ -67,6 +67,9 @@ def open_hub_reader(spec: DatasetSpec, *, train: bool) -> HubDatasetReader:
 
 
 def is_streaming(spec: str | DatasetSpec) -> bool:
+    """True for an ``hf:`` spec with ``stream=true`` (any other string, e.g. ``synthetic``, is not a stream)."""
+    if isinstance(spec, str) and not spec.startswith("hf:"):
+        return False
     spec = parse_spec(spec)
     return spec.name == "hf" and flag(dict(spec.options), "stream")
 
