@@ -44,17 +44,25 @@ def rows(count: int, seed: int, *, shift: int = 0, corrupt_row: int | None = Non
     return {"image": images, "label": masks}
 
 
-def write_parquet_repo(folder: Path, *, id2label: bool = True, shift: int = 0, corrupt_row: int | None = None):
-    """``data/{train,validation}-00000-of-00001.parquet`` + README.md (+ id2label.json): the Hub repo layout."""
+def write_parquet_repo(
+    folder: Path,
+    *,
+    id2label: bool = True,
+    shift: int = 0,
+    corrupt_row: int | None = None,
+    train_shards: tuple[int, ...] = (6,),
+):
+    """``data/train-0000i-of-0000n.parquet`` (``train_shards`` rows each), ``data/validation-00000-of-00001.parquet``
+    (3 rows), README.md (+ id2label.json): the Hub repo layout. ``corrupt_row`` counts through the train shards."""
     import datasets
 
     features = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
     (folder / "data").mkdir(parents=True)
-    for split, count, seed in (("train", 6, 0), ("validation", 3, 100)):
-        table = datasets.Dataset.from_dict(
-            rows(count, seed, shift=shift, corrupt_row=corrupt_row if split == "train" else None), features=features
-        )
-        table.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    files = [("train", i, len(train_shards), sum(train_shards[:i]), n) for i, n in enumerate(train_shards)]
+    for split, index, count, start, size in [*files, ("validation", 0, 1, 100, 3)]:
+        corrupt = corrupt_row - start if split == "train" and corrupt_row is not None else None
+        table = datasets.Dataset.from_dict(rows(size, start, shift=shift, corrupt_row=corrupt), features=features)
+        table.to_parquet(str(folder / "data" / f"{split}-{index:05d}-of-{count:05d}.parquet"))
     (folder / "README.md").write_text(
         "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*\n"
         "  - split: validation\n    path: data/validation-*\n---\n# shapes\nA tiny segmentation dataset.\n"

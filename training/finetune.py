@@ -30,6 +30,7 @@ from training.data.datasets import build_segmentation_dataset
 from training.data.device_augment import BatchPhotometric, DeviceViews
 from training.data.doctor import check_reader
 from training.data.errors import BadSampleError
+from training.data.hub_streaming import is_streaming
 from training.data.label_space import LabelSpace
 from training.data.specs import parse_spec
 from training.data.transforms import PhotometricConfig
@@ -101,6 +102,12 @@ class InfiniteBatches:
 def build_datasets(config: FinetuneConfig):
     """(train set, val set); ``data.photometric_on`` must be resolved (``worker`` or ``device``)."""
     data = config.data
+    for key in ("train", "val"):
+        if is_streaming(getattr(data, key)):
+            raise ConfigError(
+                f"data.{key}={getattr(data, key)}: fine-tuning reads hf: datasets map-style (random access, "
+                "validation passes); remove stream=true"
+            )
     train_set = build_segmentation_dataset(
         resolve_data_spec(data.train, train=True),
         train=True,

@@ -36,6 +36,7 @@ from training.data import (
     ensure_synthetic,
 )
 from training.data.device_augment import BatchPhotometric, DeviceViews
+from training.data.hub_streaming import StreamingSegmentation, is_streaming
 from training.data.label_space import IGNORE_INDEX, LOCAL_IGNORE
 from training.data.transforms import PhotometricConfig
 from training.engine import distributed
@@ -130,7 +131,7 @@ class DatasetSubset(Dataset):
 class Stage:
     dataset: Dataset
     labeled: SegmentationSamples  # the labelled samples behind ``dataset`` (its bad-sample counts)
-    sampler: MultiDatasetSampler
+    sampler: MultiDatasetSampler | None  # None: ``dataset`` is a stream that plans its own epochs
     steps_per_epoch: int
     epochs: int
 
@@ -172,13 +173,19 @@ def build_stages(cfg: PretrainConfig, info: distributed.DistInfo) -> tuple[Label
         photometric=data.photometric,
         photometric_on=data.photometric_on,
     )
+    specs = resolve_dataset_specs(cfg)
+    streamed = [spec for spec in specs if is_streaming(spec)]
+    if streamed:
+        check_streaming_run(cfg, specs, streamed)
     labeled, label_space = build_pretrain_dataset(
-        resolve_dataset_specs(cfg),
+        specs,
         skip_bad_samples=data.skip_bad_samples,
         unify_map=resolve_unify_map(data.unify_map),
         index_cache=data.index_cache,
         **common,
     )
+    if streamed:
+        return label_space, [streaming_stage(cfg, labeled, info)]
     dataset = labeled
     if data.unlabeled:
         if cfg.method.name != "mdp":
@@ -208,6 +215,42 @@ def build_stages(cfg: PretrainConfig, info: distributed.DistInfo) -> tuple[Label
         )
         stages.append(Stage(part, labeled, sampler, steps_per_epoch(sampler, cfg.train.batch_size), stage.epochs))
     return label_space, stages
+
+
+def check_streaming_run(cfg: PretrainConfig, specs: list[str], streamed: list[str]) -> None:
+    """Streams (``hf:...?stream=true``) plan their epochs from shard row counts, map-style datasets through a
+    sampler over indices: one run reads one kind, in one stage."""
+    if len(streamed) < len(specs):
+        others = ", ".join(spec for spec in specs if spec not in streamed)
+        raise ConfigError(
+            f"data.datasets mixes streamed (stream=true) and map-style datasets ({others}); a run reads streams "
+            "only or map-style datasets only: add stream=true to every hf: spec, or remove it from all"
+        )
+    for key, value in (("data.unlabeled", cfg.data.unlabeled), ("train.stages", cfg.train.stages)):
+        if value:
+            raise ConfigError(f"{key} needs map-style datasets; a streamed run reads all its streams in one stage")
+    if cfg.data.sampling != "proportional":
+        raise ConfigError(
+            f"data.sampling={cfg.data.sampling} needs map-style datasets; streams are mixed shard by shard, in "
+            "proportion to their rows (data.sampling=proportional)"
+        )
+
+
+def streaming_stage(cfg: PretrainConfig, labeled: SegmentationSamples, info: distributed.DistInfo) -> Stage:
+    stream = StreamingSegmentation(
+        labeled,
+        batch_size=cfg.train.batch_size,
+        rank=info.rank,
+        world_size=info.world_size,
+        num_workers=cfg.data.num_workers,
+        seed=cfg.train.seed,
+    )
+    if stream.steps_per_epoch == 0:
+        raise ConfigError(
+            f"the streams hold {len(labeled)} rows, fewer than one batch of {cfg.train.batch_size} per process "
+            f"({info.world_size}): lower train.batch_size or add rows"
+        )
+    return Stage(stream, labeled, None, stream.steps_per_epoch, cfg.train.epochs)
 
 
 # ---------------------------------------------------------------- model

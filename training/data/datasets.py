@@ -175,14 +175,22 @@ class SegmentationSamples(Dataset):
             except BadSampleError as error:
                 if not self.skip_bad_samples:
                     raise
-                self._skipped[index] = True
-                log.warning("skipping bad sample: %s", error)
+                self.mark_skipped(index, error)
                 local_index = (local_index + 1) % size
                 index = int(self._starts[dataset_id]) + local_index
         raise DatasetLayoutError(f"{reader.root}: every sample of the split is bad")
 
+    def mark_skipped(self, index: int, error: BadSampleError) -> None:
+        """Count sample ``index`` as skipped (seen by every process through shared memory) and warn naming it."""
+        self._skipped[index] = True
+        log.warning("skipping bad sample: %s", error)
+
     def __getitem__(self, index: int) -> dict:
-        index, dataset_id, image, mask, label_map = self._load_with_policy(index)
+        return self.make_item(*self._load_with_policy(index))
+
+    def make_item(self, index: int, dataset_id: int, image: torch.Tensor, mask: np.ndarray, label_map) -> dict:
+        """The item of a loaded sample: uint8 image ``[3, H, W]``, mask ``[H, W]`` (checked raw values in
+        training, local ids in evaluation) and the ``LabelMap`` from raw values to local ids."""
         item = {"dataset_id": torch.tensor(dataset_id), "index": torch.tensor(index)}
         table = self.tables[dataset_id]
         if not self.train:

@@ -11,7 +11,8 @@ offline), a local folder in the Hub repo layout (Parquet shards and a README / d
 * ``ignore_index=N`` (default 255): the raw value that marks unlabelled pixels;
 * ``reduce_labels=true``: the ADE20K convention, raw 0 = "other" (ignored) and class ``v`` stored as ``v + 1``;
 * ``remap=RAW:ID,RAW:ID,...``: an explicit raw value -> class id table (other values are refused);
-* ``name=NAME``: the dataset's name in the concatenated label space (default: from SOURCE).
+* ``name=NAME``: the dataset's name in the concatenated label space (default: from SOURCE);
+* ``stream=true``, ``shuffle_buffer=N``: read the split as a stream of shards instead (training.data.hub_streaming).
 
 Rows are read map-style from the memory-mapped Arrow tables (``datasets`` converts Parquet once, into its cache);
 DataLoader workers share those pages instead of copying the dataset. Every mask value is checked as for the other
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ from training.data.errors import BadSampleError, DatasetLayoutError, DatasetSpec
 from training.data.label_space import LOCAL_IGNORE
 from training.data.readers import INVALID, LabelMap, SampleFiles, SegmentationReader, lookup_table
 
-OPTIONS = ("image", "mask", "classes", "ignore_index", "reduce_labels", "remap", "name")
+OPTIONS = ("image", "mask", "classes", "ignore_index", "reduce_labels", "remap", "name", "stream", "shuffle_buffer")
 MASK_NAME_HINTS = ("mask", "label", "annotation", "segment", "seg", "gt")
 SPLIT_ALIASES = {"val": "validation", "validation": "val"}
 NAMES_FILES = ("id2label.json", "config.json")
@@ -41,10 +42,12 @@ ROWS_CHECKED_AT_START = 16
 
 
 class RowSamples(Sequence):
-    """The rows of one split as :class:`SampleFiles` made on demand (one int64 per row, not one object)."""
+    """The rows of one split as :class:`SampleFiles` made on demand (no object per row).
 
-    def __init__(self, where: str, rows: np.ndarray):
-        self.where, self.rows = where, rows
+    ``where_of(row)`` names a row in messages (``SOURCE:split row N``, or with the shard for a stream)."""
+
+    def __init__(self, where_of: Callable[[int], str], rows: Sequence[int]):
+        self.where_of, self.rows = where_of, rows
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -53,7 +56,7 @@ class RowSamples(Sequence):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         row = int(self.rows[index])
-        name = f"{self.where} row {row}"
+        name = self.where_of(row)
         return SampleFiles(Path(name), Path(name), f"row{row}")
 
 
@@ -69,13 +72,13 @@ class HubDatasetReader(SegmentationReader):
         self.options = _checked_options(options)
         self.source = str(root)
         self.root = Path(self.source).expanduser()
-        dataset, self.split = _load_split(self.source, split or (self.train_split if train else self.eval_split))
+        dataset, self.split = self._open_split(split or (self.train_split if train else self.eval_split))
         self.where = f"{self.source}:{self.split}"
         self.image_column, self.mask_column = _columns(dataset, self.options, self.where)
         self.class_names = tuple(_class_names(dataset, self.mask_column, self.root, self.source, self.options))
         self.dataset = _raw_bytes(dataset.select_columns([self.image_column, self.mask_column]))
         self._last_row: tuple[int, dict] | None = None
-        self.samples = RowSamples(self.where, np.arange(len(self.dataset), dtype=np.int64))
+        self.samples = RowSamples(self.row_where, self._rows())
         if not len(self.samples):
             raise DatasetLayoutError(f"{self.where}: the split is empty")
         self.tables = {"local": _label_table(self.options, len(self.class_names), self.where)}
@@ -87,6 +90,16 @@ class HubDatasetReader(SegmentationReader):
     def dataset_name(self) -> str:
         name = self.options.get("name") or self.source.rstrip("/").split("/")[-1]
         return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "hf"
+
+    def _open_split(self, split: str):
+        return _load_split(self.source, split)
+
+    def _rows(self) -> Sequence[int]:
+        return range(len(self.dataset))
+
+    def row_where(self, row: int) -> str:
+        """How messages name a row: ``SOURCE:split row N``."""
+        return f"{self.where} row {row}"
 
     def missing_files(self) -> list[BadSampleError]:
         return []  # rows live in the dataset's own files: nothing to find missing at start-up
@@ -102,12 +115,12 @@ class HubDatasetReader(SegmentationReader):
 
     def load_image(self, index: int) -> torch.Tensor:
         row = int(self.samples.rows[index])
-        where = f"{self.where} row {row}"
+        where = self.row_where(row)
         return decode_image_bytes(_cell_bytes(self._record(row)[self.image_column], where, "image"), where)
 
     def _raw_mask(self, sample: SampleFiles) -> np.ndarray:
         row = int(sample.name[3:])
-        return self._mask_of(self._record(row)[self.mask_column], f"{self.where} row {row}")
+        return self._mask_of(self._record(row)[self.mask_column], self.row_where(row))
 
     def _mask_of(self, cell, where: str) -> np.ndarray:
         if isinstance(cell, dict):  # an Image cell: encoded bytes
@@ -152,13 +165,10 @@ def _checked_options(options) -> dict[str, str]:
 
 def _load_split(source: str, split: str):
     """``(datasets.Dataset, split name)`` of a Hub id, a Hub-layout folder or a ``save_to_disk`` folder."""
-    try:
-        import datasets
-    except ImportError:
-        raise DatasetSpecError(f"hf:{source}: reading Hub datasets needs the datasets library: pip install datasets")
+    datasets = datasets_library(source)
     path = Path(source).expanduser()
     try:
-        if path.is_dir() and any((path / name).is_file() for name in ("dataset_dict.json", "state.json")):
+        if is_saved_to_disk(path):
             loaded = datasets.load_from_disk(str(path))
         else:
             loaded = datasets.load_dataset(str(path) if path.is_dir() else source)
@@ -166,10 +176,30 @@ def _load_split(source: str, split: str):
         raise DatasetLayoutError(f"hf:{source}: cannot be read as a Hugging Face dataset ({error})") from None
     if isinstance(loaded, datasets.Dataset):
         return loaded, split
+    name = pick_split(list(loaded), split, source)
+    return loaded[name], name
+
+
+def pick_split(names: list[str], split: str, source: str) -> str:
+    """``split`` or its alias (``val`` / ``validation``) among the dataset's split ``names``."""
     for name in (split, SPLIT_ALIASES.get(split)):
-        if name in loaded:
-            return loaded[name], name
-    raise DatasetLayoutError(f"hf:{source}: no split {split!r}; it has {', '.join(loaded)}")
+        if name in names:
+            return name
+    raise DatasetLayoutError(f"hf:{source}: no split {split!r}; it has {', '.join(names)}")
+
+
+def datasets_library(source: str):
+    """The ``datasets`` module, or one line saying how to install it."""
+    try:
+        import datasets
+    except ImportError:
+        raise DatasetSpecError(f"hf:{source}: reading Hub datasets needs the datasets library: pip install datasets")
+    return datasets
+
+
+def is_saved_to_disk(path: Path) -> bool:
+    """A folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``."""
+    return path.is_dir() and any((path / name).is_file() for name in ("dataset_dict.json", "state.json"))
 
 
 def _is_image(feature) -> bool:
@@ -268,7 +298,7 @@ def _label_table(options: dict, num_classes: int, where: str) -> np.ndarray:
             if not sep:
                 raise DatasetSpecError(f"{where}: remap={options['remap']!r}: expected RAW:ID,RAW:ID,...")
             mapping[int(raw)] = int(local)
-    elif options.get("reduce_labels", "false").lower() in ("1", "true", "yes"):
+    elif flag(options, "reduce_labels"):
         mapping = {0: LOCAL_IGNORE, **{v + 1: v for v in range(num_classes)}}
     else:
         mapping = {v: v for v in range(num_classes)}
@@ -282,9 +312,14 @@ def _label_table(options: dict, num_classes: int, where: str) -> np.ndarray:
 def _valid_hint(options: dict, num_classes: int) -> str:
     if options.get("remap"):
         return f"remap {options['remap']}"
-    if options.get("reduce_labels", "false").lower() in ("1", "true", "yes"):
+    if flag(options, "reduce_labels"):
         return f"0 = other, 1..{num_classes} the classes"
     return f"0..{num_classes - 1} and {options.get('ignore_index', LOCAL_IGNORE)}"
+
+
+def flag(options: dict, key: str) -> bool:
+    """A boolean option: ``true``, ``yes`` or ``1`` (any case) is on."""
+    return options.get(key, "false").lower() in ("1", "true", "yes")
 
 
 def _int_option(options: dict, key: str, default: int, where: str) -> int:

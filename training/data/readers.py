@@ -704,11 +704,11 @@ def open_reader(
 ) -> SegmentationReader:
     """Reader for a spec string; the split defaults to the format's training or evaluation split.
 
-    ``samples``: the split's listing made before (training.data.shared_index), so the folder is not listed again.
+    ``samples``: the split's listing made before (training.data.shared_listing), so the folder is not listed again.
     """
     spec = parse_spec(spec)
     if spec.name == "hf":  # its own module: it needs the datasets library, and it takes options
-        from training.data.hub_datasets import HubDatasetReader
+        from training.data.hub_streaming import open_hub_reader
 
-        return HubDatasetReader(spec.path, spec.split, train=train, options=spec.options)
+        return open_hub_reader(spec, train=train)
     return READERS[spec.name](spec.path, spec.split, train=train, samples=samples)

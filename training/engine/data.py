@@ -49,7 +49,7 @@ def steps_per_epoch(sampler: Sized, batch_size: int) -> int:
 
 def epoch_loader(
     dataset: Dataset,
-    sampler: Sampler,
+    sampler: Sampler | None,
     *,
     batch_size: int,
     epoch: int,
@@ -59,17 +59,29 @@ def epoch_loader(
     pin_memory: bool = False,
     collate_fn: Callable | None = None,
 ) -> DataLoader:
-    """A DataLoader over ``epoch`` of ``sampler``, starting at batch ``skip``."""
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
-    worker_seeds = torch.Generator()
-    worker_seeds.manual_seed(seed * 1_000_003 + epoch)
+    """A DataLoader over ``epoch`` of ``sampler``, starting at batch ``skip``.
+
+    ``sampler=None``: ``dataset`` is an iterable dataset that plans its epochs itself and starts at batch ``skip``
+    through ``set_epoch(epoch, skip)`` (training.data.hub_streaming.StreamingSegmentation); every worker gives
+    whole batches only."""
+    batching = {"batch_size": batch_size, "drop_last": True}
+    if sampler is None:
+        dataset.set_epoch(epoch, skip)
+    else:
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        batching = {"batch_sampler": SkipBatches(BatchSampler(sampler, batch_size, drop_last=True), skip)}
     return DataLoader(
         dataset,
-        batch_sampler=SkipBatches(BatchSampler(sampler, batch_size, drop_last=True), skip),
+        **batching,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        generator=worker_seeds,
+        generator=worker_seeds(seed, epoch),
         collate_fn=collate_fn,
         persistent_workers=False,
     )
+
+
+def worker_seeds(seed: int, epoch: int) -> torch.Generator:
+    """The generator DataLoader workers' seeds come from: fixed by (seed, epoch), not by the global RNG."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
