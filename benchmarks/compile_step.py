@@ -22,13 +22,13 @@ from torch.utils.data import DataLoader
 
 
 def _batches(crop: int, batch: int, steps: int):
-    from training import pretrain
     from training.config import load_config
     from training.engine import distributed
+    from training.pretraining import stages as pretraining_stages
 
     cpu = distributed.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     cfg = load_config("demo", ["data.photometric_on=worker", f"data.crop_size={crop}", f"train.batch_size={batch}"])
-    label_space, stages = pretrain.build_stages(cfg, cpu)
+    label_space, stages = pretraining_stages.build_stages(cfg, cpu)
     torch.manual_seed(0)
     loader = DataLoader(stages[0].dataset, batch_size=batch, shuffle=True, drop_last=True)
     return cfg, label_space, cpu, [b for _, b in zip(range(steps), loader)]
@@ -51,17 +51,17 @@ def _timed_steps(model, method, batches) -> tuple[list[float], list[torch.Tensor
 
 def run(crop: int = 64, batch: int = 4, steps: int = 8, backend: str = "inductor") -> dict:
     """Eager and compiled step times (the first compiled step apart), graph breaks and loss agreement."""
-    from training import pretrain
+    from training.pretraining import model as pretraining_model
 
     cfg, label_space, cpu, batches = _batches(crop, batch, steps + 2)
     torch.manual_seed(0)
-    method, model = pretrain.build_model(cfg, label_space, cpu)
+    method, model = pretraining_model.build_model(cfg, label_space, cpu)
     eager_seconds, eager_losses = _timed_steps(model, method, batches)
 
     torch._dynamo.reset()
-    explained = torch._dynamo.explain(pretrain.build_model(cfg, label_space, cpu)[1])(batches[0])
+    explained = torch._dynamo.explain(pretraining_model.build_model(cfg, label_space, cpu)[1])(batches[0])
     torch.manual_seed(0)
-    method, model = pretrain.build_model(cfg, label_space, cpu)
+    method, model = pretraining_model.build_model(cfg, label_space, cpu)
     # Inductor draws random numbers with its own generator; the eager ones make the losses comparable
     torch._inductor.config.fallback_random = True
     compiled_seconds, compiled_losses = _timed_steps(torch.compile(model, backend=backend), method, batches)

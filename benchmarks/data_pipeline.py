@@ -43,7 +43,7 @@ from training.data.decode import fast_decoding
 from training.data.device_augment import BatchPhotometric
 from training.data.synthetic import DATASETS, render
 from training.data.transforms import PhotometricConfig
-from training.finetune import MMSEG_PHOTOMETRIC
+from training.seg.finetuning import MMSEG_PHOTOMETRIC
 
 CROP = 512
 

@@ -22,7 +22,7 @@ from training.config import TrainConfig
 from training.engine.numerics import group_gradient_norms
 from training.mdp import build_method
 from training.mdp.probe import LearningProbe
-from training.pretrain import gradient_groups
+from training.pretraining.model import gradient_groups
 
 PROBE_IMAGES = TrainConfig.probe_images
 PROBE_EVERY = TrainConfig.probe_every

@@ -72,21 +72,12 @@ def measure_one(recipe: str, crop: int, batch: int) -> dict:
     """One recipe's step in this process: measured peak delta, counted activations, fixed bytes."""
     from benchmarks.train_step import paper_label_space, synthetic_batch
     from training.config import load_config
-    from training.mdp import build_method
+    from training.pretraining.model import method_from_config
 
     cfg = load_config(recipe, [])
     label_space = paper_label_space()
     torch.manual_seed(0)
-    method = build_method(
-        cfg.method.name,
-        label_space=label_space,
-        arch=cfg.method.arch,
-        output_stride=cfg.method.output_stride,
-        embed_dim=cfg.method.embed_dim,
-        head_hidden_dim=cfg.method.head_hidden_dim or None,
-        head_output_norm=cfg.method.head_output_norm,
-        **cfg.method.options,
-    ).train()
+    method = method_from_config(cfg, label_space, cfg.method.options).train()
     parameters = [p for p in method.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(parameters, lr=0.01, momentum=0.9)
     data = synthetic_batch(label_space, batch, crop, torch.device("cpu"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ from .segmenter import PrototypeSegmenter, open_image
 ALL_CLASSES = "all classes"
 DISPLAY_SIDE = 1024  # longest side of the images shown in the page (labels and shares stay full size)
 HUB_PREFIX = "hf-hub:"
+# Fine-tuned models (decode heads) live in the training code, which registers its segmenter here (pyproject.toml),
+# so this package never imports it.
+SEGMENTER_PLUGINS = "mdp_hub.segmenters"
 
 
 class DemoNotInstalledError(UserError, ImportError):
@@ -38,7 +42,7 @@ class DemoNotInstalledError(UserError, ImportError):
 def open_segmenter(source: str | os.PathLike):
     """A segmenter for ``source``: an export folder, Hub repo (``ORG/NAME``, ``hf-hub:ORG/NAME``, or a
     ``mdp_resnet*`` name) or pretraining checkpoint gives a :class:`PrototypeSegmenter`; a fine-tuning checkpoint
-    gives its fine-tuned model (``training.seg.segmenter``, which holds the decode heads)."""
+    gives its fine-tuned model (the ``finetune`` segmenter the training code registers)."""
     text = str(source)
     if text.startswith(HUB_PREFIX):
         return PrototypeSegmenter.from_pretrained(text[len(HUB_PREFIX) :])
@@ -46,10 +50,19 @@ def open_segmenter(source: str | os.PathLike):
     if path.is_file() and path.suffix in (".pth", ".pt"):
         content = load_file(path)
         if is_training_checkpoint(content) and content.get("kind") == "finetune":
-            from training.seg.segmenter import FinetunedSegmenter  # only fine-tuned models need the training code
-
-            return FinetunedSegmenter(path)
+            return finetuned_segmenter(path)
     return PrototypeSegmenter.from_pretrained(text)
+
+
+def finetuned_segmenter(path: Path):
+    """The segmenter of a fine-tuning checkpoint, from the plugin the training code registers."""
+    plugins = entry_points(group=SEGMENTER_PLUGINS, name="finetune")
+    if not plugins:
+        raise UserError(
+            f"{path} is a fine-tuning checkpoint: opening it needs the training code installed "
+            "(pip install -e '.[train]' in the repository)"
+        )
+    return next(iter(plugins)).load()(path)
 
 
 def restriction_choices(segmenter) -> list[str]:

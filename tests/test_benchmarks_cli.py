@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.__main__ import PIXELS_PER_CLASS, PRESETS, main, memory_scaling_rows
+from benchmarks.__main__ import main
+from benchmarks.report import PRESETS
+from benchmarks.sections.memory import PIXELS_PER_CLASS, memory_scaling_rows
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = (
@@ -56,6 +58,15 @@ def test_smoke_run_writes_every_section(tmp_path):
     assert not re.search(r"\b(nan|inf)\b", report), "non-finite number in the report"
     plot = out.with_name("BENCHMARKS_memory.png")
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # --only refreshes one section between its markers and leaves the rest of the page as it was
+    begin, end = "<!-- data_pipeline:begin -->", "<!-- data_pipeline:end -->"
+    before, after = report.split(begin)[0], report.split(end)[1]
+    out.write_text(report.replace("| bare |", "| stale |"))
+    assert main(["--preset", "smoke", "--out", str(out), "--only", "data_pipeline"]) == 0
+    refreshed = out.read_text()
+    assert refreshed.startswith(before) and refreshed.endswith(after) and refreshed.count(begin) == 1
+    assert "| bare |" in refreshed and "| stale |" not in refreshed
     assert "](BENCHMARKS_memory.png)" in report
 
 

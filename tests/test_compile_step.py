@@ -10,9 +10,10 @@ import torch
 from test_pretrain_run import TINY_SIZES, synthetic_root  # noqa: F401  (fixture)
 from torch.utils.data import DataLoader
 
-from training import pretrain
 from training.config import load_config
 from training.engine import distributed
+from training.pretraining import model as pretraining_model
+from training.pretraining import stages as pretraining_stages
 
 STEPS = 3
 CPU = distributed.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -27,7 +28,7 @@ def _demo_config(synthetic_root, *overrides: str):
 
 def _losses(cfg, label_space, batches, compiled: bool) -> list[torch.Tensor]:
     torch.manual_seed(0)
-    method, model = pretrain.build_model(cfg, label_space, CPU)
+    method, model = pretraining_model.build_model(cfg, label_space, CPU)
     if compiled:
         model = torch.compile(model, backend="aot_eager", fullgraph=True)  # fullgraph: a graph break raises
     optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.05)
@@ -44,7 +45,7 @@ def _losses(cfg, label_space, batches, compiled: bool) -> list[torch.Tensor]:
 
 def test_the_mdp_step_compiles_as_one_graph_and_matches_eager(synthetic_root):  # noqa: F811
     cfg = _demo_config(synthetic_root, "data.crop_size=48", "data.base_size=64")
-    label_space, stages = pretrain.build_stages(cfg, CPU)
+    label_space, stages = pretraining_stages.build_stages(cfg, CPU)
     torch.manual_seed(2)
     batches = [batch for _, batch in zip(range(STEPS), DataLoader(stages[0].dataset, batch_size=4))]
     eager = _losses(cfg, label_space, batches, compiled=False)
@@ -62,8 +63,8 @@ def _fresh_dynamo():
 
 def test_a_compiled_step_still_refuses_label_ids_out_of_range(synthetic_root):  # noqa: F811
     cfg = _demo_config(synthetic_root, "train.compile=true")
-    label_space, _ = pretrain.build_stages(cfg, CPU)
-    _, model = pretrain.build_model(cfg, label_space, CPU)
+    label_space, _ = pretraining_stages.build_stages(cfg, CPU)
+    _, model = pretraining_model.build_model(cfg, label_space, CPU)
     image = torch.zeros(2, 3, 32, 32)
     batch = {"image": image, "image_k": image, "mask": torch.full((2, 32, 32), label_space.num_classes)}
     batch["dataset_id"] = torch.zeros(2, dtype=torch.long)

@@ -13,7 +13,10 @@ from training import experiments
 from training.data import classes
 from training.data.label_space import LabelSpace
 from training.data.synthetic import DATASETS, _local_class_name, unify_map
-from training.experiments import METHODS, SECTION_BEGIN, SECTION_END, check_orderings, replace_section, summarise
+from training.studies import design, scheduling, tables
+from training.studies.design import METHODS
+from training.studies.orderings import check_orderings
+from training.studies.tables import SECTION_BEGIN, SECTION_END, replace_section, summarise
 
 
 def _record(method, target, seed, miou):
@@ -34,7 +37,7 @@ def test_orderings_hold_reverse_or_fall_within_noise():
     methods = {m.key: m for m in METHODS}
     records = []
     for seed, (full, scratch, ce) in enumerate(((50, 40, 49), (52, 41, 53), (54, 42, 51))):
-        for target in experiments.TARGETS:
+        for target in design.TARGETS:
             records += [
                 _record("mdp_csc", target, seed, full),
                 _record("scratch", target, seed, scratch),
@@ -55,7 +58,7 @@ def test_mixing_and_sparse_coding_together_are_checked_only_without_the_mixing_o
     records = [
         _record(key, target, seed, value + seed)
         for seed in (0, 1)
-        for target in experiments.TARGETS
+        for target in design.TARGETS
         for key, value in (("mdp_csc", 50), ("mdp_no_mixing", 45), ("mdp", 48))
     ]
 
@@ -123,7 +126,7 @@ def test_quick_study_runs_real_jobs_resumes_and_writes_the_page(tmp_path, capsys
     study = tmp_path / "study"
     space = json.loads((study / "pretrain" / "mdp_unified" / "seed0" / "label_space.json").read_text())
     assert len(space["unify_map"]) == len(unify_map())
-    done = {p.parent.relative_to(study).as_posix() for p in study.rglob(experiments.DONE_NAME)}
+    done = {p.parent.relative_to(study).as_posix() for p in study.rglob(scheduling.DONE_NAME)}
     assert done == {
         "pretrain/mdp_unified/seed0",
         "finetune/voc_aug/scratch/seed0",
@@ -151,7 +154,7 @@ def test_orderings_compare_paired_seeds_not_pooled_spreads():
     records = [
         _record(key, target, seed, base + shift)
         for seed, base in enumerate((50.0, 60.0, 70.0))
-        for target in experiments.TARGETS
+        for target in design.TARGETS
         for key, shift in (("mdp_csc", 2.0), ("scratch", 0.0))
     ]
     table = summarise(records, [methods["scratch"], methods["mdp_csc"]])
@@ -192,7 +195,7 @@ def make_photo_study_data(root):
 def test_targets_are_resolved_from_specs_seen_or_held_out(tmp_path):
     pretrain, msrc, folder = make_photo_study_data(tmp_path)
     camvid_test = pretrain[0].replace("CamVid", "CamVid/") + ":test"  # the same folder spelled differently
-    data = experiments.resolve_study_data(pretrain, [camvid_test, msrc, folder], None, experiments.QUICK)
+    data = design.resolve_study_data(pretrain, [camvid_test, msrc, folder], None, design.QUICK)
     assert data.names == ["camvid", "ccp", "oxford_pet"] and not data.synthetic and data.unify_map is None
     assert [(t.key, t.split, t.role) for t in data.targets] == [
         ("camvid", "test", "seen"),
@@ -201,12 +204,12 @@ def test_targets_are_resolved_from_specs_seen_or_held_out(tmp_path):
     ]
     assert data.targets[0].train_spec == pretrain[0].replace("CamVid", "CamVid/")  # its training split
     with pytest.raises(ValueError, match="each dataset may be a target once"):
-        experiments.resolve_study_data(pretrain, [msrc, msrc.replace(":test", ":val")], None, experiments.QUICK)
+        design.resolve_study_data(pretrain, [msrc, msrc.replace(":test", ":val")], None, design.QUICK)
     with pytest.raises(ValueError, match="--targets: name the datasets"):
-        experiments.resolve_study_data(pretrain, [], None, experiments.QUICK)
+        design.resolve_study_data(pretrain, [], None, design.QUICK)
     with pytest.raises(ValueError, match="mdp_unified needs --unify-map"):
-        experiments.study_methods(["scratch", "mdp_unified"], has_unify_map=False)
-    assert "mdp_unified" not in [m.key for m in experiments.study_methods(None, has_unify_map=False)]
+        design.study_methods(["scratch", "mdp_unified"], has_unify_map=False)
+    assert "mdp_unified" not in [m.key for m in design.study_methods(None, has_unify_map=False)]
 
 
 def test_bad_dataset_spec_is_one_line_and_exit_code_2(tmp_path, capsys):
@@ -258,14 +261,14 @@ def test_quick_study_on_dataset_specs_writes_its_own_section(tmp_path):
     study = tmp_path / "study"
     space = json.loads((study / "pretrain" / "supervised_ce" / "seed0" / "label_space.json").read_text())
     assert [d["name"] for d in space["datasets"]] == ["camvid", "ccp", "oxford_pet"]
-    done = {p.parent.relative_to(study).as_posix() for p in study.rglob(experiments.DONE_NAME)}
+    done = {p.parent.relative_to(study).as_posix() for p in study.rglob(scheduling.DONE_NAME)}
     assert done == {
         "pretrain/supervised_ce/seed0",
         "finetune/camvid/supervised_ce/seed0",
         "finetune/my_scenes/supervised_ce/seed0",
     }
     page = results.read_text()
-    begin, end = experiments.section_markers("real-images")
+    begin, end = tables.section_markers("real-images")
     assert page.startswith(f"# Results\n\n{synthetic_section}") and page.count(begin) == 1 and end in page
     assert "## The paper's tables in miniature: pretrained on camvid + ccp + oxford_pet" in page
     assert "fine-tune camvid (seen) | vs scratch | fine-tune my_scenes (held out) |" in page

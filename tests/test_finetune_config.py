@@ -3,8 +3,8 @@
 import pytest
 
 from training.config import ConfigError
-from training.finetune import poly_lr
 from training.seg.config import load_finetune_config
+from training.seg.finetuning import poly_lr
 
 DATASET_RECIPES = {
     "finetune_voc_aug": (40000, 16, [512, 512], "voc_aug:"),

@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from mdp_hub.export import export
-from training.evaluate import HUB_METRICS_JSON, write_results
+from training.seg.evaluation import HUB_METRICS_JSON, write_results
 from training.seg.metrics import confusion_matrix, metrics_from_confusion
 
 

@@ -10,6 +10,7 @@ from PIL import Image
 from training import evaluate as evaluate_cli
 from training import finetune as finetune_cli
 from training.seg.config import load_finetune_config
+from training.seg.finetuning import finetune
 
 CLASSES = ["background", "red", "green"]
 COLOURS = np.array([[90, 90, 90], [220, 30, 30], [30, 200, 40]], dtype=np.uint8)
@@ -123,12 +124,12 @@ def test_resume_continues_from_last_checkpoint(tiny_dataset, tmp_path, photometr
     run_dir = tmp_path / "run"
     switch = [f"data.photometric_on={photometric_on}"]
     config = load_finetune_config("finetune_voc_aug", tiny_overrides(tiny_dataset, 4) + switch)
-    finetune_cli.finetune(config, run_dir)
+    finetune(config, run_dir)
     first = torch.load(run_dir / "last.pth", weights_only=True)
     assert first["step"] == 4 and first["kind"] == "finetune" and first["backbone_prefix"] == "backbone."
     assert first["config"]["data"]["photometric_on"] == resolved
     config = load_finetune_config("finetune_voc_aug", tiny_overrides(tiny_dataset, 6) + switch)
-    finetune_cli.finetune(config, run_dir)
+    finetune(config, run_dir)
     second = torch.load(run_dir / "last.pth", weights_only=True)
     assert second["step"] == 6
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -12,7 +12,8 @@ from prototype_checkpoints import LABEL_SPACE, make_export, write_image
 from mdp_hub import PrototypeSegmenter
 from training.data import LabelSpace, build_segmentation_dataset
 from training.data.readers import FolderReader
-from training.mine import main, threshold_labels
+from training.mdp.mining import threshold_labels
+from training.mine import main
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ from training.config import (
     save_config,
     to_dict,
 )
-from training.pretrain import checked_method_options, main
+from training.pretrain import main
+from training.pretraining.model import checked_method_options
 
 
 def test_unknown_key_is_rejected_with_its_dotted_name():
@@ -128,7 +129,7 @@ def test_an_unknown_dataset_format_is_one_clear_line(tmp_path, capsys):
 @pytest.mark.parametrize("batch, world_size, window", [(8, 8, 4096), (8, 1, 512), (2, 2, 256), (16, 8, 8192)])
 def test_the_paper_window_is_kept_in_steps_at_any_global_batch(batch, world_size, window):
     from training.engine.distributed import DistInfo
-    from training.pretrain import scale_memory_window
+    from training.pretraining.run import scale_memory_window
 
     cfg = load_config("voc_ade20k_100ep", [f"train.batch_size={batch}"])
     assert (cfg.method.window_reference_batch, cfg.method.options["window"]) == (64, 4096)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from training import probes
+from training.studies import probes
 
 
 def _write_metrics(path, records):

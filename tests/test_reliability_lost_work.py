@@ -18,6 +18,7 @@ from training import pretrain as pretrain_cli
 from training.engine.checkpoint import load_checkpoint
 from training.engine.logger import read_metrics
 from training.engine.run_lock import LOCK_NAME, RunFolderBusy, RunLock
+from training.seg import finetuning
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def test_validation_runs_after_its_steps_checkpoint_and_a_resume_repeats_an_unfi
         raise RuntimeError("validation crashed")
 
     with monkeypatch.context() as patch:
-        patch.setattr(finetune_cli, "evaluate_dataset", broken_validation)
+        patch.setattr(finetuning, "evaluate_dataset", broken_validation)
         with pytest.raises(RuntimeError, match="validation crashed"):
             finetune_cli.main(["--recipe", "finetune_voc_aug", *args])
     assert load_checkpoint(run / "last.pth")["step"] == 2  # the two steps before the crash are kept

@@ -21,7 +21,7 @@ from mdp_hub.integrity import class_names_sha256, sha256_file, verify_export_fil
 from mdp_hub.publish import plan_upload
 from training.engine.checkpoint import CheckpointError as TrainCheckpointError
 from training.engine.checkpoint import load_checkpoint
-from training.pretrain import load_pretrained_backbone
+from training.pretraining.model import load_pretrained_backbone
 from training.seg.models import resolve_init
 
 REPO_DIR = Path(__file__).resolve().parents[1]

@@ -79,7 +79,7 @@ def test_bad_mode_is_an_error():
 
 
 def test_keep_ratio_test_resize_matches_mmseg_rescale():
-    from training.evaluate import keep_ratio_size
+    from training.seg.evaluation import keep_ratio_size
 
     assert keep_ratio_size(375, 500, [2048, 512]) == (512, 683)  # VOC image scaled up to short side 512
     assert keep_ratio_size(1024, 2048, [2048, 512]) == (512, 1024)  # long image bounded by the short side

@@ -10,9 +10,9 @@ from test_finetune_roundtrip import CLASSES, make_shapes_dataset
 from mdp_hub.errors import CheckpointError
 from training.data.datasets import build_segmentation_dataset
 from training.data.label_space import LabelSpace
-from training.evaluate import evaluate_dataset
 from training.mdp.model import DenseProjectionHead, Encoder, create_backbone
 from training.seg.config import EvalConfig
+from training.seg.evaluation import evaluate_dataset
 from training.seg.probe import linear_probe_from_init, prototype_probe_from_checkpoint, train_linear_probe
 
 NORM = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}

@@ -9,7 +9,7 @@ from prototype_checkpoints import build_method_with_prototypes, save_checkpoint,
 
 from mdp_hub import PrototypeSegmenter
 from training.data import LabelSpace
-from training.experiments_prototypes import zero_finetune_scores
+from training.studies.prototypes import zero_finetune_scores
 
 SPACE = LabelSpace([("gt", ["a", "b", "c"]), ("other", ["w", "x", "y", "z"])])
 

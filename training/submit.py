@@ -39,10 +39,10 @@ class PretrainJob:
     def __call__(self) -> int:
         import submitit
 
-        from training import pretrain
+        from training.pretrain import main as pretrain_main
 
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        code = pretrain.main(self.pretrain_args)
+        code = pretrain_main(self.pretrain_args)
         if code == 128 + PREEMPTION_SIGNAL:
             # The loop has written last.pth and restored submitit's handler: raising the signal again lets submitit
             # call checkpoint() and requeue (rank 0; the other ranks' handler does nothing).

@@ -27,9 +27,9 @@ from mdp_hub.heads import load_dense_projection_head
 from training.data.datasets import build_segmentation_dataset
 from training.data.label_space import LabelSpace
 from training.engine.checkpoint import load_checkpoint
-from training.evaluate import evaluate_dataset, write_results
 from training.mdp.model import Encoder, create_backbone
 from training.seg.config import EvalConfig, resolve_data_spec
+from training.seg.evaluation import evaluate_dataset, write_results
 from training.seg.losses import segmentation_cross_entropy
 from training.seg.metrics import SegmentationMetrics
 from training.seg.models import create_backbone as create_feature_backbone

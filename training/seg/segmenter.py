@@ -19,7 +19,7 @@ from mdp_hub.segmenter import (
     open_image,
     upsampled_best_class,
 )
-from training.evaluate import load_finetuned_model
+from training.seg.evaluation import load_finetuned_model
 
 
 class FinetunedSegmenter(nn.Module):
