@@ -45,55 +45,46 @@ class Settings:
     compile_backend: str = "inductor"
 
 
-PRESETS = {
-    "full": Settings(
-        "resnet18",
-        crop=128,
-        batch=8,
-        warmup=2,
-        repeats=7,
-        extra_repeats=30,
-        data_images=40,
-        data_repeats=9,
-        hub_repeats=21,
-    ),
-    "quick": Settings(
-        "resnet18",
-        crop=64,
-        batch=4,
-        warmup=1,
-        repeats=3,
-        extra_repeats=10,
-        data_images=12,
-        data_repeats=2,
-        hub_repeats=3,
-    ),
-    # Seconds-long run that only checks the command end to end (tests); its numbers mean nothing.
-    "smoke": Settings(
-        "resnet18",
-        crop=32,
-        batch=2,
-        warmup=0,
-        repeats=1,
-        extra_repeats=1,
-        data_images=2,
-        data_repeats=1,
-        hub_repeats=1,
-        variants=("lower bound", "MDP full (mixup + CSC2)", "MoCo v2 (queue 65536)", "region bank"),
-        projection_arch="resnet18",
-        projection_crops=(16, 32),
-        paper_memory_crop=32,
-        paper_memory_rows=1,
-        index_scale=0.002,
-        index_ranks=1,
-        index_workers=2,
-        index_trace=False,
-        compile_crop=32,
-        compile_batch=2,
-        compile_steps=1,
-        compile_backend="aot_eager",  # capture and autograd without Inductor's minutes of code generation
-    ),
-}
+_FULL = Settings(
+    "resnet18",
+    crop=128,
+    batch=8,
+    warmup=2,
+    repeats=7,
+    extra_repeats=30,
+    data_images=40,
+    data_repeats=9,
+    hub_repeats=21,
+)
+_QUICK = dataclasses.replace(
+    _FULL, crop=64, batch=4, warmup=1, repeats=3, extra_repeats=10, data_images=12, data_repeats=2, hub_repeats=3
+)
+# Seconds-long run that only checks the command end to end (tests); its numbers mean nothing.
+_SMOKE = dataclasses.replace(
+    _FULL,
+    crop=32,
+    batch=2,
+    warmup=0,
+    repeats=1,
+    extra_repeats=1,
+    data_images=2,
+    data_repeats=1,
+    hub_repeats=1,
+    variants=("lower bound", "MDP full (mixup + CSC2)", "MoCo v2 (queue 65536)", "region bank"),
+    projection_arch="resnet18",
+    projection_crops=(16, 32),
+    paper_memory_crop=32,
+    paper_memory_rows=1,
+    index_scale=0.002,
+    index_ranks=1,
+    index_workers=2,
+    index_trace=False,
+    compile_crop=32,
+    compile_batch=2,
+    compile_steps=1,
+    compile_backend="aot_eager",  # capture and autograd without Inductor's minutes of code generation
+)
+PRESETS = {"full": _FULL, "quick": _QUICK, "smoke": _SMOKE}
 
 
 def load_average() -> float:

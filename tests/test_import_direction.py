@@ -12,17 +12,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # Higher may import lower; a group never imports a group of its own rank or above (its own modules excepted).
-RANKS = {
-    "mdp_hub": 0,
-    "training.data": 1,
-    "training.config": 2,
-    "training.engine": 3,
-    "training.mdp": 4,
-    "training.seg": 5,
-    "training.pretraining": 5,
-    "training.studies": 6,
-}
-ENTRY_POINT_RANK = 7  # the commands: training/<name>.py and every package's __main__.py
+LAYERS = (  # bottom up
+    ("mdp_hub",),
+    ("training.data",),
+    ("training.config",),
+    ("training.engine",),
+    ("training.mdp",),
+    ("training.seg", "training.pretraining"),
+    ("training.studies",),
+)
+RANKS = {group: rank for rank, groups in enumerate(LAYERS) for group in groups}
+ENTRY_POINT_RANK = len(LAYERS)  # the commands: training/<name>.py and every package's __main__.py
 # A command may run another command through its ``main`` (the SLURM job runs the pretraining command), never
 # reach into its module for anything else: what two commands share lives in a package.
 
