@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,23 +21,13 @@ from training.data.counting import value_counts
 from training.data.decode import load_image, read_label_png
 from training.data.errors import BadSampleError, DatasetLayoutError
 from training.data.label_space import LOCAL_IGNORE
-from training.data.sample_index import SampleIndex
+from training.data.sample_index import SampleFiles, SampleIndex
 from training.data.specs import DatasetSpec, parse_spec
 
 INVALID = -1  # marks raw values that are not part of a dataset's encoding in a lookup table
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 # What scipy's loadmat raises on truncated or foreign bytes, besides its own MatReadError.
 MAT_READ_ERRORS = (OSError, ValueError, TypeError, IndexError, KeyError, EOFError, zlib.error)
-
-
-@dataclass(frozen=True)
-class SampleFiles:
-    """One sample on disk; ``encoding`` names the lookup table that turns the mask's values into local ids."""
-
-    image: Path
-    mask: Path | None
-    name: str
-    encoding: str = "local"
 
 
 def lookup_table(mapping: dict[int, int], size: int = 256) -> np.ndarray:

@@ -20,11 +20,23 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from training.data.errors import BadSampleError
+
+
+@dataclass(frozen=True)
+class SampleFiles:
+    """One sample on disk; ``encoding`` names the lookup table that turns the mask's values into local ids."""
+
+    image: Path
+    mask: Path | None
+    name: str
+    encoding: str = "local"
+
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +107,6 @@ class SampleIndex(Sequence):
         return len(self.encodings)
 
     def __getitem__(self, index):
-        from training.data.readers import SampleFiles  # readers builds on this module
 
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
