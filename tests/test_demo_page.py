@@ -57,6 +57,8 @@ def _upload(page, path: Path) -> str:
     clear = page.query_selector('#upload button[aria-label="Clear"]')
     if clear is not None:
         clear.click()
+        # the upload box is rebuilt after a clear: a file given to the old input would be lost
+        page.wait_for_selector('#upload button[aria-label="Clear"]', state="detached", timeout=60_000)
     page.wait_for_selector("#upload input[type=file]", state="attached")
     page.set_input_files("#upload input[type=file]", str(path))
     page.wait_for_function(
