@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from training.mdp.losses import (
+    centred_prototype_logits,
     csc1_exclusion,
     moco_infonce,
     pixel_cross_entropy,
@@ -84,6 +85,19 @@ def test_prototype_logits_are_fp32_cosine_over_tau_even_under_autocast():
         logits = prototype_logits(q.bfloat16(), protos, 0.07)
     assert logits.dtype == torch.float32
     torch.testing.assert_close(logits, q.bfloat16().float() @ protos.t() / 0.07)
+
+
+def test_centred_prototype_logits_are_the_cosine_of_the_centred_pixel_and_plain_with_zero_offsets():
+    generator = torch.Generator().manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(6, 4, generator=generator), dim=1)
+    protos = torch.nn.functional.normalize(torch.randn(3, 4, generator=generator), dim=1)
+    dataset_means = 0.5 * torch.randn(2, 4, generator=generator)
+    offsets = dataset_means[torch.tensor([0, 0, 1])]  # classes 0, 1 of dataset 0; class 2 of dataset 1
+    expected = torch.stack(
+        [torch.nn.functional.cosine_similarity(q - offsets[c], protos[c][None], dim=1) for c in range(3)], dim=1
+    )
+    torch.testing.assert_close(centred_prototype_logits(q, protos, offsets, 0.1), expected / 0.1)
+    torch.testing.assert_close(centred_prototype_logits(q, protos, torch.zeros(3, 4), 0.1), q @ protos.t() / 0.1)
 
 
 def test_topk_other_classes_excludes_label_and_uninitialised():

@@ -18,12 +18,18 @@ from training.engine.distributed import all_gather_cat, all_reduce_sum_
 
 
 def region_means(
-    embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_index: int = -1
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    ignore_index: int = -1,
+    class_offsets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Step 1 of the two-step average: per image and class, the normalised mean embedding of its pixels.
 
-    embeddings: [B, D, h, w] (momentum-encoder output); labels: [B, h, w] global ids, ``ignore_index`` skipped.
-    Returns (regions [B, C, D] unit vectors, zero where absent; present [B, C] bool).
+    embeddings: [B, D, h, w] (momentum-encoder output); labels: [B, h, w] global ids, ``ignore_index`` skipped;
+    class_offsets: [C, D] subtracted from each class's mean before normalising (its dataset's mean embedding,
+    MDP's ``dataset_centring``), or None. Returns (regions [B, C, D] unit vectors, zero where absent;
+    present [B, C] bool).
     """
     batch, dim = embeddings.shape[:2]
     flat_embeddings = embeddings.permute(0, 2, 3, 1).reshape(-1, dim).float()
@@ -36,6 +42,10 @@ def region_means(
     sums.index_add_(0, slot, flat_embeddings * weight[:, None])
     pixel_counts = flat_embeddings.new_zeros(batch * num_classes).index_add_(0, slot, weight)
     present = (pixel_counts > 0).reshape(batch, num_classes)
+    if class_offsets is not None:
+        means = sums / pixel_counts.clamp(min=1.0)[:, None]
+        offsets = class_offsets.float().repeat(batch, 1)  # [B*C, D], slot = image * C + class
+        sums = torch.where(present.reshape(-1, 1), means - offsets, torch.zeros_like(means))
     regions = F.normalize(sums, dim=1).reshape(batch, num_classes, dim)
     return regions, present
 

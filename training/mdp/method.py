@@ -20,10 +20,12 @@ from __future__ import annotations
 import inspect
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from training.data.label_space import IGNORE_INDEX
 from training.mdp.losses import (
+    centred_prototype_logits,
     csc1_exclusion,
     moco_infonce,
     pixel_cross_entropy,
@@ -119,7 +121,9 @@ class MDP(PretrainMethod):
     image's region embeddings, see within_image_region_nce); mixing (True), p_mix (0.5),
     region_fraction (share of region vs pixel mixing, 0.5), pixel_mix ("mixup" | "classmix");
     sparse_coding ("csc2" | "csc1" | None), sc_weight (0.1), sc_topk (5), sc_temperature_ratio (code
-    temperature / tau, 1.0); pseudo_label_threshold (0.5) for unlabeled images.
+    temperature / tau, 1.0); pseudo_label_threshold (0.5) for unlabeled images; dataset_centring (False,
+    beyond the paper: each pixel is compared with a class's prototype after its dataset's running mean embedding
+    is taken out, see centred_prototype_logits and docs/METHOD.md).
     """
 
     required_keys = ("image", "image_k", "mask", "dataset_id")
@@ -142,6 +146,7 @@ class MDP(PretrainMethod):
         sc_temperature_ratio: float = 1.0,
         pseudo_label_threshold: float = 0.5,
         within_image_weight: float = 0.0,
+        dataset_centring: bool = False,
     ):
         super().__init__(label_space, encoder, with_momentum_encoder=True)
         if sparse_coding not in ("csc2", "csc1", None):
@@ -167,6 +172,39 @@ class MDP(PretrainMethod):
         self.within_image_weight = within_image_weight
         embed_dim = encoder.head.out.out_channels
         self.memory = ClassPrototypeMemory(self.num_classes, embed_dim, window, anchors=prototype_anchors)
+        self.dataset_centring = dataset_centring
+        if dataset_centring:
+            self._init_dataset_means(label_space, embed_dim)
+
+    def _init_dataset_means(self, label_space, embed_dim: int) -> None:
+        """Buffers of ``dataset_centring``: each dataset's running mean key embedding, and each class's dataset
+        (the first that holds it when a unify map merges classes). Unlabelled items (dataset id = number of
+        datasets) get a slot of their own, which no class uses."""
+        names = list(label_space.dataset_names)
+        class_dataset = torch.zeros(self.num_classes, dtype=torch.int64)
+        for index in reversed(range(len(names))):
+            class_dataset[label_space.dataset_class_ids(index)] = index
+        self.register_buffer("class_dataset", class_dataset)
+        self.register_buffer("dataset_means", torch.zeros(len(names) + 1, embed_dim))
+        self.register_buffer("dataset_means_initialised", torch.zeros(len(names) + 1, dtype=torch.bool))
+
+    def class_offsets(self) -> torch.Tensor | None:
+        """[C, D] the running mean embedding of each class's dataset (``dataset_centring``), else None."""
+        return self.dataset_means[self.class_dataset] if self.dataset_centring else None
+
+    @torch.no_grad()
+    def update_dataset_means(self, keys: torch.Tensor, dataset_id: torch.Tensor, momentum: float = 0.1) -> None:
+        """EMA of each dataset's mean key embedding (keys [B, D, h, w], dataset_id [B]); a dataset's first batch
+        sets it. Datasets absent from the batch keep theirs."""
+        onehot = F.one_hot(dataset_id.long(), self.dataset_means.shape[0]).float()  # [B, K]
+        counts = onehot.sum(0)
+        batch_means = (onehot.t() @ keys.float().mean((2, 3))) / counts.clamp(min=1.0)[:, None]
+        present = (counts > 0)[:, None]
+        blended = torch.where(
+            self.dataset_means_initialised[:, None], self.dataset_means.lerp(batch_means, momentum), batch_means
+        )
+        self.dataset_means.copy_(torch.where(present, blended, self.dataset_means))
+        self.dataset_means_initialised |= present[:, 0]
 
     def _labels_with_pseudo_labels(self, batch: dict, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(training labels [B, H, W] with pseudo-labels for unlabeled items, ground-truth-only labels)."""
@@ -175,7 +213,7 @@ class MDP(PretrainMethod):
             return labels, labels
         unlabeled = batch["unlabeled"].to(device=labels.device, dtype=torch.bool).reshape(-1, 1, 1)
         pseudo, _ = pseudo_labels_from_embeddings(
-            keys, self.memory.prototypes, self.memory.seen, self.pseudo_label_threshold, self.tau
+            keys, self.memory.prototypes, self.memory.seen, self.pseudo_label_threshold, self.tau, self.class_offsets()
         )
         pseudo = resize_labels(pseudo, tuple(labels.shape[-2:]))
         return torch.where(unlabeled, pseudo, labels), labels.masked_fill(unlabeled, IGNORE_INDEX)
@@ -185,7 +223,10 @@ class MDP(PretrainMethod):
         with torch.no_grad():
             keys = self.momentum_encoder(batch["image_k"])
         view = self.query_view(batch, keys)
-        return self.objective(self.encoder(view.image), keys, view)
+        out = self.objective(self.encoder(view.image), keys, view)
+        if self.dataset_centring:
+            self.update_dataset_means(keys, batch["dataset_id"])
+        return out
 
     def query_view(self, batch: dict, keys: torch.Tensor) -> MixedBatch:
         """The query encoder's input: pseudo-labels for unlabeled items, then cross-dataset mixing.
@@ -222,7 +263,11 @@ class MDP(PretrainMethod):
             out["mixed_fraction"] = (view.mode != NO_MIX).float().mean()
         hard_labels = labels_a if labels_b is None else torch.where(partner_weight > 0.5, labels_b, labels_a)
         class_mask, seen = self.memory.initialised, self.memory.seen
-        logits = prototype_logits(_flatten_pixels(query), self.memory.normalised(), self.tau)
+        offsets = self.class_offsets()
+        if offsets is None:
+            logits = prototype_logits(_flatten_pixels(query), self.memory.normalised(), self.tau)
+        else:
+            logits = centred_prototype_logits(_flatten_pixels(query), self.memory.normalised(), offsets, self.tau)
 
         excluded = None
         if self.sparse_coding == "csc1":
@@ -240,9 +285,10 @@ class MDP(PretrainMethod):
             loss = loss + self.sc_weight * loss_sc
             out["loss_sc"] = loss_sc
 
-        regions, present = region_means(keys, resize_labels(view.ground_truth, size), self.num_classes, IGNORE_INDEX)
+        ground_truth = resize_labels(view.ground_truth, size)
+        regions, present = region_means(keys, ground_truth, self.num_classes, IGNORE_INDEX, class_offsets=offsets)
         if self.within_image_weight > 0:
-            loss_image = self.within_image_loss(query, labels_a, partner_weight, regions, present)
+            loss_image = self.within_image_loss(query, labels_a, partner_weight, regions, present, offsets)
             loss = loss + self.within_image_weight * loss_image
             out["loss_image"] = loss_image
 
@@ -263,15 +309,20 @@ class MDP(PretrainMethod):
         partner_weight: torch.Tensor | None,
         regions: torch.Tensor,
         present: torch.Tensor,
+        class_offsets: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Each own-image pixel of ``query`` [B, D, h, w] against its image's region embeddings [B, C, D].
 
         labels_a, partner_weight: [B*h*w]; pixels that carry any share of a mixing partner are skipped, since
-        their image's regions do not describe them.
+        their image's regions do not describe them. With ``class_offsets`` [C, D] (dataset centring) a pixel is
+        centred by its label's dataset mean, which is its image's, as the regions are.
         """
         batch, dim = query.shape[:2]
         own_labels = labels_a if partner_weight is None else labels_a.masked_fill(partner_weight > 0, IGNORE_INDEX)
         pixels = query.flatten(2).transpose(1, 2)
+        if class_offsets is not None:
+            offsets = class_offsets[own_labels.clamp(min=0)].reshape(batch, -1, dim)
+            pixels = F.normalize(pixels - offsets.to(pixels.dtype), dim=2)
         return within_image_region_nce(pixels, own_labels.reshape(batch, -1), regions, present, self.tau, IGNORE_INDEX)
 
 

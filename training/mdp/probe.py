@@ -23,6 +23,7 @@ from torch import nn
 
 from mdp_hub.heads import BatchWhitening2d
 from training.mdp import dynamics
+from training.mdp.losses import centred_prototype_logits
 from training.mdp.mixing import resize_labels
 
 PROBE_SEED = 20210608  # the crops of the probe batch depend only on this, the data and the crop settings
@@ -125,7 +126,11 @@ class LearningProbe:
         seen = memory.seen
         prototypes = memory.prototypes.detach().float()
         mean_cos, max_cos = dynamics.off_diagonal_cosine(prototypes, seen)
-        scores = pixels @ F.normalize(prototypes, dim=1).t()
+        offsets = self.method.class_offsets() if hasattr(self.method, "class_offsets") else None
+        if offsets is None:
+            scores = pixels @ F.normalize(prototypes, dim=1).t()
+        else:  # the logits the loss uses (dataset centring), at temperature 1
+            scores = centred_prototype_logits(pixels, F.normalize(prototypes, dim=1), offsets.float(), 1.0)
         scores = scores.masked_fill(~seen[None, :], float("-inf"))
         scored = seen[labels]
         correct = (scores.argmax(1) == labels)[scored]

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.mdp.losses import prototype_logits
+from training.mdp.losses import centred_prototype_logits, prototype_logits
 from training.mdp.mixing import resize_labels
 
 
@@ -22,15 +22,20 @@ def pseudo_labels_from_embeddings(
     class_mask: torch.Tensor,
     threshold: float,
     tau: float = 0.07,
+    class_offsets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """embeddings [B, D, h, w] unit; prototypes [C, D] (normalised here); class_mask [C] bool.
+    """embeddings [B, D, h, w] unit; prototypes [C, D] (normalised here); class_mask [C] bool; class_offsets
+    [C, D] of dataset centring (``centred_prototype_logits``) or None.
 
     Returns (labels [B, h, w] int64 with -1 below ``threshold`` or when no prototype exists,
     confidence [B, h, w] float32 in [0, 1]).
     """
     batch, dim, height, width = embeddings.shape
     flat = embeddings.permute(0, 2, 3, 1).reshape(-1, dim)
-    logits = prototype_logits(flat, F.normalize(prototypes, dim=1), tau)
+    if class_offsets is None:
+        logits = prototype_logits(flat, F.normalize(prototypes, dim=1), tau)
+    else:
+        logits = centred_prototype_logits(flat, F.normalize(prototypes, dim=1), class_offsets, tau)
     probs = torch.softmax(logits.masked_fill(~class_mask[None, :], float("-inf")), dim=1)
     confidence, labels = torch.nan_to_num(probs).max(dim=1)
     labels = torch.where(confidence >= threshold, labels, -1)
