@@ -24,9 +24,28 @@ from .label_space import dataset_class_ids
 
 PROTOTYPES_FILENAME = "mdp_prototypes.safetensors"
 PROTOTYPES_KEY = "memory.prototypes"
+DATASET_MEANS_KEY, CLASS_DATASET_KEY = "dataset_means", "class_dataset"  # MDP's dataset_centring buffers
+CLASS_OFFSETS = "class_offsets"  # [C, D] in the prototypes file: each class's dataset mean embedding
 COUNTS_KEY = "memory.counts"
 ANCHOR_SHARE_KEY = "memory.anchor_share"
 HEAD_PREFIX = "encoder.head."
+
+
+def centred_prototype_logits(
+    embeddings: torch.Tensor, prototypes: torch.Tensor, class_offsets: torch.Tensor, tau: float
+) -> torch.Tensor:
+    """Prototype logits with each class's dataset mean taken out of the pixel first: [P, D] x [C, D] -> [P, C].
+
+    logit_pc = cos(e_p - m_c, mu_c) / tau, with e_p the unit embedding, mu_c the unit prototype and m_c =
+    ``class_offsets[c]`` the running mean embedding of class c's dataset. Written as
+    (e.mu - m.mu) / |e - m| with |e - m|^2 = 1 - 2 e.m + |m|^2: two [P, C] products, no [P, C, D] tensor.
+    With zero offsets it is ``prototype_logits``. Float32, autocast off.
+    """
+    with torch.autocast(device_type=embeddings.device.type, enabled=False):
+        e, mu, m = embeddings.float(), prototypes.float(), class_offsets.float()
+        numerator = e @ mu.t() - (m * mu).sum(1)[None, :]
+        squared_norm = 1.0 - 2.0 * (e @ m.t()) + m.square().sum(1)[None, :]
+        return numerator / squared_norm.clamp(min=1e-12).sqrt() / tau
 
 
 def extract_prototypes(
@@ -53,6 +72,8 @@ def extract_prototypes(
     if COUNTS_KEY in state_dict:
         prototypes = prototypes * (state_dict[COUNTS_KEY] > 0).to(prototypes.dtype)[:, None]
     tensors = {"prototypes": prototypes}
+    if CLASS_DATASET_KEY in state_dict and DATASET_MEANS_KEY in state_dict:  # MDP's dataset_centring
+        tensors[CLASS_OFFSETS] = state_dict[DATASET_MEANS_KEY][state_dict[CLASS_DATASET_KEY]]
     tensors.update({f"head.{name}": value for name, value in head.items()})
     return tensors
 
@@ -95,11 +116,18 @@ def class_names_of(label_space: Mapping[str, Any] | None, *, source: str | os.Pa
 
 
 def load_prototypes(
-    folder_or_repo: str | os.PathLike, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None
-) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[str], dict[str, Any]]:
+    folder_or_repo: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    with_offsets: bool = False,
+) -> tuple:
     """Read the prototypes of an export folder or Hub repo (``ORG/NAME``, cached or downloaded).
 
-    Returns ``(head_state_dict, prototypes [C, D], class_names [C], label_space dict)``. An export made
+    Returns ``(head_state_dict, prototypes [C, D], class_names [C], label_space dict)``, and with
+    ``with_offsets=True`` a fifth item: the class offsets ``[C, D]`` of a run trained with dataset centring
+    (compare pixels with ``centred_prototype_logits``), or None. Centred prototypes without
+    ``with_offsets=True`` raise ``CheckpointError``: plain cosines to them would be wrong. An export made
     from a checkpoint without prototypes raises ``PrototypesNotFoundError``.
     """
     folder = Path(folder_or_repo)
@@ -135,7 +163,16 @@ def load_prototypes(
         raise CheckpointError(
             f"{weights_path}: {prototypes.shape[0]} prototypes but {len(class_names)} class names in {config_path}"
         )
+    class_offsets = tensors.pop(CLASS_OFFSETS, None)
+    if class_offsets is not None and not with_offsets:
+        raise CheckpointError(
+            f"{weights_path}: its prototypes are dataset-centred (trained with dataset_centring): read them with "
+            "load_prototypes(..., with_offsets=True) and score pixels with centred_prototype_logits, or use "
+            "PrototypeSegmenter"
+        )
     head, others = split_prefix(tensors, "head.")
     if others:
         raise CheckpointError(f"{weights_path}: unexpected tensors {others}")
+    if with_offsets:
+        return head, prototypes, class_names, dict(label_space), class_offsets
     return head, prototypes, class_names, dict(label_space)

@@ -46,7 +46,15 @@ from .errors import CheckpointError, PrototypesNotFoundError, UserError
 from .heads import load_dense_projection_head
 from .integrity import WEIGHTS_FILENAME, verify_checksum
 from .label_space import dataset_class_ids
-from .prototypes import CONFIG_FILENAME, HEAD_PREFIX, PROTOTYPES_KEY, extract_prototypes, load_prototypes
+from .prototypes import (
+    CLASS_OFFSETS,
+    CONFIG_FILENAME,
+    HEAD_PREFIX,
+    PROTOTYPES_KEY,
+    centred_prototype_logits,
+    extract_prototypes,
+    load_prototypes,
+)
 
 # The method's defaults (training/mdp): used only when the source does not record its own values.
 DEFAULT_TAU = 0.07
@@ -154,6 +162,7 @@ class PrototypeSegmenter(nn.Module):
         tau: float = DEFAULT_TAU,
         restrict_to: str | None = None,
         max_network_pixels: int | None = None,
+        class_offsets: torch.Tensor | None = None,
     ):
         super().__init__()
         max_network_pixels = MAX_NETWORK_PIXELS if max_network_pixels is None else max_network_pixels
@@ -170,6 +179,10 @@ class PrototypeSegmenter(nn.Module):
         self.dataset_names = [d["name"] for d in label_space["datasets"]]
         self.register_buffer("prototypes", F.normalize(prototypes.float(), dim=1))
         self.register_buffer("available", prototypes.norm(dim=1) > 0)
+        if class_offsets is not None and tuple(class_offsets.shape) != tuple(prototypes.shape):
+            raise ValueError(f"class_offsets must be [C, D] like the prototypes, got {list(class_offsets.shape)}")
+        # dataset centring: each class's dataset mean embedding, taken out of a pixel before comparing
+        self.register_buffer("class_offsets", None if class_offsets is None else class_offsets.float())
         if not bool(self.available.any()):
             raise ValueError("every prototype is zero: the checkpoint was saved before any class was seen")
         self.tau = float(tau)
@@ -209,7 +222,7 @@ class PrototypeSegmenter(nn.Module):
 
     @classmethod
     def _from_export_folder(cls, folder: Path, restrict_to, output_stride) -> "PrototypeSegmenter":
-        head_state, prototypes, _, label_space = load_prototypes(folder)
+        head_state, prototypes, _, label_space, class_offsets = load_prototypes(folder, with_offsets=True)
         config = json.loads((folder / CONFIG_FILENAME).read_text())
         mdp = config.get("mdp") or {}
         cfg = config.get("pretrained_cfg") or {}
@@ -234,6 +247,7 @@ class PrototypeSegmenter(nn.Module):
             std=cfg["std"],
             tau=_tau_of(method),
             restrict_to=restrict_to,
+            class_offsets=class_offsets,
         )
 
     @classmethod
@@ -273,13 +287,14 @@ class PrototypeSegmenter(nn.Module):
             std=data_config["std"],
             tau=_tau_of(method),
             restrict_to=restrict_to,
+            class_offsets=tensors.get(CLASS_OFFSETS),
         )
 
     @classmethod
     def _from_hub(cls, name: str, restrict_to, output_stride, revision, cache_dir) -> "PrototypeSegmenter":
         repo = resolve_repo_id(name)
         require_fetchable(repo, cache_dir=cache_dir, revision=revision)
-        load_prototypes(repo, revision=revision, cache_dir=cache_dir)  # fails before the large download
+        load_prototypes(repo, revision=revision, cache_dir=cache_dir, with_offsets=True)  # before the large download
         weights = hf_hub_download(repo, WEIGHTS_FILENAME, revision=revision, cache_dir=cache_dir)
         return cls._from_export_folder(Path(weights).parent, restrict_to, output_stride)
 
@@ -319,7 +334,14 @@ class PrototypeSegmenter(nn.Module):
         without a prototype are ``-inf``. Memory grows with K x H x W (342 classes at 512 x 512: 360 MB)."""
         ids, _, _ = self.candidates(restrict_to)
         ids = ids.to(self.prototypes.device)
-        similarity = torch.einsum("bdhw,kd->bkhw", self.embed(images), self.prototypes[ids]) / self.tau
+        embeddings = self.embed(images)
+        if self.class_offsets is None:
+            similarity = torch.einsum("bdhw,kd->bkhw", embeddings, self.prototypes[ids]) / self.tau
+        else:
+            batch, dim, height, width = embeddings.shape
+            pixels = embeddings.permute(0, 2, 3, 1).reshape(-1, dim)
+            flat = centred_prototype_logits(pixels, self.prototypes[ids], self.class_offsets[ids], self.tau)
+            similarity = flat.reshape(batch, height, width, -1).permute(0, 3, 1, 2)
         logits = F.interpolate(similarity, size=images.shape[-2:], mode="bilinear", align_corners=False)
         return logits.masked_fill(~self.available[ids][None, :, None, None], float("-inf"))
 

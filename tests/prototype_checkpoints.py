@@ -32,9 +32,10 @@ def striped_image(height: int = 48, width: int = 64, seed: int = 0) -> np.ndarra
     return (image + rng.normal(0, 8, image.shape)).clip(0, 255).astype(np.uint8)
 
 
-def build_method_with_prototypes(label_space: LabelSpace = LABEL_SPACE, seed: int = 0):
+def build_method_with_prototypes(label_space: LabelSpace = LABEL_SPACE, seed: int = 0, dataset_centring=False):
     """The real MDP method (resnet18), BN statistics from a forward pass, prototypes = mean embeddings of
-    the striped image's regions / random directions; ``UNSEEN_CLASS`` stays uninitialised."""
+    the striped image's regions / random directions; ``UNSEEN_CLASS`` stays uninitialised. With
+    ``dataset_centring``, each dataset's mean embedding is a random vector of length about 0.3."""
     torch.manual_seed(seed)
     method = build_method(
         "mdp",
@@ -43,7 +44,11 @@ def build_method_with_prototypes(label_space: LabelSpace = LABEL_SPACE, seed: in
         output_stride=OUTPUT_STRIDE,
         embed_dim=EMBED_DIM,
         head_hidden_dim=16,
+        dataset_centring=dataset_centring,
     )
+    if dataset_centring:
+        method.dataset_means.copy_(0.3 * F.normalize(torch.randn_like(method.dataset_means), dim=1))
+        method.dataset_means_initialised.fill_(True)
     image = torch.from_numpy(striped_image()).permute(2, 0, 1).float() / 255
     batch = ((image - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None])[None]
     method.encoder.train()
@@ -95,9 +100,9 @@ def save_checkpoint(method, path, label_space: LabelSpace = LABEL_SPACE, *, tau:
     )
 
 
-def make_export(tmp_path, label_space: LabelSpace = LABEL_SPACE):
+def make_export(tmp_path, label_space: LabelSpace = LABEL_SPACE, dataset_centring: bool = False):
     """(method, normalised striped batch [1, 3, 48, 64], checkpoint path, export folder)."""
-    method, batch = build_method_with_prototypes(label_space)
+    method, batch = build_method_with_prototypes(label_space, dataset_centring=dataset_centring)
     checkpoint = tmp_path / "last.pth"
     save_checkpoint(method, checkpoint, label_space)
     folder = export(checkpoint, tmp_path / "export", tag="tiny")

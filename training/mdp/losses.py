@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mdp_hub.prototypes import centred_prototype_logits  # noqa: F401  (shared with the prototype segmenter)
+
 
 def _masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """sum(values * weights) / sum(weights), 0 when all weights are 0 ([P], [P] -> scalar)."""
@@ -23,23 +25,6 @@ def prototype_logits(embeddings: torch.Tensor, prototypes: torch.Tensor, tau: fl
     """
     with torch.autocast(device_type=embeddings.device.type, enabled=False):
         return embeddings.float() @ prototypes.float().t() / tau
-
-
-def centred_prototype_logits(
-    embeddings: torch.Tensor, prototypes: torch.Tensor, class_offsets: torch.Tensor, tau: float
-) -> torch.Tensor:
-    """Prototype logits with each class's dataset mean taken out of the pixel first: [P, D] x [C, D] -> [P, C].
-
-    logit_pc = cos(e_p - m_c, mu_c) / tau, with e_p the unit embedding, mu_c the unit prototype and m_c =
-    ``class_offsets[c]`` the running mean embedding of class c's dataset. Written as
-    (e.mu - m.mu) / |e - m| with |e - m|^2 = 1 - 2 e.m + |m|^2: two [P, C] products, no [P, C, D] tensor.
-    With zero offsets it is ``prototype_logits``. Float32, autocast off.
-    """
-    with torch.autocast(device_type=embeddings.device.type, enabled=False):
-        e, mu, m = embeddings.float(), prototypes.float(), class_offsets.float()
-        numerator = e @ mu.t() - (m * mu).sum(1)[None, :]
-        squared_norm = 1.0 - 2.0 * (e @ m.t()) + m.square().sum(1)[None, :]
-        return numerator / squared_norm.clamp(min=1e-12).sqrt() / tau
 
 
 def _gather_log_prob(log_probs: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
