@@ -13,13 +13,14 @@ from .convert import convert
 from .errors import CheckpointError, PrototypesNotFoundError, WeightsNotAvailableError
 from .export import export
 from .listing import list_weights
-from .prototypes import load_prototypes
+from .prototypes import centred_prototype_logits, load_prototypes
 from .segmenter import PrototypeSegmenter
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "centred_prototype_logits",
     "PrototypesNotFoundError",
     "WeightsNotAvailableError",
     "convert",

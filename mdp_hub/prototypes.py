@@ -115,21 +115,10 @@ def class_names_of(label_space: Mapping[str, Any] | None, *, source: str | os.Pa
     return list(label_space["class_names"])
 
 
-def load_prototypes(
-    folder_or_repo: str | os.PathLike,
-    *,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    with_offsets: bool = False,
-) -> tuple:
-    """Read the prototypes of an export folder or Hub repo (``ORG/NAME``, cached or downloaded).
-
-    Returns ``(head_state_dict, prototypes [C, D], class_names [C], label_space dict)``, and with
-    ``with_offsets=True`` a fifth item: the class offsets ``[C, D]`` of a run trained with dataset centring
-    (compare pixels with ``centred_prototype_logits``), or None. Centred prototypes without
-    ``with_offsets=True`` raise ``CheckpointError``: plain cosines to them would be wrong. An export made
-    from a checkpoint without prototypes raises ``PrototypesNotFoundError``.
-    """
+def _prototype_files(
+    folder_or_repo: str | os.PathLike, revision: str | None, cache_dir: str | os.PathLike | None
+) -> tuple[Path, Path]:
+    """(config.json, mdp_prototypes.safetensors) of an export folder or Hub repo (downloaded into the cache)."""
     folder = Path(folder_or_repo)
     if folder.is_dir():
         config_path, weights_path = folder / CONFIG_FILENAME, folder / PROTOTYPES_FILENAME
@@ -150,6 +139,25 @@ def load_prototypes(
             f"{where}: backbone-only export without {PROTOTYPES_FILENAME} (its checkpoint had no "
             f"{PROTOTYPES_KEY} / {HEAD_PREFIX}* entries when exported)"
         )
+    return Path(config_path), Path(weights_path)
+
+
+def load_prototypes(
+    folder_or_repo: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    with_offsets: bool = False,
+) -> tuple:
+    """Read the prototypes of an export folder or Hub repo (``ORG/NAME``, cached or downloaded).
+
+    Returns ``(head_state_dict, prototypes [C, D], class_names [C], label_space dict)``, and with
+    ``with_offsets=True`` a fifth item: the class offsets ``[C, D]`` of a run trained with dataset centring
+    (compare pixels with ``centred_prototype_logits``), or None. Centred prototypes without
+    ``with_offsets=True`` raise ``CheckpointError``: plain cosines to them would be wrong. An export made
+    from a checkpoint without prototypes raises ``PrototypesNotFoundError``.
+    """
+    config_path, weights_path = _prototype_files(folder_or_repo, revision, cache_dir)
     mdp = json.loads(Path(config_path).read_text()).get("mdp") or {}
     label_space = mdp.get("label_space")
     class_names = class_names_of(label_space, source=config_path)

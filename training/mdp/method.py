@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.data.label_space import IGNORE_INDEX
+from training.engine.distributed import all_reduce_sum_
 from training.mdp.losses import (
     centred_prototype_logits,
     csc1_exclusion,
@@ -195,10 +196,12 @@ class MDP(PretrainMethod):
     @torch.no_grad()
     def update_dataset_means(self, keys: torch.Tensor, dataset_id: torch.Tensor, momentum: float = 0.1) -> None:
         """EMA of each dataset's mean key embedding (keys [B, D, h, w], dataset_id [B]); a dataset's first batch
-        sets it. Datasets absent from the batch keep theirs."""
+        sets it. The batch means are over every rank's images (the memory's prototypes are too), so all ranks
+        keep the same means. Datasets absent from the global batch keep theirs."""
         onehot = F.one_hot(dataset_id.long(), self.dataset_means.shape[0]).float()  # [B, K]
-        counts = onehot.sum(0)
-        batch_means = (onehot.t() @ keys.float().mean((2, 3))) / counts.clamp(min=1.0)[:, None]
+        packed = all_reduce_sum_(torch.cat([onehot.t() @ keys.float().mean((2, 3)), onehot.sum(0)[:, None]], dim=1))
+        sums, counts = packed[:, :-1], packed[:, -1]
+        batch_means = sums / counts.clamp(min=1.0)[:, None]
         present = (counts > 0)[:, None]
         blended = torch.where(
             self.dataset_means_initialised[:, None], self.dataset_means.lerp(batch_means, momentum), batch_means

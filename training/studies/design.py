@@ -109,6 +109,24 @@ METHODS: tuple[Method, ...] = (
         "VOC+ADE20K 100 ep (R2)",
     ),
     Method(
+        "mdp_csc_centred",
+        "full MDP, dataset-centred prototypes",
+        (*_MDP, "method.options={" + _SHIPPED + ", mixing: true, sparse_coding: csc2, dataset_centring: true}"),
+        {},
+        "beyond the paper: each dataset's mean embedding taken out (docs/METHOD.md)",
+    ),
+    Method(
+        "mdp_csc_no_within_image",
+        "full MDP, whitened head without the within-image term",
+        (
+            *_MDP,
+            "method.options={tau: 0.07, window: {window}, prototype_anchors: false, within_image_weight: 0.0, "
+            "mixing: true, sparse_coding: csc2}",
+        ),
+        {},
+        "the shipped head's whitening alone (docs/LEARNING.md)",
+    ),
+    Method(
         "mdp_csc_previous",
         "full MDP, previous head (plain, anchored prototypes)",
         (
