@@ -127,6 +127,17 @@ METHODS: tuple[Method, ...] = (
         "the shipped head's whitening alone (docs/LEARNING.md)",
     ),
     Method(
+        "mdp_csc_anchored",
+        "full MDP, shipped head with anchored prototypes",
+        (
+            *_MDP,
+            "method.options={tau: 0.07, window: {window}, prototype_anchors: true, within_image_weight: 1.0, "
+            "mixing: true, sparse_coding: csc2}",
+        ),
+        {},
+        "prototypes start from fading random anchors (docs/LEARNING.md)",
+    ),
+    Method(
         "mdp_csc_previous",
         "full MDP, previous head (plain, anchored prototypes)",
         (
